@@ -1,0 +1,41 @@
+# FazAI Gemma Worker — developer and operator entry points.
+#   make run    set up .venv (first time: compiles llama.cpp, ~5 min on 2 cores) and serve
+#   make test   set up .venv and run the whole test suite (real model)
+#   make lint   ruff + mypy (strict)
+#   make bench  single-stream benchmark against raw llama-cpp-python
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gemma-worker-installed
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): pyproject.toml scripts/build-llama.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$$(scripts/build-llama.sh $(PY))"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/gemma-worker --mode daemon
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+bench: install
+	$(PY) bench/single_stream.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build llama-cpp-python from source into a local wheelhouse, once per CPU feature set.
+#
+# Why: a plain `pip install llama-cpp-python` compiles with -march=native, which turns on
+# ggml's AMX kernels on Sapphire Rapids CPUs; in these VMs they crash (SIGSEGV in
+# ggml_backend_amx_mul_mat). We build with GGML_NATIVE=OFF and the CPU's AVX* features, never
+# AMX. pip's own wheel cache ignores CMAKE_ARGS, so the result is kept in a wheelhouse keyed by
+# the flags, and installed from there.
+#
+# Usage: scripts/build-llama.sh PYTHON  -> prints the wheel's path on stdout
+set -euo pipefail
+PY=${1:?usage: build-llama.sh PYTHON}
+VERSION=${LLAMA_CPP_VERSION:-0.3.36}
+flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+has() { [[ " $flags " == *" $1 "* ]]; }
+args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+args+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+if [[ "$(uname -m)" == x86_64 ]]; then
+  has avx && args+=" -DGGML_AVX=ON"
+  has avx2 && args+=" -DGGML_AVX2=ON"
+  has fma && args+=" -DGGML_FMA=ON"
+  has f16c && args+=" -DGGML_F16C=ON"
+  has bmi2 && args+=" -DGGML_BMI2=ON"
+  has avx_vnni && args+=" -DGGML_AVX_VNNI=ON"
+  if has avx512f && has avx512bw && has avx512vl && has avx512dq; then
+    args+=" -DGGML_AVX512=ON"
+    has avx512vbmi && args+=" -DGGML_AVX512_VBMI=ON"
+    has avx512_vnni && args+=" -DGGML_AVX512_VNNI=ON"
+    has avx512_bf16 && args+=" -DGGML_AVX512_BF16=ON"
+  fi
+fi
+key=$(printf '%s %s' "$VERSION" "$args" | sha256sum | cut -c1-12)
+house=${GEMMA_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/gemma-worker/wheels}/$key
+wheel=$(ls "$house"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [[ -z "$wheel" ]]; then
+  echo "building llama-cpp-python $VERSION from source (about 5 minutes on 2 cores)..." >&2
+  echo "  CMAKE_ARGS=$args" >&2
+  tmp=$(mktemp -d)
+  CMAKE_ARGS="$args" "$PY" -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    -w "$tmp" "llama-cpp-python==$VERSION" >&2
+  mkdir -p "$house"
+  mv "$tmp"/llama_cpp_python-*.whl "$house"/
+  rm -rf "$tmp"
+  wheel=$(ls "$house"/llama_cpp_python-"$VERSION"-*.whl | head -n1)
+fi
+echo "$wheel"

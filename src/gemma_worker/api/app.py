@@ -1,0 +1,91 @@
+"""The app factory: ``create_app(settings)`` builds a FastAPI app with its own engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from gemma_worker import __version__
+from gemma_worker.api.errors import install_error_handlers
+from gemma_worker.api.routes import router
+from gemma_worker.api.state import Phase, WorkerState
+from gemma_worker.api.websocket import websocket_endpoint
+from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
+from gemma_worker.engine.protocol import Engine
+from gemma_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's part of the settings."""
+    return EngineConfig(
+        model_path=settings.model_path,
+        n_ctx=settings.n_ctx,
+        parallel=settings.parallel,
+        n_batch=settings.n_batch,
+        prefill_chunk=settings.prefill_chunk,
+        max_queue=settings.max_queue,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        stream_buffer=settings.stream_buffer,
+    )
+
+
+async def _load(state: WorkerState) -> None:
+    try:
+        await state.engine.start()
+    except Exception as exc:
+        state.phase = Phase.FAILED
+        state.load_error = str(exc)
+        log.error("model load failed: %s", exc)
+        return
+    if state.phase is Phase.LOADING:
+        state.phase = Phase.READY
+        log.info("ready")
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """Build the app. The model loads in the background at startup; ``/ready`` says when.
+
+    ``engine`` defaults to a :class:`LlamaEngine` built from ``settings``.
+    """
+    state = WorkerState(settings, engine or LlamaEngine(engine_config(settings)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load(state))
+        app.state.loader = loader
+        try:
+            yield
+        finally:
+            if state.phase is not Phase.DRAINING:
+                await state.drain(settings.drain_grace_seconds)
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await state.engine.close()
+
+    app = FastAPI(
+        title="FazAI Gemma Worker",
+        version=__version__,
+        description="Local Gemma inference: WebSocket token streaming and REST.",
+        lifespan=lifespan,
+    )
+    app.state.worker = state
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+        )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_api_websocket_route("/ws", websocket_endpoint)
+    return app

@@ -1,0 +1,70 @@
+"""Error responses: every failure is a JSON body with a code; nothing internal leaks."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gemma_worker.core import events as ev
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.request import describe_validation_error
+
+log = logging.getLogger(__name__)
+
+
+def error_response(exc: WorkerError, request_id: str | None = None) -> JSONResponse:
+    """The REST form of a :class:`WorkerError` (503s carry ``Retry-After``)."""
+    headers = {}
+    if exc.code is ErrorCode.OVERLOADED:
+        headers["Retry-After"] = str(exc.details.get("retry_after", 1))
+    body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(WorkerError(ErrorCode.INVALID_JSON, "body is not valid JSON"))
+    message = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+        for e in errors[:5]
+    )
+    return error_response(WorkerError(ErrorCode.INVALID_REQUEST, message or "invalid request"))
+
+
+async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = ErrorCode.INVALID_REQUEST
+    body = ev.error_body(code, str(exc.detail))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _worker_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, WorkerError)
+    return error_response(exc)
+
+
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    error_id = str(uuid.uuid4())
+    log.exception("unexpected error", extra={"error_id": error_id, "path": request.url.path})
+    body = ev.error_body(
+        ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
+    )
+    return JSONResponse(body, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers on ``app``."""
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(WorkerError, _worker_error_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)
+
+
+__all__ = ["describe_validation_error", "error_response", "install_error_handlers"]

@@ -1,0 +1,196 @@
+"""REST routes: ``/``, ``/health``, ``/ready``, ``POST /v1/execute``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from gemma_worker import __version__
+from gemma_worker.api.errors import error_response
+from gemma_worker.api.generation import Generation, protocol_events, start_generation
+from gemma_worker.api.schemas import (
+    ERROR_RESPONSES,
+    ExecuteResponse,
+    HealthResponse,
+    ReadyResponse,
+)
+from gemma_worker.api.state import Phase, WorkerState
+from gemma_worker.core import events as ev
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.request import GenerationRequest
+from gemma_worker.engine.messages import EngineEvent, Failed, Queued, Started
+
+router = APIRouter()
+
+NDJSON = "application/x-ndjson"
+
+
+def get_state(request: Request) -> WorkerState:
+    """Dependency: the app's :class:`WorkerState`."""
+    state: WorkerState = request.app.state.worker
+    return state
+
+
+State = Annotated[WorkerState, Depends(get_state)]
+
+
+@router.get("/", summary="Service information")
+async def info(state: State) -> dict[str, Any]:
+    """Name, version, model and endpoints."""
+    model = state.engine.info
+    return {
+        "name": "FazAI Gemma Worker",
+        "version": __version__,
+        "status": state.phase.value,
+        "model": None if model is None else model.to_dict(),
+        "endpoints": {
+            "health": "GET /health",
+            "ready": "GET /ready",
+            "execute": "POST /v1/execute",
+            "websocket": "WS /ws",
+            "docs": "GET /docs",
+            "openapi": "GET /openapi.json",
+        },
+    }
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+async def health() -> HealthResponse:
+    """200 while the process runs."""
+    return HealthResponse(version=__version__)
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse}},
+    summary="Readiness",
+)
+async def ready(state: State) -> JSONResponse:
+    """200 once the model is loaded; 503 while loading, after a failed load, or draining."""
+    model = state.engine.info
+    body = ReadyResponse(
+        status=state.phase.value,
+        model_loaded=model is not None,
+    )
+    if state.phase is Phase.READY and model is not None:
+        stats = state.engine.stats()
+        path = getattr(state.engine, "model_path", None)
+        body = ReadyResponse(
+            status="ready",
+            model_loaded=True,
+            model_path=None if path is None else str(path),
+            model=model.to_dict(),
+            slots=stats.slots,
+            active=stats.active,
+            queued=stats.queued,
+        )
+        return JSONResponse(body.model_dump())
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _first_decisive(gen: Generation) -> list[EngineEvent]:
+    """Engine events up to the first that is not queue/prompt progress."""
+    taken: list[EngineEvent] = []
+    while True:
+        event = await gen.handle.next_event()
+        taken.append(event)
+        if not isinstance(event, Queued | Started):
+            return taken
+
+
+@router.post(
+    "/v1/execute",
+    response_model=ExecuteResponse,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "description": "JSON result, or with stream=true an ND-JSON event stream",
+            "content": {NDJSON: {}},
+        },
+    },
+    summary="Generate text (sync JSON or ND-JSON stream)",
+)
+async def execute(body: GenerationRequest, request: Request, state: State) -> Any:
+    """Run one generation. With ``"stream": true`` the answer is ``application/x-ndjson`` with
+    the WebSocket's events (``session``, ``reasoning``, ``token``..., ``result``/``error``)."""
+    try:
+        gen = start_generation(state, body)
+    except WorkerError as exc:
+        return error_response(exc, body.request_id)
+    if body.stream:
+        return await _stream(gen, state)
+    return await _collect(gen, state, request)
+
+
+async def _stream(gen: Generation, state: WorkerState) -> Any:
+    # Rejections found by the engine (CONTEXT_OVERFLOW...) still get their HTTP status.
+    try:
+        head = await _first_decisive(gen)
+    except asyncio.CancelledError:
+        gen.handle.cancel()
+        raise
+    if isinstance(head[-1], Failed):
+        return error_response(head[-1].error, gen.request_id)
+
+    async def lines() -> AsyncIterator[str]:
+        async with contextlib.aclosing(protocol_events(state, gen, head)) as events:
+            async for event in events:
+                yield ev.frame(event)
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+async def _collect(gen: Generation, state: WorkerState, request: Request) -> Any:
+    async def run() -> ev.Event:
+        final: ev.Event = {}
+        async with contextlib.aclosing(protocol_events(state, gen)) as events:
+            async for event in events:
+                final = event
+        return final
+
+    runner = asyncio.create_task(run())
+    watcher = asyncio.create_task(_wait_disconnect(request))
+    try:
+        await asyncio.wait({runner, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not runner.done():  # the client went away: free the engine now
+        runner.cancel()
+        gen.handle.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        return JSONResponse(
+            ev.error_body(ErrorCode.INFERENCE_ERROR, "client disconnected"), status_code=499
+        )
+    final = runner.result()
+    if final.get("type") == "error":
+        return error_response(
+            WorkerError(ErrorCode(final["code"]), final["error"], **_details(final)),
+            gen.request_id,
+        )
+    return ExecuteResponse(
+        result=final["content"],
+        session_id=final["session_id"],
+        request_id=final["request_id"],
+        finish_reason=final["finish_reason"],
+        usage=final["usage"],
+        timings=final["timings"],
+        inference_time_ms=final["timings"]["total_ms"],
+    )
+
+
+def _details(event: ev.Event) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in {"type", "error", "code", "request_id"}}

@@ -1,0 +1,74 @@
+"""REST response bodies, for the OpenAPI schema and ``/docs``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class UsageBody(BaseModel):
+    """Token counts."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TimingsBody(BaseModel):
+    """Latency figures (ms) and decode rate (tokens/s)."""
+
+    queue_ms: float
+    ttft_ms: float | None
+    tokens_per_second: float | None
+    total_ms: float
+
+
+class ExecuteResponse(BaseModel):
+    """Answer of a non-streamed ``POST /v1/execute``."""
+
+    status: Literal["success"] = "success"
+    result: str = Field(description="The generated text.")
+    origin: Literal["local"] = "local"
+    session_id: str
+    request_id: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: UsageBody
+    timings: TimingsBody
+    inference_time_ms: float = Field(description="Wall time from submission to the last token.")
+
+
+class ErrorResponse(BaseModel):
+    """Every REST error: a message safe to show and a machine-readable code."""
+
+    status: Literal["error"] = "error"
+    error: str
+    code: str
+    request_id: str | None = None
+
+
+class HealthResponse(BaseModel):
+    """Liveness."""
+
+    status: Literal["healthy"] = "healthy"
+    version: str
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: ``ready`` (200) or ``loading``/``draining``/``failed`` (503)."""
+
+    status: Literal["ready", "loading", "draining", "failed"]
+    model_loaded: bool
+    model_path: str | None = None
+    model: dict[str, Any] | None = None
+    slots: int | None = None
+    active: int | None = None
+    queued: int | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "INVALID_JSON or CONTEXT_OVERFLOW"},
+    422: {"model": ErrorResponse, "description": "INVALID_REQUEST"},
+    500: {"model": ErrorResponse, "description": "INFERENCE_ERROR / INTERNAL_ERROR"},
+    503: {"model": ErrorResponse, "description": "OVERLOADED (with Retry-After)"},
+}

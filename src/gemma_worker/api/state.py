@@ -1,0 +1,83 @@
+"""What the app keeps for its lifetime: settings, engine, lifecycle phase, open connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from enum import StrEnum
+
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.request import RequestLimits
+from gemma_worker.engine.job import GenerationHandle
+from gemma_worker.engine.protocol import Engine
+from gemma_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    """Readiness as ``/ready`` reports it."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    DRAINING = "draining"
+
+
+class WorkerState:
+    """Per-app state, reached from handlers through dependencies (never a module global)."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.limits: RequestLimits = settings.request_limits()
+        self.phase = Phase.LOADING
+        self.load_error: str | None = None
+        self.active: set[GenerationHandle] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.connections: set[asyncio.Event] = set()
+
+    def admit(self) -> None:
+        """Raise ``OVERLOADED`` unless new work is accepted now."""
+        if self.phase is Phase.DRAINING:
+            raise WorkerError(ErrorCode.OVERLOADED, "the worker is shutting down", retry_after=5)
+        if self.phase is not Phase.READY:
+            raise WorkerError(ErrorCode.OVERLOADED, "the model is not loaded yet", retry_after=1)
+
+    def request_started(self, handle: GenerationHandle) -> None:
+        """Track a generation whose client is being served (for the drain)."""
+        self.active.add(handle)
+        self._idle.clear()
+
+    def request_ended(self, handle: GenerationHandle) -> None:
+        """The generation's final event went out (or its client left)."""
+        self.active.discard(handle)
+        if not self.active:
+            self._idle.set()
+
+    async def drain(self, grace_seconds: float) -> bool:
+        """Stop accepting work and wait up to ``grace_seconds`` for generations in flight.
+
+        Generations still running after the grace period are cancelled (their clients get a
+        ``result`` with ``finish_reason: cancelled``). Returns whether everything finished in
+        time. Open WebSockets are then told to close (each closes with 1001 after its last event).
+        """
+        self.phase = Phase.DRAINING
+        log.info("draining", extra={"inflight": len(self.active), "grace_s": grace_seconds})
+        finished = await self._wait_idle(grace_seconds)
+        if not finished:
+            for handle in list(self.active):
+                handle.cancel()
+            await self._wait_idle(5.0)
+        for closing in list(self.connections):
+            closing.set()
+        return finished
+
+    async def _wait_idle(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True

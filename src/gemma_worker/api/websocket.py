@@ -1,0 +1,147 @@
+"""``/ws``: many requests per connection, token streaming, in-band cancel.
+
+Every server message is one ND-JSON line. A bad message gets an ``error`` event and the
+connection stays open; requests already running are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from gemma_worker.api.generation import Generation, protocol_events, start_generation
+from gemma_worker.api.state import WorkerState
+from gemma_worker.core import events as ev
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.protocol import (
+    CancelMessage,
+    ExecuteMessage,
+    ProtocolError,
+    parse_client_message,
+)
+
+log = logging.getLogger(__name__)
+
+#: Close code sent after the drain: the server is going away.
+CLOSE_GOING_AWAY = 1001
+
+
+class Connection:
+    """One WebSocket client: reads messages, runs each request as a task, writes events."""
+
+    def __init__(self, ws: WebSocket, state: WorkerState) -> None:
+        self.ws = ws
+        self.state = state
+        self._send_lock = asyncio.Lock()
+        self._requests: dict[str, tuple[asyncio.Task[None], Generation]] = {}
+        self._closing = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until the client leaves or the worker drains."""
+        await self.ws.accept()
+        self.state.connections.add(self._closing)
+        receiver: asyncio.Task[Any] | None = None
+        closer: asyncio.Task[Any] = asyncio.create_task(self._closing.wait())
+        try:
+            while True:
+                if receiver is None:
+                    receiver = asyncio.create_task(self.ws.receive())
+                await asyncio.wait({receiver, closer}, return_when=asyncio.FIRST_COMPLETED)
+                if closer.done():
+                    await self._close_after_inflight()
+                    return
+                message = receiver.result()
+                receiver = None
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text")
+                if raw is None:
+                    raw = message.get("bytes") or b""
+                await self._on_message(raw)
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        finally:
+            self.state.connections.discard(self._closing)
+            closer.cancel()
+            if receiver is not None:
+                receiver.cancel()
+            for task, _ in list(self._requests.values()):
+                task.cancel()
+
+    async def _close_after_inflight(self) -> None:
+        tasks = [task for task, _ in self._requests.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def send(self, event: ev.Event) -> None:
+        """Write one event; raises if the client is gone."""
+        async with self._send_lock:
+            await self.ws.send_text(ev.frame(event))
+
+    async def _on_message(self, raw: str | bytes) -> None:
+        try:
+            message = parse_client_message(raw)
+        except ProtocolError as exc:
+            await self.send(ev.error_event(exc, exc.request_id))
+            return
+        if isinstance(message, CancelMessage):
+            await self._cancel(message.request_id)
+            return
+        await self._execute(message)
+
+    async def _cancel(self, request_id: str | None) -> None:
+        if request_id is None and len(self._requests) == 1:
+            request_id = next(iter(self._requests))
+        entry = self._requests.get(request_id) if request_id is not None else None
+        if entry is None:
+            error = WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                "no request in flight with that request_id"
+                if request_id is not None
+                else "cancel needs a request_id when several requests are in flight",
+            )
+            await self.send(ev.error_event(error, request_id))
+            return
+        entry[1].handle.cancel()
+
+    async def _execute(self, message: ExecuteMessage) -> None:
+        req = message.request
+        try:
+            if req.request_id is not None and req.request_id in self._requests:
+                raise WorkerError(
+                    ErrorCode.INVALID_REQUEST, "a request with this request_id is in flight"
+                )
+            if len(self._requests) >= self.state.settings.max_requests_per_connection:
+                raise WorkerError(
+                    ErrorCode.OVERLOADED, "too many requests in flight on this connection"
+                )
+            gen = start_generation(self.state, req)
+        except WorkerError as exc:
+            await self.send(ev.error_event(exc, req.request_id))
+            return
+        task = asyncio.create_task(self._stream(gen))
+        self._requests[gen.request_id] = (task, gen)
+
+    async def _stream(self, gen: Generation) -> None:
+        try:
+            async with contextlib.aclosing(protocol_events(self.state, gen)) as events:
+                async for event in events:
+                    await self.send(event)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            log.info("client left mid-stream", extra={"request_id": gen.request_id})
+        finally:
+            self._requests.pop(gen.request_id, None)
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    """The ``/ws`` route."""
+    state: WorkerState = ws.app.state.worker
+    await Connection(ws, state).run()

@@ -1,0 +1,1 @@
+"""The ``gemma-worker`` command line."""

@@ -1,0 +1,76 @@
+"""``--mode daemon``: serve with uvicorn and drain gracefully on SIGTERM/SIGINT.
+
+On the first signal ``/ready`` turns 503 and new requests are refused; generations in flight
+finish (within ``drain_grace_seconds``) and their WebSocket clients get their ``result``
+before a normal close (1001). Then uvicorn shuts down. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+import uvicorn
+
+from gemma_worker.api.app import create_app
+from gemma_worker.api.state import WorkerState
+from gemma_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains the worker before shutting down."""
+
+    def __init__(self, config: uvicorn.Config, state: WorkerState, grace: float) -> None:
+        super().__init__(config)
+        self._state = state
+        self._grace = grace
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        """Remember the loop so signal handlers can schedule the drain on it."""
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: drain, then exit. Second: uvicorn's immediate exit."""
+        if self._drain_task is not None or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        log.info("signal received: draining", extra={"signal": sig})
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        finished = await self._state.drain(self._grace)
+        # Give WebSocket handlers a moment to deliver final events and close with 1001.
+        for _ in range(100):
+            if not self._state.connections:
+                break
+            await asyncio.sleep(0.02)
+        log.info("drain complete", extra={"all_finished": finished})
+        self.should_exit = True
+
+
+def run_daemon(settings: Settings) -> int:
+    """Serve until a signal; exit status 0 after a clean drain."""
+    app = create_app(settings)
+    state: WorkerState = app.state.worker
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, state, settings.drain_grace_seconds)
+    server.run()
+    return 0

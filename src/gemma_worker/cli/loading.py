@@ -1,0 +1,33 @@
+"""Loading the engine for the CLI modes, with a progress display."""
+
+from __future__ import annotations
+
+import time
+
+from gemma_worker.api.app import engine_config
+from gemma_worker.cli.progress import Progress
+from gemma_worker.engine.llama_engine import LlamaEngine
+from gemma_worker.engine.model_files import resolve_model_path
+from gemma_worker.settings import Settings
+
+
+def resolve_with_progress(settings: Settings, progress: Progress) -> Settings:
+    """Settings whose ``model_path`` is a checked, existing file (embedded model assembled)."""
+    label = (
+        "assembling and verifying the embedded Gemma 3 270M"
+        if settings.model_path is None
+        else f"checking model file {settings.model_path}"
+    )
+    with progress.step(label):
+        path = resolve_model_path(settings.model_path)
+    return settings.model_copy(update={"model_path": path})
+
+
+async def load_engine(settings: Settings, progress: Progress) -> tuple[LlamaEngine, float]:
+    """A started engine and its load time in seconds."""
+    settings = resolve_with_progress(settings, progress)
+    engine = LlamaEngine(engine_config(settings))
+    t0 = time.perf_counter()
+    with progress.step("loading the model into llama.cpp"):
+        await engine.start()
+    return engine, time.perf_counter() - t0

@@ -1,0 +1,137 @@
+"""The generation request: one schema for ``POST /v1/execute`` and WebSocket messages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gemma_worker.core.errors import ErrorCode, WorkerError
+
+PromptFormat = Literal["auto", "plain", "chat"]
+
+_ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+_ID_RE = re.compile(_ID_PATTERN)
+
+#: Upper bound on the number of stop strings, and on each one's length.
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+
+class GenerationRequest(BaseModel):
+    """What a client asks for. Types are strict: ``"0.5"`` is not a temperature.
+
+    Fields left out fall back to the worker's configured defaults.
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    input: Annotated[str, Field(min_length=1, description="Prompt text (plain) or user message.")]
+    max_tokens: Annotated[
+        int | None, Field(default=None, gt=0, description="Most tokens to generate.")
+    ] = None
+    temperature: Annotated[
+        float | None,
+        Field(default=None, ge=0.0, le=5.0, allow_inf_nan=False, description="0 = greedy."),
+    ] = None
+    top_p: Annotated[
+        float | None,
+        Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus mass."),
+    ] = None
+    top_k: Annotated[
+        int | None, Field(default=None, ge=0, le=1_000_000, description="0 = disabled.")
+    ] = None
+    stop: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]] | None,
+        Field(default=None, max_length=MAX_STOP_STRINGS, description="Stop strings."),
+    ] = None
+    seed: Annotated[
+        int | None, Field(default=None, ge=0, le=2**32 - 2, description="Sampling seed.")
+    ] = None
+    session_id: Annotated[
+        str | None, Field(default=None, pattern=_ID_PATTERN, description="Session id to use.")
+    ] = None
+    request_id: Annotated[
+        str | None,
+        Field(default=None, pattern=_ID_PATTERN, description="Client-chosen request id."),
+    ] = None
+    prompt_format: Annotated[
+        PromptFormat,
+        Field(
+            default="auto",
+            description="plain completion, the model's chat template, or auto "
+            "(chat template when the model has one and is instruction-tuned, else plain).",
+        ),
+    ] = "auto"
+    stream: Annotated[
+        bool, Field(default=False, description="REST only: answer with an ND-JSON stream.")
+    ] = False
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must not be blank")
+        return value
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` is usable as a request or session id."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A short, safe, human-readable summary of a pydantic validation error."""
+    parts: list[str] = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "request"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts) or "invalid request"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Resolved sampling parameters for one generation (defaults applied, limits checked)."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    stop: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Worker-wide limits and defaults that a request is checked against."""
+
+    max_tokens_cap: int
+    default_max_tokens: int
+    max_input_chars: int
+    temperature: float
+    top_p: float
+    top_k: int
+
+    def resolve(self, req: GenerationRequest) -> SamplingParams:
+        """Apply defaults and check limits; raise ``INVALID_REQUEST`` when a limit is exceeded."""
+        if len(req.input) > self.max_input_chars:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"input is {len(req.input)} characters; the limit is {self.max_input_chars}",
+            )
+        if req.max_tokens is not None and req.max_tokens > self.max_tokens_cap:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"max_tokens {req.max_tokens} is above the limit of {self.max_tokens_cap}",
+            )
+        max_tokens = req.max_tokens or min(self.default_max_tokens, self.max_tokens_cap)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature if req.temperature is None else req.temperature,
+            top_p=self.top_p if req.top_p is None else req.top_p,
+            top_k=self.top_k if req.top_k is None else req.top_k,
+            seed=req.seed,
+            stop=tuple(req.stop or ()),
+        )

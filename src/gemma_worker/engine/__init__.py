@@ -1,0 +1,1 @@
+"""The inference engine: the only code that touches llama.cpp, on its own thread."""

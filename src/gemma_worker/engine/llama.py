@@ -1,0 +1,270 @@
+"""Thin typed wrappers over llama.cpp's C API (through ``llama_cpp``'s low-level bindings).
+
+Everything here must run on the engine thread: llama.cpp contexts are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+
+from gemma_worker.core.request import SamplingParams
+
+log = logging.getLogger(__name__)
+
+#: ggml log levels (GGML_LOG_LEVEL_WARN, _ERROR); INFO/DEBUG chatter is dropped.
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_llama_log = logging.getLogger("llama.cpp")
+
+
+@lc.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_callback(level: int, text: bytes, _user: Any) -> None:
+    """Route llama.cpp's own messages (errors and warnings only) into logging."""
+    py_level = _LOG_LEVELS.get(level)
+    if py_level is not None and text:
+        _llama_log.log(py_level, text.decode("utf-8", "replace").rstrip())
+
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready  # noqa: PLW0603 - process-wide llama.cpp initialisation, done once
+    if not _backend_ready:
+        lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the worker reports about its model (``/ready``, ``GET /``)."""
+
+    name: str
+    architecture: str
+    n_params: int
+    size_bytes: int
+    n_ctx_train: int
+    n_vocab: int
+    has_chat_template: bool
+    instruction_tuned: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "n_params": self.n_params,
+            "size_bytes": self.size_bytes,
+            "n_ctx_train": self.n_ctx_train,
+            "n_vocab": self.n_vocab,
+            "chat_template": self.has_chat_template,
+            "instruction_tuned": self.instruction_tuned,
+        }
+
+
+class ModelLoadError(Exception):
+    """The model file could not be loaded (message is safe for an operator's console)."""
+
+
+class Batch:
+    """A reusable ``llama_batch`` of up to ``capacity`` tokens, one sequence id per token."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._batch = lc.llama_batch_init(capacity, 0, 1)
+        self._token = self._batch.token
+        self._pos = self._batch.pos
+        self._n_seq_id = self._batch.n_seq_id
+        self._seq_id = self._batch.seq_id
+        self._logits = self._batch.logits
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        """Empty the batch."""
+        self.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; return its index in the batch (the index of its logits)."""
+        i = self.n_tokens
+        self._token[i] = token
+        self._pos[i] = pos
+        self._n_seq_id[i] = 1
+        self._seq_id[i][0] = seq
+        self._logits[i] = logits
+        self.n_tokens = i + 1
+        return i
+
+    @property
+    def raw(self) -> Any:
+        """The ``llama_batch`` struct with its token count set."""
+        self._batch.n_tokens = self.n_tokens
+        return self._batch
+
+    def free(self) -> None:
+        """Release the C memory."""
+        lc.llama_batch_free(self._batch)
+
+
+class Sampler:
+    """One request's sampler chain (top-k, top-p, temperature, seeded distribution; or greedy)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        add = lc.llama_sampler_chain_add
+        if params.temperature <= 0.0:
+            add(self._chain, lc.llama_sampler_init_greedy())
+        else:
+            if params.top_k > 0:
+                add(self._chain, lc.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                add(self._chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+            add(self._chain, lc.llama_sampler_init_temp(params.temperature))
+            seed = lc.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
+            add(self._chain, lc.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx: Any, index: int) -> int:
+        """Sample (and accept) a token from the logits at batch ``index``."""
+        return int(lc.llama_sampler_sample(self._chain, ctx, index))
+
+    def free(self) -> None:
+        """Release the chain and its samplers."""
+        lc.llama_sampler_free(self._chain)
+
+
+class LlamaModel:
+    """A loaded GGUF model with one context of ``n_seq`` sequences of ``n_ctx_seq`` tokens each."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx_seq: int,
+        n_seq: int,
+        n_batch: int,
+        n_threads: int | None,
+        n_gpu_layers: int,
+    ) -> None:
+        _init_backend()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ModelLoadError(f"model file not found or not readable: {path}")
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 999
+        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"not a loadable GGUF model: {path}")
+        threads = n_threads or os.cpu_count() or 1
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = n_ctx_seq * n_seq
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_seq_max = n_seq
+        # At most one sampled position per sequence per step: sizing the logits buffer for
+        # n_seq outputs instead of n_ubatch saves ~500 MiB with Gemma's 262k vocabulary.
+        cparams.n_outputs_max = n_seq
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        cparams.kv_unified = False
+        cparams.swa_full = False
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise ModelLoadError("could not create a llama.cpp context (out of memory?)")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.n_ctx_seq = int(lc.llama_n_ctx_seq(self.ctx))
+        self.n_seq = n_seq
+        self.n_batch = n_batch
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.info = self._read_info()
+
+    # --- metadata ---------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as a string, or ``None``."""
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's default chat template, if it has one."""
+        raw = lc.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary text of ``token`` (e.g. ``<bos>``)."""
+        raw = lc.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def _read_info(self) -> ModelInfo:
+        name = self.meta("general.name") or "unknown"
+        finetune = (self.meta("general.finetune") or "").lower()
+        template = self.chat_template
+        return ModelInfo(
+            name=name,
+            architecture=self.meta("general.architecture") or "unknown",
+            n_params=int(lc.llama_model_n_params(self.model)),
+            size_bytes=int(lc.llama_model_size(self.model)),
+            n_ctx_train=int(lc.llama_model_n_ctx_train(self.model)),
+            n_vocab=int(lc.llama_vocab_n_tokens(self.vocab)),
+            has_chat_template=template is not None,
+            instruction_tuned=template is not None
+            and ("it" in finetune.split("-") or "instruct" in finetune or "chat" in finetune),
+        )
+
+    # --- tokens -----------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Text to token ids."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends generation (EOS, end of turn, ...)."""
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    # --- decoding ---------------------------------------------------------------------------
+    def decode(self, batch: Batch) -> int:
+        """Run the model over ``batch``; 0 on success (llama.cpp's return code otherwise)."""
+        return int(lc.llama_decode(self.ctx, batch.raw))
+
+    def clear_sequence(self, seq: int) -> None:
+        """Forget the KV cache of sequence ``seq``."""
+        lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def close(self) -> None:
+        """Free the context and the model."""
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,437 @@
+"""The batching engine: one thread owns llama.cpp and decodes every running request together.
+
+Each step is one ``llama_decode`` over a batch with one sequence per running request (plus a
+chunk of prompt processing). New requests join between steps; finished, cancelled or
+disconnected ones leave at once and their KV cells are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.events import FinishReason
+from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.scheduling import (
+    AdmissionQueue,
+    QueueFullError,
+    SlotPool,
+    SlotView,
+    StepEntry,
+    plan_step,
+)
+from gemma_worker.engine.channel import EventChannel
+from gemma_worker.engine.job import GenerationHandle, Job
+from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError, Sampler
+from gemma_worker.engine.messages import EngineEvent, Failed, Finished, Queued, Started, Text
+from gemma_worker.engine.model_files import resolve_model_path
+from gemma_worker.engine.prompt import Prompt, PromptRenderer
+from gemma_worker.engine.protocol import EngineState, EngineStats
+from gemma_worker.engine.sequence import SequenceState
+
+log = logging.getLogger(__name__)
+
+#: How long the engine waits before re-checking sequences paused for a slow client.
+_PAUSE_POLL_S = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the engine needs from the settings."""
+
+    model_path: Path | None
+    n_ctx: int
+    parallel: int
+    n_batch: int
+    prefill_chunk: int
+    max_queue: int
+    n_threads: int | None
+    n_gpu_layers: int
+    stream_buffer: int
+
+
+class _Stop:
+    """Inbox message: shut the engine down."""
+
+
+class _Wake:
+    """Inbox message: something changed (a cancel); re-check."""
+
+
+_Message = Job | _Stop | _Wake
+
+
+class LlamaEngine:
+    """:class:`~gemma_worker.engine.protocol.Engine` on llama.cpp with continuous batching."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._state = EngineState.LOADING
+        self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._model: LlamaModel | None = None
+        self._renderer: PromptRenderer | None = None
+        self.model_path: Path | None = None
+        # Engine-thread state.
+        self._slots = SlotPool(config.parallel)
+        self._waiting: AdmissionQueue[tuple[Job, list[int]]] = AdmissionQueue(
+            config.max_queue + config.parallel
+        )
+        self._seqs: dict[int, SequenceState] = {}
+        self._samplers: dict[int, Sampler] = {}
+        self._order = 0
+
+    # --- Engine protocol (event loop side) --------------------------------------------------
+    @property
+    def state(self) -> EngineState:
+        """Current lifecycle state."""
+        return self._state
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """The loaded model's description."""
+        return None if self._model is None else self._model.info
+
+    @property
+    def renderer(self) -> PromptRenderer:
+        """Prompt formatting for the loaded model."""
+        if self._renderer is None:
+            raise WorkerError(ErrorCode.OVERLOADED, "the model is still loading")
+        return self._renderer
+
+    @property
+    def n_ctx(self) -> int:
+        """Context tokens per request."""
+        return self.config.n_ctx if self._model is None else self._model.n_ctx_seq
+
+    async def start(self) -> None:
+        """Load the model on the engine thread; raise :class:`ModelLoadError` on failure."""
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(loop, loaded), name="gemma-engine", daemon=True
+        )
+        self._thread.start()
+        await loaded
+
+    def submit(self, prompt: Prompt, params: SamplingParams, request_id: str) -> GenerationHandle:
+        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full."""
+        if self._state is not EngineState.READY:
+            raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
+        with self._pending_lock:
+            if self._pending >= self.config.parallel + self.config.max_queue:
+                raise WorkerError(
+                    ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
+                )
+            self._pending += 1
+        job = Job(
+            request_id=request_id,
+            prompt=prompt,
+            params=params,
+            channel=EventChannel(asyncio.get_running_loop(), self.config.stream_buffer),
+        )
+        self._inbox.put(job)
+        return GenerationHandle(job, self._wake)
+
+    def stats(self) -> EngineStats:
+        """Current load (a racy snapshot, fine for reporting)."""
+        return EngineStats(
+            active=len(self._seqs),
+            queued=len(self._waiting),
+            slots=self.config.parallel,
+            max_queue=self.config.max_queue,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not yet finished."""
+        return self._pending
+
+    async def close(self) -> None:
+        """Cancel everything, stop the thread and free the model."""
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(_Stop())
+            await asyncio.to_thread(self._thread.join)
+        self._state = EngineState.CLOSED
+
+    def _wake(self) -> None:
+        self._inbox.put(_Wake())
+
+    # --- engine thread ----------------------------------------------------------------------
+    def _thread_main(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None]) -> None:
+        def report(exc: BaseException | None) -> None:
+            if loaded.done():
+                return
+            if exc is None:
+                loaded.set_result(None)
+            else:
+                loaded.set_exception(exc)
+
+        try:
+            t0 = time.perf_counter()
+            self.model_path = resolve_model_path(self.config.model_path)
+            model = LlamaModel(
+                self.model_path,
+                n_ctx_seq=self.config.n_ctx,
+                n_seq=self.config.parallel,
+                n_batch=self.config.n_batch,
+                n_threads=self.config.n_threads,
+                n_gpu_layers=self.config.n_gpu_layers,
+            )
+            template = model.chat_template
+            self._renderer = PromptRenderer(
+                template,
+                bos_token=model.token_text(1) if template else "<bos>",
+                prefer_chat=model.info.instruction_tuned,
+            )
+            self._model = model
+            self._batch = Batch(max(self.config.n_batch, self.config.parallel))
+        except ModelLoadError as exc:
+            self._state = EngineState.FAILED
+            loop.call_soon_threadsafe(report, exc)
+            return
+        except Exception as exc:
+            log.exception("model load failed")
+            self._state = EngineState.FAILED
+            loop.call_soon_threadsafe(report, ModelLoadError(f"model load failed: {exc}"))
+            return
+        log.info(
+            "model loaded",
+            extra={
+                "model": model.info.name,
+                "load_ms": round((time.perf_counter() - t0) * 1e3, 1),
+                "slots": self.config.parallel,
+                "n_ctx_per_slot": model.n_ctx_seq,
+            },
+        )
+        self._state = EngineState.READY
+        loop.call_soon_threadsafe(report, None)
+        try:
+            self._run()
+        except Exception:
+            log.exception("engine loop crashed")
+            self._state = EngineState.FAILED
+        finally:
+            self._shutdown()
+
+    def _run(self) -> None:
+        while True:
+            busy = bool(self._seqs) or len(self._waiting) > 0
+            if self._handle_messages(block=not busy):
+                return
+            self._reap_cancelled()
+            self._admit()
+            plan = plan_step(self._views(), self.config.n_batch, self.config.prefill_chunk)
+            if plan:
+                self._step(plan)
+            elif self._seqs:
+                # Every running sequence waits for its client; poll until one catches up.
+                try:
+                    msg = self._inbox.get(timeout=_PAUSE_POLL_S)
+                except queue.Empty:
+                    continue
+                self._inbox.put(msg)
+
+    def _handle_messages(self, block: bool) -> bool:
+        """Take inbox messages; return True when asked to stop."""
+        try:
+            msg: _Message | None = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return False
+        while msg is not None:
+            if isinstance(msg, _Stop):
+                return True
+            if isinstance(msg, Job):
+                self._accept(msg)
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                msg = None
+        return False
+
+    def _accept(self, job: Job) -> None:
+        assert self._model is not None
+        if job.cancelled:
+            self._final(job, _cancelled_before_start(job, 0))
+            return
+        try:
+            tokens = self._model.tokenize(
+                job.prompt.text,
+                add_special=job.prompt.add_special,
+                parse_special=job.prompt.parse_special,
+            )
+        except Exception:
+            log.exception("tokenization failed", extra={"request_id": job.request_id})
+            self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "tokenization failed"))
+            return
+        n_ctx = self._model.n_ctx_seq
+        if len(tokens) + job.params.max_tokens > n_ctx:
+            self._fail(
+                job,
+                WorkerError(
+                    ErrorCode.CONTEXT_OVERFLOW,
+                    f"prompt ({len(tokens)} tokens) + max_tokens ({job.params.max_tokens}) "
+                    f"exceeds the context of {n_ctx} tokens",
+                    n_prompt_tokens=len(tokens),
+                    max_tokens=job.params.max_tokens,
+                    n_ctx=n_ctx,
+                ),
+            )
+            return
+        must_wait = self._slots.n_free <= len(self._waiting)
+        try:
+            position = self._waiting.push((job, tokens))
+        except QueueFullError:
+            self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the admission queue is full"))
+            return
+        if must_wait:
+            job.channel.put(Queued(position))
+
+    def _admit(self) -> None:
+        assert self._model is not None
+        while len(self._waiting) > 0:
+            slot = self._slots.acquire()
+            if slot is None:
+                return
+            job, tokens = self._waiting.pop()
+            self._order += 1
+            seq = SequenceState(job, slot, self._order, tokens, self._model.n_ctx_seq)
+            self._seqs[slot] = seq
+            self._samplers[slot] = Sampler(job.params)
+            job.channel.put(Started(len(tokens)))
+
+    def _reap_cancelled(self) -> None:
+        for seq in [s for s in self._seqs.values() if s.job.cancelled]:
+            self._finish(seq, "cancelled")
+        for entry in [e for e in self._waiting if e[0].cancelled]:
+            self._waiting.remove(entry)
+            job, tokens = entry
+            self._final(job, _cancelled_before_start(job, len(tokens)))
+
+    def _views(self) -> list[SlotView]:
+        return [
+            SlotView(
+                slot=s.slot,
+                order=s.order,
+                prefill_remaining=s.prefill_remaining,
+                paused=s.next_token is not None and s.job.channel.full(),
+            )
+            for s in self._seqs.values()
+        ]
+
+    def _step(self, plan: list[StepEntry]) -> None:
+        model = self._model
+        assert model is not None
+        batch = self._batch
+        batch.clear()
+        outputs: list[tuple[SequenceState, int]] = []
+        for entry in plan:
+            seq = self._seqs[entry.slot]
+            if entry.prefill:
+                chunk = seq.prefill_chunk(entry.n_tokens)
+                ends_prompt = seq.n_past + len(chunk) == len(seq.prompt_tokens)
+                last = len(chunk) - 1
+                for i, token in enumerate(chunk):
+                    idx = batch.add(token, seq.n_past + i, seq.slot, ends_prompt and i == last)
+                seq.n_past += len(chunk)
+                if ends_prompt:
+                    outputs.append((seq, idx))
+            else:
+                assert seq.next_token is not None
+                idx = batch.add(seq.next_token, seq.n_past, seq.slot, True)
+                seq.n_past += 1
+                seq.next_token = None
+                outputs.append((seq, idx))
+        rc = model.decode(batch)
+        if rc != 0:
+            log.error("llama_decode failed", extra={"rc": rc, "n_tokens": batch.n_tokens})
+            error = WorkerError(ErrorCode.INFERENCE_ERROR, "the model failed to decode")
+            for entry in plan:
+                seq = self._seqs[entry.slot]
+                self._release(seq)
+                self._fail(seq.job, error)
+            return
+        for seq, idx in outputs:
+            token = self._samplers[seq.slot].sample(model.ctx, idx)
+            text, reason = seq.on_token(model.piece(token), model.is_eog(token))
+            if text:
+                seq.job.channel.put(Text(text))
+            if reason is not None:
+                self._finish(seq, reason)
+            else:
+                seq.next_token = token
+
+    def _release(self, seq: SequenceState) -> None:
+        assert self._model is not None
+        self._samplers.pop(seq.slot).free()
+        self._model.clear_sequence(seq.slot)
+        del self._seqs[seq.slot]
+        self._slots.release(seq.slot)
+
+    def _finish(self, seq: SequenceState, reason: FinishReason) -> None:
+        self._release(seq)
+        self._final(seq.job, seq.finished(reason))
+
+    def _fail(self, job: Job, error: WorkerError) -> None:
+        self._final(job, Failed(error))
+
+    def _final(self, job: Job, event: EngineEvent) -> None:
+        job.channel.put(event)
+        with self._pending_lock:
+            self._pending -= 1
+        if isinstance(event, Finished):
+            log.info(
+                "generation finished",
+                extra={
+                    "request_id": job.request_id,
+                    "finish_reason": event.finish_reason,
+                    "prompt_tokens": event.prompt_tokens,
+                    "completion_tokens": event.completion_tokens,
+                    "ttft_ms": None if event.ttft_ms is None else round(event.ttft_ms, 1),
+                    "total_ms": round(event.total_ms, 1),
+                },
+            )
+        elif isinstance(event, Failed):
+            log.info(
+                "generation failed",
+                extra={"request_id": job.request_id, "code": str(event.error.code)},
+            )
+
+    def _shutdown(self) -> None:
+        for seq in list(self._seqs.values()):
+            self._finish(seq, "cancelled")
+        while len(self._waiting) > 0:
+            job, tokens = self._waiting.pop()
+            self._final(job, _cancelled_before_start(job, len(tokens)))
+        while True:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(msg, Job):
+                self._final(msg, _cancelled_before_start(msg, 0))
+        self._batch.free()
+        if self._model is not None:
+            self._model.close()
+        self._state = EngineState.CLOSED
+
+
+def _cancelled_before_start(job: Job, n_prompt_tokens: int) -> Finished:
+    waited = (time.perf_counter() - job.submitted_at) * 1e3
+    return Finished(
+        finish_reason="cancelled",
+        prompt_tokens=n_prompt_tokens,
+        completion_tokens=0,
+        queue_ms=waited,
+        ttft_ms=None,
+        tokens_per_second=None,
+        total_ms=waited,
+    )

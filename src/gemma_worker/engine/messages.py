@@ -1,0 +1,53 @@
+"""What the engine reports about one generation, in order: ``Queued``? ``Started`` ``Text``*
+then ``Finished`` or ``Failed``. (A request rejected before it starts gets ``Failed`` only.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gemma_worker.core.errors import WorkerError
+from gemma_worker.core.events import FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """All slots are busy; the request waits at ``position`` (1 = next)."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The request has a slot; its ``n_prompt_tokens`` prompt tokens are being processed."""
+
+    n_prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """Generated text, as soon as it is complete UTF-8 and cannot be part of a stop string."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Generation ended normally or was cancelled."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ms: float
+    ttft_ms: float | None
+    tokens_per_second: float | None
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Generation could not run or broke; ``error`` is safe to show."""
+
+    error: WorkerError
+
+
+EngineEvent = Queued | Started | Text | Finished | Failed

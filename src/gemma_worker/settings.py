@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(
         default=0, ge=-1, description="Layers to offload to a GPU (-1 = all; 0 on CPU builds)."
     )
+    flash_attn: bool = Field(
+        default=False,
+        description="Flash attention. Off by default: with it, llama.cpp's attention kernels "
+        "depend on the batch's shape, so a greedy output could change with the other requests "
+        "batched beside it.",
+    )
     n_batch: int = Field(
         default=512, ge=8, le=65_536, description="Most tokens in one llama_decode batch."
     )

@@ -34,6 +34,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
         stream_buffer=settings.stream_buffer,
+        flash_attn=settings.flash_attn,
     )
 
 

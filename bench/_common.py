@@ -39,36 +39,41 @@ def embedded_model_path() -> Path:
 
 
 @contextmanager
-def worker_process(port: int, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """A ``gemma-worker --mode daemon`` process on ``port``; yields its base URL."""
+def server_process(
+    argv: list[str], ready_url: str, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` until the block ends; wait until ``ready_url`` answers 200 first."""
     env = {**os.environ, "LOG_LEVEL": "WARNING", **(extra_env or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gemma_worker", "--mode", "daemon", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                if httpx.get(ready_url, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None:
-                raise RuntimeError("worker exited during start-up")
+                raise RuntimeError(f"{argv[:3]} exited during start-up")
             time.sleep(0.1)
         else:
-            raise RuntimeError("worker did not become ready")
-        yield base
+            raise RuntimeError(f"{argv[:3]} did not become ready")
+        yield proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def worker_process(port: int, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A ``gemma-worker --mode daemon`` process on ``port``; yields its base URL."""
+    base = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "gemma_worker", "--mode", "daemon", "--port", str(port)]
+    with server_process(argv, f"{base}/ready", extra_env):
+        yield base
 
 
 @dataclass

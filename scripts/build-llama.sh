@@ -14,9 +14,7 @@ VERSION=${LLAMA_CPP_VERSION:-0.3.36}
 flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
 has() { [[ " $flags " == *" $1 "* ]]; }
 args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-# llamafile's sgemm picks kernels by batch shape, so a sequence's logits would depend on what
-# else is in the batch; without it, greedy outputs are the same alone or batched.
-args+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_LLAMAFILE=OFF"
+args+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 if [[ "$(uname -m)" == x86_64 ]]; then
   has avx && args+=" -DGGML_AVX=ON"
   has avx2 && args+=" -DGGML_AVX2=ON"

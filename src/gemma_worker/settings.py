@@ -52,11 +52,18 @@ class Settings(BaseSettings):
         "depend on the batch's shape, so a greedy output could change with the other requests "
         "batched beside it.",
     )
+    kv_unified: bool = Field(
+        default=False,
+        description="One KV buffer shared by all slots. Faster prompt processing when several "
+        "requests start at once, but a request's cells then interleave with its neighbours' "
+        "and greedy outputs can change with the batch; off (the default) gives each slot its "
+        "own buffer and batch-independent outputs.",
+    )
     n_batch: int = Field(
         default=512, ge=8, le=65_536, description="Most tokens in one llama_decode batch."
     )
     parallel: int = Field(
-        default=4,
+        default=8,
         ge=1,
         le=64,
         description="Parallel slots: requests decoded together in one batch.",

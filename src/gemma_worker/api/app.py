@@ -35,6 +35,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_gpu_layers=settings.n_gpu_layers,
         stream_buffer=settings.stream_buffer,
         flash_attn=settings.flash_attn,
+        kv_unified=settings.kv_unified,
     )
 
 

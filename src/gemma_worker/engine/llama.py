@@ -162,12 +162,17 @@ class LlamaModel:
         n_threads: int | None,
         n_gpu_layers: int,
         flash_attn: bool = False,
+        kv_unified: bool = False,
     ) -> None:
         _init_backend()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ModelLoadError(f"model file not found or not readable: {path}")
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 999
+        # No repacked weights: their gemv (1 row) and gemm (4+ rows) kernels round differently,
+        # so a sequence's logits would depend on how many others share its batch. Measured here
+        # at no cost in speed.
+        mparams.use_extra_bufts = False
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"not a loadable GGUF model: {path}")
@@ -183,7 +188,7 @@ class LlamaModel:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
-        cparams.kv_unified = False
+        cparams.kv_unified = kv_unified
         cparams.swa_full = False
         cparams.flash_attn_type = (
             lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -194,7 +199,8 @@ class LlamaModel:
             raise ModelLoadError("could not create a llama.cpp context (out of memory?)")
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.memory = lc.llama_get_memory(self.ctx)
-        self.n_ctx_seq = int(lc.llama_n_ctx_seq(self.ctx))
+        # The per-request limit is ours: with a unified KV cache llama.cpp reports the total.
+        self.n_ctx_seq = n_ctx_seq
         self.n_seq = n_seq
         self.n_batch = n_batch
         self._pieces: dict[int, bytes] = {}

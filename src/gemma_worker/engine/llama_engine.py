@@ -55,6 +55,7 @@ class EngineConfig:
     n_gpu_layers: int
     stream_buffer: int
     flash_attn: bool = False
+    kv_unified: bool = False
 
 
 class _Stop:
@@ -187,6 +188,7 @@ class LlamaEngine:
                 n_threads=self.config.n_threads,
                 n_gpu_layers=self.config.n_gpu_layers,
                 flash_attn=self.config.flash_attn,
+                kv_unified=self.config.kv_unified,
             )
             template = model.chat_template
             self._renderer = PromptRenderer(
@@ -300,16 +302,21 @@ class LlamaEngine:
 
     def _admit(self) -> None:
         assert self._model is not None
+        admitted = False
         while len(self._waiting) > 0:
             slot = self._slots.acquire()
             if slot is None:
-                return
+                break
             job, tokens = self._waiting.pop()
             self._order += 1
             seq = SequenceState(job, slot, self._order, tokens, self._model.n_ctx_seq)
             self._seqs[slot] = seq
             self._samplers[slot] = Sampler(job.params, self._model.info.n_vocab)
             job.channel.put(Started(len(tokens)))
+            admitted = True
+        if admitted:  # everyone still waiting moved up
+            for position, (job, _) in enumerate(self._waiting, start=1):
+                job.channel.put(Queued(position))
 
     def _reap_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.job.cancelled]:

@@ -14,7 +14,10 @@ VERSION=${LLAMA_CPP_VERSION:-0.3.36}
 flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
 has() { [[ " $flags " == *" $1 "* ]]; }
 args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-args+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# No llamafile sgemm: it takes over matmuls only when a batch has 2+ tokens (a lone decoding
+# sequence uses ggml's vec_dot), and the two kernels round differently, so a request's greedy
+# output would change when others are batched beside it.
+args+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_LLAMAFILE=OFF"
 if [[ "$(uname -m)" == x86_64 ]]; then
   has avx && args+=" -DGGML_AVX=ON"
   has avx2 && args+=" -DGGML_AVX2=ON"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import statistics
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gemma_worker.api.app import engine_config
 from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.scheduling import StepEntry
 from gemma_worker.engine.job import GenerationHandle
-from gemma_worker.engine.llama_engine import LlamaEngine
+from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.messages import Finished, Started, Text
 from gemma_worker.settings import Settings
 from tests.conftest import PARIS_PROMPT, make_settings
@@ -83,3 +87,67 @@ async def test_a_slow_consumer_pauses_only_itself(engine: LlamaEngine) -> None:
     slow_text, slow_done = await collect(slow)
     assert slow_done.completion_tokens == 200
     assert slow_text
+
+
+class RecordingEngine(LlamaEngine):
+    """The real engine, recording each step's plan (which slots, how many tokens)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__(config)
+        self.plans: list[list[StepEntry]] = []
+
+    def _step(self, plan: list[StepEntry]) -> None:
+        self.plans.append(list(plan))
+        super()._step(plan)
+
+
+async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None:
+    settings = make_settings(parallel=2, prefill_chunk=64, n_ctx=2048)
+    eng = RecordingEngine(engine_config(settings))
+    await eng.start()
+    try:
+        running = submit(eng, settings, PARIS_PROMPT, 300)
+        arrivals: list[float] = []
+        while len(arrivals) < 10:  # the running stream is decoding
+            if isinstance(await running.next_event(), Text):
+                arrivals.append(time.perf_counter())
+        long_text = "The quick brown fox jumps over the lazy dog. " * 90  # ~900 tokens
+        long = submit(eng, settings, long_text, 8)
+        submitted = time.perf_counter()
+        started = await long.next_event()
+        assert isinstance(started, Started)
+        assert started.n_prompt_tokens > 800
+        first_plan = len(eng.plans)
+        long_done = asyncio.Event()
+        prefill_span = 0.0
+
+        async def watch_long() -> None:
+            while not isinstance(await long.next_event(), Text):
+                pass
+            long_done.set()
+            nonlocal prefill_span
+            prefill_span = time.perf_counter() - submitted
+
+        watcher = asyncio.create_task(watch_long())
+        while not long_done.is_set():
+            event = await running.next_event()
+            if isinstance(event, Text):
+                arrivals.append(time.perf_counter())
+        await watcher
+        prefill_plans = [p for p in eng.plans[first_plan:] if any(e.prefill for e in p)]
+        # the long prompt went in chunks of at most 64 tokens...
+        assert len(prefill_plans) >= started.n_prompt_tokens // 64
+        assert all(e.n_tokens <= 64 for p in prefill_plans for e in p if e.prefill)
+        # ...and every one of those steps also decoded the running stream
+        assert all(any(not e.prefill for e in p) for p in prefill_plans)
+        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+        decode_gap = statistics.median(gaps[:9])
+        chunk_gap = max(gaps[9:])
+        # unchunked, the running stream would wait the whole prefill (~14 chunks); it waits
+        # one chunk step at most
+        assert chunk_gap < prefill_span / 4, (decode_gap, chunk_gap, prefill_span)
+        running.cancel()
+        await collect(running)
+        await collect(long)
+    finally:
+        await eng.close()

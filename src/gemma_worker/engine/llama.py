@@ -39,6 +39,10 @@ _backend_ready = False
 def _init_backend() -> None:
     global _backend_ready  # noqa: PLW0603 - process-wide llama.cpp initialisation, done once
     if not _backend_ready:
+        # ggml's tiled K-quant matmul takes over at 8+ batch rows and sums in another order
+        # than vec_dot, so a request's greedy output would depend on how many requests share
+        # its batch. It is read once per process, before the first decode.
+        os.environ.setdefault("GGML_CPU_TILED_MM", "0")
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _backend_ready = True

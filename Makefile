@@ -2,7 +2,7 @@
 #   make run    set up .venv (first time: compiles llama.cpp, ~5 min on 2 cores) and serve
 #   make test   set up .venv and run the whole test suite (real model)
 #   make lint   ruff + mypy (strict)
-#   make bench  single-stream benchmark against raw llama-cpp-python
+#   make bench  benchmarks: single stream vs raw llama-cpp-python; N clients vs llama_cpp.server
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -35,7 +35,10 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench
 
 bench: install
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) bench/single_stream.py
+	$(PY) bench/concurrency.py
+	$(PY) bench/concurrency.py --idle 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

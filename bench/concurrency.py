@@ -146,10 +146,15 @@ def _p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-async def run_load(client: Client, n_clients: int, per_client: int, max_tokens: int) -> LoadResult:
+async def run_load(
+    client: Client, n_clients: int, per_client: int, max_tokens: int, ramp_s: float
+) -> LoadResult:
     samples: list[Sample] = []
 
     async def loop(c: int) -> None:
+        # Clients join one by one (ramp-up), as real clients do; otherwise all N arrive in
+        # the same millisecond on every round and measure a lock-step artefact.
+        await asyncio.sleep(c * ramp_s)
         for r in range(per_client):
             samples.append(await client(c + r, max_tokens))
 
@@ -168,13 +173,18 @@ async def run_load(client: Client, n_clients: int, per_client: int, max_tokens: 
     )
 
 
-async def sweep(
-    name: str, client: Client, levels: list[int], per_client: int, max_tokens: int
+async def sweep(  # noqa: PLR0917 - a benchmark's knobs
+    name: str,
+    client: Client,
+    levels: list[int],
+    per_client: int,
+    max_tokens: int,
+    ramp_s: float,
 ) -> dict[int, LoadResult]:
     await client(0, 4)  # warm-up
     results = {}
     for n in levels:
-        res = await run_load(client, n, per_client, max_tokens)
+        res = await run_load(client, n, per_client, max_tokens, ramp_s)
         results[n] = res
         print(
             f"  {name:<18} N={n:<3} aggregate {res.aggregate_tps:7.1f} tok/s   "
@@ -191,14 +201,14 @@ async def load_mode(args: argparse.Namespace) -> None:
     all_results: dict[str, dict[int, LoadResult]] = {}
     print(
         f"{args.per_client} requests per client, {args.max_tokens} tokens each, "
-        f"greedy, {threads} threads",
+        f"greedy, {threads} threads, clients start {args.ramp * 1e3:.0f} ms apart",
         flush=True,
     )
     env = {"GEMMA_N_CTX": str(args.n_ctx), "GEMMA_PARALLEL": str(args.parallel)}
     with worker_process(free_port(), env) as base:
         async with httpx.AsyncClient(timeout=600) as http:
             all_results["worker /ws"] = await sweep(
-                "worker /ws", ws_client(base), levels, args.per_client, args.max_tokens
+                "worker /ws", ws_client(base), levels, args.per_client, args.max_tokens, args.ramp
             )
             all_results["worker /v1/execute"] = await sweep(
                 "worker /v1/execute",
@@ -206,6 +216,7 @@ async def load_mode(args: argparse.Namespace) -> None:
                 levels,
                 args.per_client,
                 args.max_tokens,
+                args.ramp,
             )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -235,6 +246,7 @@ async def load_mode(args: argparse.Namespace) -> None:
                 levels,
                 args.per_client,
                 args.max_tokens,
+                args.ramp,
             )
 
     base_res = all_results["llama_cpp.server"]
@@ -303,6 +315,9 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,8,16", help="client counts")
     parser.add_argument("--per-client", type=int, default=3, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--ramp", type=float, default=0.1, help="seconds between client starts (ramp-up)"
+    )
     parser.add_argument("--n-ctx", type=int, default=4096, help="context per request")
     parser.add_argument("--parallel", type=int, default=8, help="worker slots")
     parser.add_argument("--idle", type=int, default=0, help="idle-connection mode: how many")

@@ -115,3 +115,26 @@ async def test_decode_failure_is_inference_error_and_the_worker_recovers(
             assert "Paris" in events[-1]["content"]
     finally:
         worker.stop()
+
+
+async def test_engine_crash_fails_requests_and_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_step(self: LlamaEngine, plan: object) -> None:
+        raise RuntimeError("simulated engine bug")
+
+    worker = start_worker(make_settings(parallel=1))
+    try:
+        monkeypatch.setattr(LlamaEngine, "_step", broken_step)
+        async with connect(worker.ws) as ws:
+            events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 4})
+            assert events[-1]["type"] == "error"
+            assert events[-1]["code"] == "INFERENCE_ERROR"
+            assert "simulated" not in events[-1]["error"]
+            async with httpx.AsyncClient() as client:
+                r = await client.get(f"{worker.http}/ready")
+                assert r.status_code == 503
+                assert r.json()["status"] == "failed"
+                assert (await client.get(f"{worker.http}/health")).status_code == 200
+            events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 4})
+            assert events[-1]["code"] == "OVERLOADED"
+    finally:
+        worker.stop()

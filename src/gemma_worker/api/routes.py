@@ -24,6 +24,7 @@ from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.engine.messages import EngineEvent, Failed, Queued, Started
+from gemma_worker.engine.protocol import EngineState
 
 router = APIRouter()
 
@@ -74,11 +75,11 @@ async def health() -> HealthResponse:
 async def ready(state: State) -> JSONResponse:
     """200 once the model is loaded; 503 while loading, after a failed load, or draining."""
     model = state.engine.info
-    body = ReadyResponse(
-        status=state.phase.value,
-        model_loaded=model is not None,
-    )
-    if state.phase is Phase.READY and model is not None:
+    phase = state.phase
+    if phase is Phase.READY and state.engine.state is not EngineState.READY:
+        phase = Phase.FAILED  # the engine stopped after loading
+    body = ReadyResponse(status=phase.value, model_loaded=model is not None)
+    if phase is Phase.READY and model is not None:
         stats = state.engine.stats()
         path = getattr(state.engine, "model_path", None)
         body = ReadyResponse(

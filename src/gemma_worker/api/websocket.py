@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 from fastapi import WebSocket
@@ -92,10 +93,18 @@ class Connection:
         except ProtocolError as exc:
             await self.send(ev.error_event(exc, exc.request_id))
             return
-        if isinstance(message, CancelMessage):
-            await self._cancel(message.request_id)
-            return
-        await self._execute(message)
+        try:
+            if isinstance(message, CancelMessage):
+                await self._cancel(message.request_id)
+            else:
+                await self._execute(message)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise
+        except Exception:  # a bug must not take the connection down with it
+            error_id = str(uuid.uuid4())
+            log.exception("unexpected error handling a message", extra={"error_id": error_id})
+            error = WorkerError(ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})")
+            await self.send(ev.error_event(error, None))
 
     async def _cancel(self, request_id: str | None) -> None:
         if request_id is None and len(self._requests) == 1:

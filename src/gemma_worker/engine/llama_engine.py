@@ -218,13 +218,15 @@ class LlamaEngine:
         )
         self._state = EngineState.READY
         loop.call_soon_threadsafe(report, None)
+        crash: WorkerError | None = None
         try:
             self._run()
         except Exception:
             log.exception("engine loop crashed")
             self._state = EngineState.FAILED
+            crash = WorkerError(ErrorCode.INFERENCE_ERROR, "the inference engine stopped")
         finally:
-            self._shutdown()
+            self._shutdown(crash)
 
     def _run(self) -> None:
         while True:
@@ -415,23 +417,32 @@ class LlamaEngine:
                 extra={"request_id": job.request_id, "code": str(event.error.code)},
             )
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, crash: WorkerError | None) -> None:
+        """End every request (cancelled, or failed after a crash) and free the model."""
         for seq in list(self._seqs.values()):
-            self._finish(seq, "cancelled")
-        while len(self._waiting) > 0:
-            job, tokens = self._waiting.pop()
-            self._final(job, _cancelled_before_start(job, len(tokens)))
+            if crash is None:
+                self._finish(seq, "cancelled")
+            else:
+                self._release(seq)
+                self._fail(seq.job, crash)
+        pending = [job for job, _ in self._waiting]
         while True:
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if isinstance(msg, Job):
-                self._final(msg, _cancelled_before_start(msg, 0))
+                pending.append(msg)
+        for job in pending:
+            if crash is None:
+                self._final(job, _cancelled_before_start(job, 0))
+            else:
+                self._fail(job, crash)
         self._batch.free()
         if self._model is not None:
             self._model.close()
-        self._state = EngineState.CLOSED
+        if crash is None:
+            self._state = EngineState.CLOSED
 
 
 def _cancelled_before_start(job: Job, n_prompt_tokens: int) -> Finished:

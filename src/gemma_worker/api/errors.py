@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import describe_validation_error
+from gemma_worker.core.request import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,7 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(WorkerError(ErrorCode.INVALID_JSON, "body is not valid JSON"))
-    message = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-        for e in errors[:5]
-    )
-    return error_response(WorkerError(ErrorCode.INVALID_REQUEST, message or "invalid request"))
+    return error_response(WorkerError(ErrorCode.INVALID_REQUEST, describe_errors(errors)))
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -67,4 +63,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_handler)
 
 
-__all__ = ["describe_validation_error", "error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers"]

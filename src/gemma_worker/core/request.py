@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -84,10 +85,15 @@ def is_valid_id(value: object) -> bool:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """A short, safe, human-readable summary of a pydantic validation error."""
+    return describe_errors(exc.errors(include_url=False, include_input=False))
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """``field: message; ...`` for the first few validation errors (never the input values)."""
     parts: list[str] = []
-    for err in exc.errors(include_url=False, include_input=False)[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if p != "body") or "request"
-        parts.append(f"{loc}: {err['msg']}")
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{loc}: {err.get('msg')}")
     return "; ".join(parts) or "invalid request"
 
 

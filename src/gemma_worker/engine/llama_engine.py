@@ -152,11 +152,6 @@ class LlamaEngine:
             max_queue=self.config.max_queue,
         )
 
-    @property
-    def pending(self) -> int:
-        """Requests submitted and not yet finished."""
-        return self._pending
-
     async def close(self) -> None:
         """Cancel everything, stop the thread and free the model."""
         if self._thread is not None and self._thread.is_alive():

@@ -1,0 +1,1 @@
+"""Server-side conversation sessions: the store seam and its SQLite implementation."""

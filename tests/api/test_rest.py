@@ -132,6 +132,15 @@ def test_invalid_json_body(worker: RunningWorker) -> None:
     assert r.json()["code"] == "INVALID_JSON"
 
 
+@pytest.mark.parametrize("body", ["[1, 2]", '"text"', "42"])
+def test_body_that_is_not_an_object_is_invalid_json(worker: RunningWorker, body: str) -> None:
+    r = httpx.post(
+        f"{worker.http}/v1/execute", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["code"] == "INVALID_JSON"
+
+
 def test_client_disconnect_frees_the_engine(worker: RunningWorker) -> None:
     body = json.dumps({"input": PARIS_PROMPT, "max_tokens": 900}).encode()
     with socket.create_connection(("127.0.0.1", worker.settings.port)) as s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import statistics
 import time
@@ -151,3 +152,15 @@ async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None
         await collect(long)
     finally:
         await eng.close()
+
+
+async def test_a_dropped_handle_frees_its_slot(engine: LlamaEngine) -> None:
+    settings = make_settings()
+    running = submit(engine, settings, PARIS_PROMPT, 500)
+    assert isinstance(await running.next_event(), Started)
+    del running  # nobody will ever read it (a client gone before its stream began)
+    gc.collect()
+    deadline = time.monotonic() + 2
+    while engine.stats().active or engine.stats().queued:
+        assert time.monotonic() < deadline, "an abandoned generation kept its slot"
+        await asyncio.sleep(0.01)

@@ -31,6 +31,8 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(WorkerError(ErrorCode.INVALID_JSON, "body is not valid JSON"))
+    if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return error_response(WorkerError(ErrorCode.INVALID_JSON, "body must be a JSON object"))
     return error_response(WorkerError(ErrorCode.INVALID_REQUEST, describe_errors(errors)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,12 @@ class Job:
     cancelled: bool = False
 
 
+def _abandon(job: Job, wake: Callable[[], None]) -> None:
+    if not job.cancelled:
+        job.cancelled = True
+        wake()
+
+
 class GenerationHandle:
     """The client side of a submitted generation: iterate its events, or cancel it.
 
@@ -36,6 +43,9 @@ class GenerationHandle:
         self._job = job
         self._wake = wake
         self.done = False
+        # A handle dropped unread (e.g. a streamed response the client left before it began)
+        # must not hold its slot: cancelling a finished job is a no-op for the engine.
+        weakref.finalize(self, _abandon, job, wake)
 
     @property
     def request_id(self) -> str:

@@ -78,6 +78,7 @@ class LlamaEngine:
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pending = 0
+        self._closed = False  # set by the engine thread before it drains the inbox for good
         self._pending_lock = threading.Lock()
         self._model: LlamaModel | None = None
         self._renderer: PromptRenderer | None = None
@@ -129,6 +130,8 @@ class LlamaEngine:
         if self._state is not EngineState.READY:
             raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
         with self._pending_lock:
+            if self._closed:
+                raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
             if self._pending >= self.config.parallel + self.config.max_queue:
                 raise WorkerError(
                     ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
@@ -420,6 +423,8 @@ class LlamaEngine:
             else:
                 self._release(seq)
                 self._fail(seq.job, crash)
+        with self._pending_lock:
+            self._closed = True  # no submit can slip in after the inbox is drained below
         pending = [job for job, _ in self._waiting]
         while True:
             try:

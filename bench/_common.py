@@ -89,47 +89,68 @@ class StreamTiming:
         return (self.n_tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
 
 
+class EventClock:
+    """Times one streamed request as its events arrive (from construction to first/last token)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first: float | None = None
+        self.last: float | None = None
+        self.final: dict[str, Any] = {}
+
+    def token(self) -> None:
+        """A piece of generated text arrived now."""
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+
+    def see(self, event: dict[str, Any]) -> bool:
+        """Account for one worker event; True once the final (result/error) one arrived."""
+        if event["type"] == "token":
+            self.token()
+        elif event["type"] in {"result", "error"}:
+            self.final = event
+            return True
+        return False
+
+    def timing(self, n_tokens: int | None = None) -> StreamTiming:
+        """The figures; ``n_tokens`` defaults to the worker result's completion tokens."""
+        if n_tokens is None:
+            if self.final.get("type") != "result":
+                raise RuntimeError(f"request failed: {self.final}")
+            n_tokens = int(self.final["usage"]["completion_tokens"])
+        if self.first is None or self.last is None:
+            raise RuntimeError("no token received")
+        return StreamTiming((self.first - self.t0) * 1e3, n_tokens, self.last - self.first)
+
+
+def execute_body(prompt: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
+    """The benchmark's request: greedy, fixed prompt and length."""
+    body: dict[str, Any] = {"input": prompt, "max_tokens": max_tokens, "temperature": 0}
+    if stream:
+        body["stream"] = True
+    return body
+
+
 def ws_stream(url: str, prompt: str, max_tokens: int) -> StreamTiming:
     """One request over ``/ws``; times from send to first and last token event."""
     with connect(url.replace("http", "ws", 1) + "/ws", max_size=None) as ws:
-        t0 = time.perf_counter()
-        ws.send(json.dumps({"input": prompt, "max_tokens": max_tokens, "temperature": 0}))
-        first = last = None
-        while True:
-            event = json.loads(ws.recv())
-            now = time.perf_counter()
-            if event["type"] == "token":
-                first = first or now
-                last = now
-            elif event["type"] in {"result", "error"}:
-                break
-    assert event["type"] == "result", event
-    assert first is not None and last is not None
-    n = event["usage"]["completion_tokens"]
-    return StreamTiming((first - t0) * 1e3, n, last - first)
+        clock = EventClock()
+        ws.send(json.dumps(execute_body(prompt, max_tokens)))
+        while not clock.see(json.loads(ws.recv())):
+            pass
+    return clock.timing()
 
 
 def rest_stream(url: str, prompt: str, max_tokens: int) -> StreamTiming:
     """One ``POST /v1/execute`` with ``stream: true``."""
-    body = {"input": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-    first = last = None
-    final: dict[str, Any] = {}
+    body = execute_body(prompt, max_tokens, stream=True)
     with httpx.Client(timeout=120) as client:
-        t0 = time.perf_counter()
+        clock = EventClock()
         with client.stream("POST", f"{url}/v1/execute", json=body) as r:
             for line in r.iter_lines():
-                if not line:
-                    continue
-                event = json.loads(line)
-                now = time.perf_counter()
-                if event["type"] == "token":
-                    first = first or now
-                    last = now
-                elif event["type"] in {"result", "error"}:
-                    final = event
-    assert final.get("type") == "result", final
-    assert first is not None and last is not None
-    return StreamTiming((first - t0) * 1e3, final["usage"]["completion_tokens"], last - first)
+                if line:
+                    clock.see(json.loads(line))
+    return clock.timing()
 
 
 def summarize(timings: list[StreamTiming]) -> tuple[float, float]:

@@ -26,108 +26,65 @@ from dataclasses import dataclass
 import httpx
 from websockets.asyncio.client import connect
 
-from _common import PROMPTS, embedded_model_path, free_port, server_process, worker_process
+from _common import (
+    PROMPTS,
+    EventClock,
+    StreamTiming,
+    embedded_model_path,
+    execute_body,
+    free_port,
+    server_process,
+    worker_process,
+)
 
-
-@dataclass
-class Sample:
-    """One request seen from its client."""
-
-    ttft_s: float
-    n_tokens: int
-    decode_s: float
-
-
-Client = Callable[[int, int], Awaitable[Sample]]
-
-
-def _sample(t0: float, first: float | None, last: float | None, n: int) -> Sample:
-    if first is None or last is None:
-        raise RuntimeError("no token received")
-    return Sample(first - t0, n, last - first)
+Client = Callable[[int, int], Awaitable[StreamTiming]]
 
 
 def ws_client(base: str) -> Client:
     url = base.replace("http", "ws", 1) + "/ws"
 
-    async def one(index: int, max_tokens: int) -> Sample:
+    async def one(index: int, max_tokens: int) -> StreamTiming:
         async with connect(url, max_size=None) as ws:
-            t0 = time.perf_counter()
-            await ws.send(
-                json.dumps(
-                    {
-                        "input": PROMPTS[index % len(PROMPTS)],
-                        "max_tokens": max_tokens,
-                        "temperature": 0,
-                    }
-                )
-            )
-            first = last = None
-            while True:
-                event = json.loads(await ws.recv())
-                if event["type"] == "token":
-                    last = time.perf_counter()
-                    first = first or last
-                elif event["type"] in {"result", "error"}:
-                    break
-        if event["type"] != "result":
-            raise RuntimeError(event)
-        return _sample(t0, first, last, event["usage"]["completion_tokens"])
+            clock = EventClock()
+            await ws.send(json.dumps(execute_body(PROMPTS[index % len(PROMPTS)], max_tokens)))
+            while not clock.see(json.loads(await ws.recv())):
+                pass
+        return clock.timing()
 
     return one
 
 
 def rest_client(base: str, http: httpx.AsyncClient) -> Client:
-    async def one(index: int, max_tokens: int) -> Sample:
-        body = {
-            "input": PROMPTS[index % len(PROMPTS)],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "stream": True,
-        }
-        t0 = time.perf_counter()
-        first = last = None
-        final: dict[str, object] = {}
+    async def one(index: int, max_tokens: int) -> StreamTiming:
+        body = execute_body(PROMPTS[index % len(PROMPTS)], max_tokens, stream=True)
+        clock = EventClock()
         async with http.stream("POST", f"{base}/v1/execute", json=body) as r:
             async for line in r.aiter_lines():
-                if not line:
-                    continue
-                event = json.loads(line)
-                if event["type"] == "token":
-                    last = time.perf_counter()
-                    first = first or last
-                elif event["type"] in {"result", "error"}:
-                    final = event
-        if final.get("type") != "result":
-            raise RuntimeError(final)
-        usage = final["usage"]
-        assert isinstance(usage, dict)
-        return _sample(t0, first, last, usage["completion_tokens"])
+                if line:
+                    clock.see(json.loads(line))
+        return clock.timing()
 
     return one
 
 
 def llama_server_client(base: str, http: httpx.AsyncClient) -> Client:
-    async def one(index: int, max_tokens: int) -> Sample:
+    async def one(index: int, max_tokens: int) -> StreamTiming:
         body = {
             "prompt": PROMPTS[index % len(PROMPTS)],
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,
         }
-        t0 = time.perf_counter()
-        first = last = None
+        clock = EventClock()
         n = 0
         async with http.stream("POST", f"{base}/v1/completions", json=body) as r:
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                choice = json.loads(line[6:])["choices"][0]
-                if choice["finish_reason"] is None:
+                if json.loads(line[6:])["choices"][0]["finish_reason"] is None:
                     n += 1
-                    last = time.perf_counter()
-                    first = first or last
-        return _sample(t0, first, last, n)
+                    clock.token()
+        return clock.timing(n)
 
     return one
 
@@ -149,7 +106,7 @@ def _p95(values: list[float]) -> float:
 async def run_load(
     client: Client, n_clients: int, per_client: int, max_tokens: int, ramp_s: float
 ) -> LoadResult:
-    samples: list[Sample] = []
+    samples: list[StreamTiming] = []
 
     async def loop(c: int) -> None:
         # Clients join one by one (ramp-up), as real clients do; otherwise all N arrive in
@@ -161,15 +118,13 @@ async def run_load(
     t0 = time.perf_counter()
     await asyncio.gather(*(loop(c) for c in range(n_clients)))
     wall = time.perf_counter() - t0
-    ttfts = [s.ttft_s * 1e3 for s in samples]
+    ttfts = [s.ttft_ms for s in samples]
     return LoadResult(
         n_clients=n_clients,
         aggregate_tps=sum(s.n_tokens for s in samples) / wall,
         ttft_p50_ms=statistics.median(ttfts),
         ttft_p95_ms=_p95(ttfts),
-        stream_tps=statistics.median(
-            (s.n_tokens - 1) / s.decode_s for s in samples if s.decode_s > 0
-        ),
+        stream_tps=statistics.median(s.tokens_per_second for s in samples if s.decode_s > 0),
     )
 
 

@@ -425,17 +425,17 @@ class LlamaEngine:
                 self._fail(seq.job, crash)
         with self._pending_lock:
             self._closed = True  # no submit can slip in after the inbox is drained below
-        pending = [job for job, _ in self._waiting]
+        pending = [(job, len(tokens)) for job, tokens in self._waiting]
         while True:
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
                 break
             if isinstance(msg, Job):
-                pending.append(msg)
-        for job in pending:
+                pending.append((msg, 0))
+        for job, n_prompt_tokens in pending:
             if crash is None:
-                self._final(job, _cancelled_before_start(job, 0))
+                self._final(job, _cancelled_before_start(job, n_prompt_tokens))
             else:
                 self._fail(job, crash)
         self._batch.free()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +40,7 @@ def make_settings(**overrides: Any) -> Settings:
         "max_queue": 8,
         "temperature": 0.0,
         "drain_grace_seconds": 10.0,
+        "data_dir": tempfile.mkdtemp(prefix="gemma-worker-test-"),
     }
     values.update(overrides)
     return Settings(**values)
@@ -88,6 +93,39 @@ def start_worker(
         time.sleep(0.05)
     worker.stop()
     raise RuntimeError("worker did not become ready")
+
+
+def spawn_daemon(
+    env: dict[str, str] | None = None, *args: str
+) -> tuple[subprocess.Popen[str], int]:
+    """``python -m gemma_worker --mode daemon`` on a free port, once it is ready."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gemma_worker", "--mode", "daemon", "--port", str(port), *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError("daemon did not become ready")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Workers started by a test (in process or as a subprocess) keep their data in a temp dir."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
 
 
 @pytest.fixture(scope="session")

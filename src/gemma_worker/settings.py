@@ -7,6 +7,7 @@ the TOML config file, the defaults below. Environment names are ``GEMMA_<FIELD>`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,11 @@ from pydantic_settings import (
 )
 
 from gemma_worker.core.request import RequestLimits
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gemma-worker"
 
 
 class Settings(BaseSettings):
@@ -117,6 +123,32 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Requests one WebSocket connection may have in flight."
     )
 
+    # --- sessions -----------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the worker keeps its data (the session database). Default: "
+        "$XDG_DATA_HOME/gemma-worker, else ~/.local/share/gemma-worker.",
+    )
+    session_db: Path | None = Field(
+        default=None,
+        description="SQLite file of the session store. Default: sessions.db in data_dir.",
+    )
+    session_ttl_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A session idle (no new turn) for this long is deleted.",
+    )
+    max_sessions: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most sessions kept; beyond it the least recently used are deleted.",
+    )
+    session_sweep_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often expired sessions are looked for and deleted.",
+    )
+
     # --- logging ------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO",
@@ -140,6 +172,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """CLI/init values, then environment, then the TOML file (when one is configured)."""
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def session_db_path(self) -> Path:
+        """The session database file."""
+        return self.session_db or self.data_dir / "sessions.db"
 
     def request_limits(self) -> RequestLimits:
         """The limits and defaults requests are checked against."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 
@@ -42,11 +43,13 @@ async def test_event_order_and_tokens_concatenate(worker: RunningWorker) -> None
     assert timings["tokens_per_second"] > 0
 
 
-async def test_session_id_is_echoed(worker: RunningWorker) -> None:
+async def test_a_new_session_id_is_announced_and_returned(worker: RunningWorker) -> None:
     async with connect(worker.ws) as ws:
-        events = await run_request(ws, {"input": "Hello", "max_tokens": 2, "session_id": "s-42"})
-    assert events[0]["session_id"] == "s-42"
-    assert events[-1]["session_id"] == "s-42"
+        events = await run_request(ws, {"input": "Hello", "max_tokens": 2})
+    session = events[0]
+    assert (session["type"], session["new"], session["turns"]) == ("session", True, 0)
+    assert str(uuid.UUID(session["session_id"], version=4)) == session["session_id"]
+    assert events[-1]["session_id"] == session["session_id"]
 
 
 async def test_several_requests_on_one_connection(worker: RunningWorker) -> None:

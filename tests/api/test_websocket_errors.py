@@ -33,7 +33,8 @@ BAD_MESSAGES: list[tuple[str, Any, str]] = [
     ("2 MB input", {"input": "a" * (2 * 1024 * 1024)}, "INVALID_REQUEST"),
     ("unknown type", {"type": "launch_missiles", "request_id": "u1"}, "INVALID_REQUEST"),
     ("cancel unknown id", {"type": "cancel", "request_id": "nope"}, "INVALID_REQUEST"),
-    ("chat on a base model", {"input": "x", "prompt_format": "chat"}, "INVALID_REQUEST"),
+    ("unknown session", {"input": "x", "session_id": "s-42"}, "SESSION_NOT_FOUND"),
+    ("blank system", {"input": "x", "system": ""}, "INVALID_REQUEST"),
 ]
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -15,36 +13,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import PARIS_PROMPT, free_port
+from tests.conftest import PARIS_PROMPT, spawn_daemon
 
 
 @pytest.fixture
 def daemon() -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gemma_worker",
-            "--mode",
-            "daemon",
-            "--port",
-            str(port),
-            "--n-ctx",
-            "1024",
-        ],
-        env={**os.environ, "GEMMA_DRAIN_GRACE_SECONDS": "60"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    proc, port = spawn_daemon({"GEMMA_DRAIN_GRACE_SECONDS": "60"}, "--n-ctx", "1024")
     yield proc, port
     if proc.poll() is None:
         proc.kill()

@@ -52,10 +52,40 @@ def test_admission_queue_is_fifo_and_bounded() -> None:
 
 def test_slot_pool_hands_out_lowest_free() -> None:
     pool = SlotPool(3)
-    assert [pool.acquire(), pool.acquire()] == [0, 1]
+    assert [pool.acquire(), pool.acquire()] == [(0, False), (1, False)]
     pool.release(0)
-    assert pool.acquire() == 0
-    assert pool.acquire() == 2
+    assert pool.acquire() == (0, False)
+    assert pool.acquire() == (2, False)
     assert pool.acquire() is None
     with pytest.raises(ValueError, match="not in use"):
         pool.release(7)
+
+
+def test_slot_pool_hands_a_session_its_warm_slot() -> None:
+    pool = SlotPool(3)
+    for _ in range(3):
+        pool.acquire()
+    pool.release(1, "s1")
+    pool.release(2, "s2")
+    pool.release(0)
+    # the key's own slot, even though slot 0 is empty and lower
+    assert pool.acquire("s2") == (2, True)
+    # without a warm slot: an empty slot before any cached one
+    assert pool.acquire("other") == (0, False)
+    # then the least recently released cached slot, whose cache is given up
+    assert pool.acquire() == (1, False)
+    pool.release(1)
+    assert pool.acquire("s1") == (1, False)
+
+
+def test_slot_pool_evicts_the_least_recently_used_cache() -> None:
+    pool = SlotPool(2)
+    pool.acquire()
+    pool.acquire()
+    pool.release(1, "old")
+    pool.release(0, "new")
+    assert pool.acquire() == (1, False)
+    assert pool.holder("old") is None
+    assert pool.holder("new") == 0
+    assert pool.forget("new") == 0
+    assert pool.acquire("new") == (0, False)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gemma_worker.api.app import engine_config
+from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.core.scheduling import StepEntry
 from gemma_worker.engine.job import GenerationHandle
@@ -39,7 +40,7 @@ async def engine() -> AsyncIterator[LlamaEngine]:
 def submit(eng: LlamaEngine, settings: Settings, text: str, max_tokens: int) -> GenerationHandle:
     req = GenerationRequest(input=text, max_tokens=max_tokens, temperature=0.0)
     params = settings.request_limits().resolve(req)
-    return eng.submit(eng.renderer.render(text), params, f"t-{text[:8]}")
+    return eng.submit(Conversation(text, "plain"), params, f"t-{text[:8]}")
 
 
 async def collect(handle: GenerationHandle) -> tuple[str, Finished]:

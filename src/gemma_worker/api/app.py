@@ -13,10 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from gemma_worker import __version__
 from gemma_worker.api.errors import install_error_handlers
 from gemma_worker.api.routes import router
+from gemma_worker.api.session_routes import router as session_router
 from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.api.websocket import websocket_endpoint
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.protocol import Engine
+from gemma_worker.sessions.service import SessionService
+from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
+from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,26 +56,43 @@ async def _load(state: WorkerState) -> None:
         log.info("ready")
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+def open_store(settings: Settings) -> SessionStore:
+    """The session store the settings name (SQLite at ``session_db_path``)."""
+    return SQLiteSessionStore(
+        settings.session_db_path,
+        ttl_seconds=settings.session_ttl_seconds,
+        max_sessions=settings.max_sessions,
+    )
+
+
+def create_app(
+    settings: Settings, engine: Engine | None = None, store: SessionStore | None = None
+) -> FastAPI:
     """Build the app. The model loads in the background at startup; ``/ready`` says when.
 
-    ``engine`` defaults to a :class:`LlamaEngine` built from ``settings``.
+    ``engine`` defaults to a :class:`LlamaEngine` built from ``settings``, ``store`` to the
+    SQLite session store at ``settings.session_db_path`` (opened here, closed at shutdown).
     """
-    state = WorkerState(settings, engine or LlamaEngine(engine_config(settings)))
+    engine = engine or LlamaEngine(engine_config(settings))
+    store = store or open_store(settings)
+    state = WorkerState(settings, engine, SessionService(store, engine.forget))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(_load(state))
+        sweeper = asyncio.create_task(state.sessions.sweep(settings.session_sweep_seconds))
         app.state.loader = loader
         try:
             yield
         finally:
             if state.phase is not Phase.DRAINING:
                 await state.drain(settings.drain_grace_seconds)
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in (loader, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.engine.close()
+            store.close()
 
     app = FastAPI(
         title="FazAI Gemma Worker",
@@ -89,5 +110,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(session_router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
     return app

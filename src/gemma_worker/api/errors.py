@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def error_response(exc: WorkerError, request_id: str | None = None) -> JSONResponse:
-    """The REST form of a :class:`WorkerError` (503s carry ``Retry-After``)."""
+    """The REST form of a :class:`WorkerError` (503 and 409 carry ``Retry-After``)."""
     headers = {}
-    if exc.code is ErrorCode.OVERLOADED:
+    if exc.code in {ErrorCode.OVERLOADED, ErrorCode.SESSION_BUSY}:
         headers["Retry-After"] = str(exc.details.get("retry_after", 1))
     body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
     return JSONResponse(body, status_code=exc.http_status, headers=headers)

@@ -1,5 +1,6 @@
-"""Running one request: validate, render the prompt, submit, translate engine events to
-protocol events. Shared by the WebSocket and REST endpoints so both speak the same events."""
+"""Running one request: validate, plan its session turn, submit, translate engine events to
+protocol events, record the finished turn. Shared by the WebSocket and REST endpoints so both
+speak the same events."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.engine.job import GenerationHandle
-from gemma_worker.engine.messages import EngineEvent, Failed, Finished, Queued, Started, Text
+from gemma_worker.engine.messages import (
+    EngineEvent,
+    Failed,
+    Finished,
+    Queued,
+    Started,
+    Text,
+    Trimmed,
+)
+from gemma_worker.sessions.service import TurnPlan
 
 log = logging.getLogger(__name__)
 
@@ -24,37 +34,50 @@ def new_id() -> str:
 
 @dataclass
 class Generation:
-    """A submitted request and the ids it reports under."""
+    """A submitted request, the session turn it is, and the ids it reports under."""
 
     handle: GenerationHandle
     request_id: str
-    session_id: str
+    turn: TurnPlan
+
+    @property
+    def session_id(self) -> str:
+        """The session this request belongs to."""
+        return self.turn.session_id
 
 
-def start_generation(state: WorkerState, req: GenerationRequest) -> Generation:
-    """Check limits and readiness, render the prompt and submit it to the engine.
+async def start_generation(
+    state: WorkerState, req: GenerationRequest, owner: str | None = None
+) -> Generation:
+    """Check limits and readiness, plan the session turn and submit it to the engine.
 
     Raises :class:`~gemma_worker.core.errors.WorkerError` (``INVALID_REQUEST``,
-    ``OVERLOADED``...) before anything is queued.
+    ``OVERLOADED``, ``SESSION_NOT_FOUND``, ``SESSION_BUSY``...) before anything is queued.
+    The session stays claimed until the events are consumed (:func:`protocol_events`) or the
+    generation is dropped.
     """
     state.admit()
     params = state.limits.resolve(req)
-    prompt = state.engine.renderer.render(req.input, req.prompt_format)
+    fmt = state.engine.renderer.resolve(req.prompt_format)
+    turn = await state.sessions.begin(req, fmt, owner)
     request_id = req.request_id or new_id()
-    session_id = req.session_id or new_id()
-    handle = state.engine.submit(prompt, params, request_id)
+    try:
+        handle = state.engine.submit(turn.conversation, params, request_id, turn.session_id)
+    except BaseException:
+        turn.release()
+        raise
     log.info(
         "request accepted",
         extra={
             "request_id": request_id,
-            "session_id": session_id,
+            "session_id": turn.session_id,
+            "history_turns": len(turn.conversation.history),
             "input_chars": len(req.input),
             "max_tokens": params.max_tokens,
-            "format": prompt.format,
+            "format": turn.conversation.format,
         },
     )
-    log.debug("prompt", extra={"request_id": request_id, "prompt": prompt.text})
-    return Generation(handle, request_id, session_id)
+    return Generation(handle, request_id, turn)
 
 
 def to_protocol(gen: Generation, event: EngineEvent, content: str) -> ev.Event:
@@ -63,13 +86,26 @@ def to_protocol(gen: Generation, event: EngineEvent, content: str) -> ev.Event:
     match event:
         case Text(text=text):
             return ev.token_event(rid, text)
+        case Trimmed(dropped_turns=dropped, kept_turns=kept):
+            return ev.reasoning_event(
+                rid,
+                f"the history does not fit the context: left out the {dropped} oldest turns",
+                stage="context",
+                dropped_turns=dropped,
+                kept_turns=kept,
+            )
         case Queued(position=position):
             return ev.reasoning_event(
                 rid, f"queued at position {position}", stage="queued", queue_position=position
             )
-        case Started(n_prompt_tokens=n):
+        case Started(n_prompt_tokens=n, n_cached_tokens=cached):
+            note = f" ({cached} reused from the session cache)" if cached else ""
             return ev.reasoning_event(
-                rid, f"processing {n} prompt tokens", stage="prompt", n_prompt_tokens=n
+                rid,
+                f"processing {n - cached} prompt tokens{note}",
+                stage="prompt",
+                n_prompt_tokens=n,
+                n_cached_tokens=cached,
             )
         case Finished():
             return ev.result_event(
@@ -77,7 +113,7 @@ def to_protocol(gen: Generation, event: EngineEvent, content: str) -> ev.Event:
                 session_id=gen.session_id,
                 content=content,
                 finish_reason=event.finish_reason,
-                usage=ev.Usage(event.prompt_tokens, event.completion_tokens),
+                usage=ev.Usage(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
                 timings=ev.Timings(
                     queue_ms=event.queue_ms,
                     ttft_ms=event.ttft_ms,
@@ -95,22 +131,32 @@ async def protocol_events(
 ) -> AsyncGenerator[ev.Event, None]:
     """``session`` then every event up to ``result``/``error``.
 
-    Leaving early (client gone) cancels the generation. ``replay`` holds engine events the
-    caller already took from the handle; they are sent first.
+    A finished (not cancelled) turn is stored in its session before the ``result`` goes out,
+    so a client that sends its next turn on receipt sees it in the history. Leaving early
+    (client gone) cancels the generation. ``replay`` holds engine events the caller already
+    took from the handle; they are sent first.
     """
     state.request_started(gen.handle)
     parts: list[str] = []
     pending = list(replay)
     try:
-        yield ev.session_event(gen.session_id, gen.request_id)
+        turn = gen.turn
+        yield ev.session_event(
+            gen.session_id, gen.request_id, new=turn.is_new, turns=len(turn.conversation.history)
+        )
         while True:
             event = pending.pop(0) if pending else await gen.handle.next_event()
             if isinstance(event, Text):
                 parts.append(event.text)
+            if isinstance(event, Finished) and event.finish_reason != "cancelled":
+                await state.sessions.record(
+                    turn, "".join(parts), event.prompt_tokens, event.completion_tokens
+                )
             yield to_protocol(gen, event, "".join(parts) if isinstance(event, Finished) else "")
             if isinstance(event, Finished | Failed):
                 return
     finally:
         if not gen.handle.done:
             gen.handle.cancel()
+        gen.turn.release()
         state.request_ended(gen.handle)

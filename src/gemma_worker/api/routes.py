@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gemma_worker import __version__
+from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.generation import Generation, protocol_events, start_generation
 from gemma_worker.api.schemas import (
@@ -23,21 +24,12 @@ from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import GenerationRequest
-from gemma_worker.engine.messages import EngineEvent, Failed, Queued, Started
+from gemma_worker.engine.messages import EngineEvent, Failed, Queued, Started, Trimmed
 from gemma_worker.engine.protocol import EngineState
 
 router = APIRouter()
 
 NDJSON = "application/x-ndjson"
-
-
-def get_state(request: Request) -> WorkerState:
-    """Dependency: the app's :class:`WorkerState`."""
-    state: WorkerState = request.app.state.worker
-    return state
-
-
-State = Annotated[WorkerState, Depends(get_state)]
 
 
 @router.get("/", summary="Service information")
@@ -53,6 +45,7 @@ async def info(state: State) -> dict[str, Any]:
             "health": "GET /health",
             "ready": "GET /ready",
             "execute": "POST /v1/execute",
+            "sessions": "GET /v1/sessions, GET|DELETE /v1/sessions/{id}",
             "websocket": "WS /ws",
             "docs": "GET /docs",
             "openapi": "GET /openapi.json",
@@ -108,7 +101,7 @@ async def _first_decisive(gen: Generation) -> list[EngineEvent]:
     while True:
         event = await gen.handle.next_event()
         taken.append(event)
-        if not isinstance(event, Queued | Started):
+        if not isinstance(event, Queued | Started | Trimmed):
             return taken
 
 
@@ -128,7 +121,7 @@ async def execute(body: GenerationRequest, request: Request, state: State) -> An
     """Run one generation. With ``"stream": true`` the answer is ``application/x-ndjson`` with
     the WebSocket's events (``session``, ``reasoning``, ``token``..., ``result``/``error``)."""
     try:
-        gen = start_generation(state, body)
+        gen = await start_generation(state, body)
     except WorkerError as exc:
         return error_response(exc, body.request_id)
     if body.stream:
@@ -142,8 +135,10 @@ async def _stream(gen: Generation, state: WorkerState) -> Any:
         head = await _first_decisive(gen)
     except asyncio.CancelledError:
         gen.handle.cancel()
+        gen.turn.release()
         raise
     if isinstance(head[-1], Failed):
+        gen.turn.release()
         return error_response(head[-1].error, gen.request_id)
 
     async def lines() -> AsyncIterator[str]:

@@ -13,6 +13,9 @@ class UsageBody(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = Field(
+        default=0, description="Prompt tokens reused from the session's KV cache."
+    )
 
 
 class TimingsBody(BaseModel):
@@ -66,8 +69,43 @@ class ReadyResponse(BaseModel):
     queued: int | None = None
 
 
+class SessionSummary(BaseModel):
+    """A session in ``GET /v1/sessions`` (times are Unix seconds)."""
+
+    id: str
+    created: float
+    updated: float
+    turns: int = Field(description="Finished turns (user input + answer).")
+    tokens: int = Field(description="Context the last turn filled (prompt + answer tokens).")
+    format: Literal["plain", "chat"]
+    system: str | None = None
+
+
+class SessionList(BaseModel):
+    """``GET /v1/sessions``."""
+
+    sessions: list[SessionSummary]
+
+
+class TurnBody(BaseModel):
+    """One finished turn."""
+
+    user: str
+    assistant: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class SessionDetail(SessionSummary):
+    """``GET /v1/sessions/{id}``: the session and every turn, oldest first."""
+
+    history: list[TurnBody]
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "INVALID_JSON or CONTEXT_OVERFLOW"},
+    404: {"model": ErrorResponse, "description": "SESSION_NOT_FOUND"},
+    409: {"model": ErrorResponse, "description": "SESSION_BUSY (with Retry-After)"},
     422: {"model": ErrorResponse, "description": "INVALID_REQUEST"},
     500: {"model": ErrorResponse, "description": "INFERENCE_ERROR / INTERNAL_ERROR"},
     503: {"model": ErrorResponse, "description": "OVERLOADED (with Retry-After)"},

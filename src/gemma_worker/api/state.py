@@ -1,4 +1,5 @@
-"""What the app keeps for its lifetime: settings, engine, lifecycle phase, open connections."""
+"""What the app keeps for its lifetime: settings, engine, sessions, lifecycle phase, open
+connections."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import RequestLimits
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.protocol import Engine
+from gemma_worker.sessions.service import SessionService
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,10 @@ class Phase(StrEnum):
 class WorkerState:
     """Per-app state, reached from handlers through dependencies (never a module global)."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, sessions: SessionService) -> None:
         self.settings = settings
         self.engine = engine
+        self.sessions = sessions
         self.limits: RequestLimits = settings.request_limits()
         self.phase = Phase.LOADING
         self.load_error: str | None = None

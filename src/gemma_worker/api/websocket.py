@@ -132,7 +132,7 @@ class Connection:
                 raise WorkerError(
                     ErrorCode.OVERLOADED, "too many requests in flight on this connection"
                 )
-            gen = start_generation(self.state, req)
+            gen = await start_generation(self.state, req)
         except WorkerError as exc:
             await self.send(ev.error_event(exc, req.request_id))
             return

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Any
+import uuid
 
 from gemma_worker.cli.loading import load_engine
 from gemma_worker.cli.progress import Progress
+from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.messages import Failed, Finished, Text
-from gemma_worker.engine.prompt import Prompt
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.settings import Settings
 
@@ -24,34 +24,35 @@ _USER = "User"
 _ASSISTANT = "Assistant"
 
 
-class Conversation:
-    """The turns so far, rendered with the chat template or as a plain transcript."""
+class Chat:
+    """The turns so far: chat turns for an instruction-tuned model, else a plain transcript
+    (``User: ...`` / ``Assistant: ...`` lines)."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.turns: list[dict[str, Any]] = []
-        self.chat = engine.renderer.default_format == "chat"
+        self.format: ConversationFormat = engine.renderer.default_format
+        self.turns: list[Turn] = []
+        #: The engine keeps this chat's KV cache between answers.
+        self.key = f"cli-chat-{uuid.uuid4()}"
 
-    def prompt(self, user_text: str) -> Prompt:
-        """The prompt for the next answer."""
-        messages = [*self.turns, {"role": "user", "content": user_text}]
-        if self.chat:
-            return self.engine.renderer.chat_prompt(messages)
-        lines = [
-            f"{_USER if m['role'] == 'user' else _ASSISTANT}: {m['content']}" for m in messages
-        ]
-        text = "\n".join(lines) + f"\n{_ASSISTANT}:"
-        return Prompt(text, add_special=True, parse_special=False, format="plain")
+    def user_text(self, line: str) -> str:
+        """What the model is given for the user's ``line``."""
+        if self.format == "chat":
+            return line
+        lead = "\n" if self.turns else ""
+        return f"{lead}{_USER}: {line}\n{_ASSISTANT}:"
+
+    def conversation(self, line: str) -> Conversation:
+        """The conversation for the next answer."""
+        return Conversation(self.user_text(line), self.format, tuple(self.turns))
 
     @property
     def stop(self) -> list[str]:
         """Stop strings that end a plain-transcript answer."""
-        return [] if self.chat else [f"\n{_USER}:", "\n\n"]
+        return [] if self.format == "chat" else [f"\n{_USER}:", "\n\n"]
 
-    def add(self, user_text: str, answer: str) -> None:
+    def add(self, line: str, answer: str) -> None:
         """Record a finished exchange."""
-        self.turns.append({"role": "user", "content": user_text})
-        self.turns.append({"role": "assistant", "content": answer.strip()})
+        self.turns.append(Turn(self.user_text(line), answer))
 
 
 async def run_interactive(settings: Settings) -> int:
@@ -68,7 +69,7 @@ async def run_interactive(settings: Settings) -> int:
             sys.stdout.flush()
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
-    conv = Conversation(engine)
+    chat = Chat(engine)
     print("Gemma worker chat. /exit quits; Ctrl-C stops an answer.")
     try:
         while True:
@@ -82,10 +83,9 @@ async def run_interactive(settings: Settings) -> int:
                 continue
             if line in {"/exit", "/quit"}:
                 return 0
-            req = GenerationRequest(input=line, stop=conv.stop or None)
-            handle = engine.submit(
-                conv.prompt(line), settings.request_limits().resolve(req), "cli-chat"
-            )
+            req = GenerationRequest(input=line, stop=chat.stop or None)
+            params = settings.request_limits().resolve(req)
+            handle = engine.submit(chat.conversation(line), params, "cli-chat", chat.key)
             current[:] = [handle]
             answer = ""
             async for event in handle.events():
@@ -99,7 +99,7 @@ async def run_interactive(settings: Settings) -> int:
                     sys.stdout.write(" [interrupted]")
             current.clear()
             sys.stdout.write("\n")
-            conv.add(line, answer)
+            chat.add(line, answer)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         await engine.close()

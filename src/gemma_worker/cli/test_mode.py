@@ -7,6 +7,7 @@ import time
 
 from gemma_worker.cli.loading import load_engine
 from gemma_worker.cli.progress import Progress
+from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.engine.messages import Failed, Finished, Text
 from gemma_worker.settings import Settings
@@ -21,7 +22,8 @@ async def run_test(settings: Settings, prompt: str, max_tokens: int) -> int:
     try:
         req = GenerationRequest(input=prompt, max_tokens=max_tokens, temperature=0.0)
         params = settings.request_limits().resolve(req)
-        handle = engine.submit(engine.renderer.render(prompt, "auto"), params, "cli-test")
+        conv = Conversation(prompt, engine.renderer.default_format)
+        handle = engine.submit(conv, params, "cli-test")
         out = sys.stdout
         out.write(f"[3/3] generating ({max_tokens} tokens max)\n--- prompt ---\n{prompt}\n")
         out.write("--- output ---\n")

@@ -21,10 +21,12 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one generation."""
+    """Token counts of one generation; ``cached_tokens`` of the prompt were reused from the
+    session's KV cache instead of being processed again."""
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """JSON form, with ``total_tokens`` added."""
@@ -32,6 +34,7 @@ class Usage:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
         }
 
 
@@ -56,9 +59,16 @@ class Timings:
         }
 
 
-def session_event(session_id: str, request_id: str) -> Event:
-    """Opens every request's event stream."""
-    return {"type": "session", "session_id": session_id, "request_id": request_id}
+def session_event(session_id: str, request_id: str, *, new: bool, turns: int) -> Event:
+    """Opens every request's event stream: the session the request runs in, whether this
+    request started it, and how many earlier turns it has."""
+    return {
+        "type": "session",
+        "session_id": session_id,
+        "request_id": request_id,
+        "new": new,
+        "turns": turns,
+    }
 
 
 def reasoning_event(request_id: str, content: str, **fields: Any) -> Event:

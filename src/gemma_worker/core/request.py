@@ -52,7 +52,21 @@ class GenerationRequest(BaseModel):
         int | None, Field(default=None, ge=0, le=2**32 - 2, description="Sampling seed.")
     ] = None
     session_id: Annotated[
-        str | None, Field(default=None, pattern=_ID_PATTERN, description="Session id to use.")
+        str | None,
+        Field(
+            default=None,
+            pattern=_ID_PATTERN,
+            description="Continue this session (an id from an earlier answer). Left out: the "
+            "request starts a new session, whose id the answer carries.",
+        ),
+    ] = None
+    system: Annotated[
+        str | None,
+        Field(
+            default=None,
+            min_length=1,
+            description="System prompt of a new session (kept for all its turns).",
+        ),
     ] = None
     request_id: Annotated[
         str | None,
@@ -122,10 +136,11 @@ class RequestLimits:
 
     def resolve(self, req: GenerationRequest) -> SamplingParams:
         """Apply defaults and check limits; raise ``INVALID_REQUEST`` when a limit is exceeded."""
-        if len(req.input) > self.max_input_chars:
+        n_chars = len(req.input) + len(req.system or "")
+        if n_chars > self.max_input_chars:
             raise WorkerError(
                 ErrorCode.INVALID_REQUEST,
-                f"input is {len(req.input)} characters; the limit is {self.max_input_chars}",
+                f"input is {n_chars} characters; the limit is {self.max_input_chars}",
             )
         if req.max_tokens is not None and req.max_tokens > self.max_tokens_cap:
             raise WorkerError(

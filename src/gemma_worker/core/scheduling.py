@@ -79,6 +79,10 @@ class AdmissionQueue(Generic[T]):
         self._items.append(item)
         return len(self._items)
 
+    def peek(self) -> T:
+        """The oldest item, left in place."""
+        return self._items[0]
+
     def pop(self) -> T:
         """Take the oldest item."""
         return self._items.popleft()
@@ -93,24 +97,60 @@ class AdmissionQueue(Generic[T]):
 
 
 class SlotPool:
-    """Which of ``n`` slots are free; the lowest free slot is handed out first."""
+    """Which of ``n`` slots are free, and whose KV cache a free slot still holds.
+
+    A slot released with a ``key`` (a session id) keeps that conversation's cache. ``acquire``
+    hands a request the slot holding its own key when that slot is free ("warm"); otherwise
+    the lowest empty slot; otherwise the free slot whose cache has been unused longest, whose
+    cache is then given up.
+    """
 
     def __init__(self, n: int) -> None:
-        self._free = list(range(n - 1, -1, -1))
         self.size = n
+        self._free: set[int] = set(range(n))
+        self._keys: dict[int, str] = {}  # free slot -> key of the cache it holds
+        self._released: dict[int, int] = {}  # free slot -> when it was released
+        self._clock = 0
 
     @property
     def n_free(self) -> int:
         """Number of free slots."""
         return len(self._free)
 
-    def acquire(self) -> int | None:
-        """A free slot, or ``None`` when all are busy."""
-        return self._free.pop() if self._free else None
+    def holder(self, key: str) -> int | None:
+        """The free slot holding ``key``'s cache, if any."""
+        return next((s for s, k in self._keys.items() if k == key), None)
 
-    def release(self, slot: int) -> None:
-        """Give ``slot`` back."""
+    def acquire(self, key: str | None = None) -> tuple[int, bool] | None:
+        """A free slot and whether it holds ``key``'s cache; ``None`` when all are busy."""
+        if not self._free:
+            return None
+        warm = None if key is None else self.holder(key)
+        if warm is not None:
+            slot = warm
+        else:
+            empty = [s for s in self._free if s not in self._keys]
+            slot = min(empty) if empty else min(self._free, key=self._released.__getitem__)
+        self._free.remove(slot)
+        self._keys.pop(slot, None)
+        self._released.pop(slot, None)
+        return slot, warm is not None
+
+    def release(self, slot: int, key: str | None = None) -> None:
+        """Give ``slot`` back, noting that it keeps ``key``'s cache (if a key is given)."""
         if slot in self._free or not 0 <= slot < self.size:
             raise ValueError(f"slot {slot} is not in use")
-        self._free.append(slot)
-        self._free.sort(reverse=True)
+        self._free.add(slot)
+        self._clock += 1
+        self._released[slot] = self._clock
+        if key is not None:
+            for other in [s for s, k in self._keys.items() if k == key]:
+                del self._keys[other]  # one cache per key: the newest wins
+            self._keys[slot] = key
+
+    def forget(self, key: str) -> int | None:
+        """Stop treating ``key``'s cache as reusable; the slot that held it, if any."""
+        slot = self.holder(key)
+        if slot is not None:
+            del self._keys[slot]
+        return slot

@@ -7,21 +7,23 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.messages import EngineEvent, Failed, Finished
-from gemma_worker.engine.prompt import Prompt
 
 
 @dataclass(eq=False)
 class Job:
     """Shared between threads: the loop sets ``cancelled``; the engine reads it between steps
-    and reports through ``channel``."""
+    and reports through ``channel``. ``cache_key`` names the conversation (a session id) whose
+    KV cache the engine may keep after the job and reuse for the next job with the same key."""
 
     request_id: str
-    prompt: Prompt
+    conversation: Conversation
     params: SamplingParams
     channel: EventChannel[EngineEvent]
+    cache_key: str | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 

@@ -207,9 +207,13 @@ class LlamaModel:
         self.n_ctx_seq = n_ctx_seq
         self.n_seq = n_seq
         self.n_batch = n_batch
+        #: Sliding-window size of the model's SWA layers (0 when it has none).
+        self.n_swa = int(lc.llama_model_n_swa(self.model))
         self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self.info = self._read_info()
+        self.bos_head = self.tokenize("", add_special=True, parse_special=False)
 
     # --- metadata ---------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -272,6 +276,20 @@ class LlamaModel:
             self._pieces[token] = cached
         return cached
 
+    def special_piece(self, token: int) -> bytes:
+        """The bytes of ``token`` with special tokens spelled out (``<start_of_turn>``): the
+        text that tokenises back to it when special tokens are parsed."""
+        cached = self._special_pieces.get(token)
+        if cached is None:
+            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._special_pieces[token] = cached
+        return cached
+
+    def is_control(self, token: int) -> bool:
+        """Whether ``token`` is a control token (BOS, turn markers...)."""
+        return bool(lc.llama_vocab_is_control(self.vocab, token))
+
     def is_eog(self, token: int) -> bool:
         """Whether ``token`` ends generation (EOS, end of turn, ...)."""
         return bool(lc.llama_vocab_is_eog(self.vocab, token))
@@ -284,6 +302,17 @@ class LlamaModel:
     def clear_sequence(self, seq: int) -> None:
         """Forget the KV cache of sequence ``seq``."""
         lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def keep_prefix(self, seq: int, n: int) -> bool:
+        """Keep only positions ``0 .. n-1`` of sequence ``seq``; whether the cache can continue
+        from position ``n`` (it cannot when sliding-window layers have already discarded
+        positions the next token must attend to)."""
+        if not lc.llama_memory_seq_rm(self.memory, seq, n, -1):
+            return False
+        if n == 0 or self.n_swa == 0:
+            return True
+        pos_min = int(lc.llama_memory_seq_pos_min(self.memory, seq))
+        return 0 <= pos_min <= max(0, n - self.n_swa)
 
     def close(self) -> None:
         """Free the context and the model."""

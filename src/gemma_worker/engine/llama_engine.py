@@ -15,8 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.events import FinishReason
+from gemma_worker.core.prefix import match_prefix
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.core.scheduling import (
     AdmissionQueue,
@@ -29,7 +31,15 @@ from gemma_worker.core.scheduling import (
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.job import GenerationHandle, Job
 from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError, Sampler
-from gemma_worker.engine.messages import EngineEvent, Failed, Finished, Queued, Started, Text
+from gemma_worker.engine.messages import (
+    EngineEvent,
+    Failed,
+    Finished,
+    Queued,
+    Started,
+    Text,
+    Trimmed,
+)
 from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.prompt import Prompt, PromptRenderer
 from gemma_worker.engine.protocol import EngineState, EngineStats
@@ -66,7 +76,23 @@ class _Wake:
     """Inbox message: something changed (a cancel); re-check."""
 
 
-_Message = Job | _Stop | _Wake
+@dataclass(frozen=True, slots=True)
+class _Forget:
+    """Inbox message: drop the KV cache kept for ``key``."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An accepted job with its rendered, tokenised prompt."""
+
+    job: Job
+    prompt: Prompt
+    tokens: list[int]
+
+
+_Message = Job | _Stop | _Wake | _Forget
 
 
 class LlamaEngine:
@@ -85,10 +111,11 @@ class LlamaEngine:
         self.model_path: Path | None = None
         # Engine-thread state.
         self._slots = SlotPool(config.parallel)
-        self._waiting: AdmissionQueue[tuple[Job, list[int]]] = AdmissionQueue(
+        self._waiting: AdmissionQueue[_Prepared] = AdmissionQueue(
             config.max_queue + config.parallel
         )
         self._seqs: dict[int, SequenceState] = {}
+        self._kv: dict[int, list[int]] = {}  # free slot -> tokens of the session cache it keeps
         self._samplers: dict[int, Sampler] = {}
         self._order = 0
 
@@ -125,8 +152,18 @@ class LlamaEngine:
         self._thread.start()
         await loaded
 
-    def submit(self, prompt: Prompt, params: SamplingParams, request_id: str) -> GenerationHandle:
-        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full."""
+    def submit(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        request_id: str,
+        cache_key: str | None = None,
+    ) -> GenerationHandle:
+        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full.
+
+        With a ``cache_key`` (a session id) the KV cache is kept after the generation, and the
+        next generation with that key reuses whatever prefix of it its prompt shares.
+        """
         if self._state is not EngineState.READY:
             raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
         with self._pending_lock:
@@ -139,9 +176,10 @@ class LlamaEngine:
             self._pending += 1
         job = Job(
             request_id=request_id,
-            prompt=prompt,
+            conversation=conversation,
             params=params,
             channel=EventChannel(asyncio.get_running_loop(), self.config.stream_buffer),
+            cache_key=cache_key,
         )
         self._inbox.put(job)
         return GenerationHandle(job, self._wake)
@@ -161,6 +199,10 @@ class LlamaEngine:
             self._inbox.put(_Stop())
             await asyncio.to_thread(self._thread.join)
         self._state = EngineState.CLOSED
+
+    def forget(self, cache_key: str) -> None:
+        """Drop the KV cache kept for ``cache_key`` (its session is gone)."""
+        self._inbox.put(_Forget(cache_key))
 
     def _wake(self) -> None:
         self._inbox.put(_Wake())
@@ -255,6 +297,8 @@ class LlamaEngine:
                 return True
             if isinstance(msg, Job):
                 self._accept(msg)
+            elif isinstance(msg, _Forget):
+                self._forget(msg.key)
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
@@ -262,37 +306,21 @@ class LlamaEngine:
         return False
 
     def _accept(self, job: Job) -> None:
-        assert self._model is not None
         if job.cancelled:
             self._final(job, _cancelled_before_start(job, 0))
             return
         try:
-            tokens = self._model.tokenize(
-                job.prompt.text,
-                add_special=job.prompt.add_special,
-                parse_special=job.prompt.parse_special,
-            )
-        except Exception:
-            log.exception("tokenization failed", extra={"request_id": job.request_id})
-            self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "tokenization failed"))
+            prepared = self._prepare(job)
+        except WorkerError as exc:
+            self._fail(job, exc)
             return
-        n_ctx = self._model.n_ctx_seq
-        if len(tokens) + job.params.max_tokens > n_ctx:
-            self._fail(
-                job,
-                WorkerError(
-                    ErrorCode.CONTEXT_OVERFLOW,
-                    f"prompt ({len(tokens)} tokens) + max_tokens ({job.params.max_tokens}) "
-                    f"exceeds the context of {n_ctx} tokens",
-                    n_prompt_tokens=len(tokens),
-                    max_tokens=job.params.max_tokens,
-                    n_ctx=n_ctx,
-                ),
-            )
+        except Exception:
+            log.exception("prompt preparation failed", extra={"request_id": job.request_id})
+            self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "tokenization failed"))
             return
         must_wait = self._slots.n_free <= len(self._waiting)
         try:
-            position = self._waiting.push((job, tokens))
+            position = self._waiting.push(prepared)
         except QueueFullError:
             self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the admission queue is full"))
             return
@@ -300,31 +328,114 @@ class LlamaEngine:
             # Requests ahead of this one that will take the free slots are not "in the queue".
             job.channel.put(Queued(position - self._slots.n_free))
 
+    def _prepare(self, job: Job) -> _Prepared:
+        """Render and tokenise the prompt, leaving out the oldest turns if the history does
+        not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not."""
+        model, renderer = self._model, self._renderer
+        assert model is not None and renderer is not None
+        conv = job.conversation
+        n_ctx = model.n_ctx_seq
+        budget = n_ctx - job.params.max_tokens
+        built: dict[int, tuple[Prompt, list[int]]] = {}
+
+        def build(drop: int) -> tuple[Prompt, list[int]]:
+            if drop not in built:
+                prompt = renderer.render(conv.without_oldest(drop))
+                tokens = model.tokenize(
+                    prompt.text, add_special=prompt.add_special, parse_special=prompt.parse_special
+                )
+                built[drop] = (prompt, tokens)
+            return built[drop]
+
+        n_history = len(conv.history)
+        drop = turns_to_drop(n_history, lambda d: len(build(d)[1]) <= budget)
+        if drop is None:
+            n_prompt = len(build(n_history)[1])
+            what = "the input alone" if n_history else "prompt"
+            raise WorkerError(
+                ErrorCode.CONTEXT_OVERFLOW,
+                f"{what} ({n_prompt} tokens) + max_tokens ({job.params.max_tokens}) "
+                f"exceeds the context of {n_ctx} tokens",
+                n_prompt_tokens=n_prompt,
+                max_tokens=job.params.max_tokens,
+                n_ctx=n_ctx,
+            )
+        if drop:
+            job.channel.put(Trimmed(dropped_turns=drop, kept_turns=n_history - drop))
+        prompt, tokens = build(drop)
+        return _Prepared(job, prompt, tokens)
+
     def _admit(self) -> None:
         assert self._model is not None
         admitted = False
         while len(self._waiting) > 0:
-            slot = self._slots.acquire()
-            if slot is None:
+            acquired = self._slots.acquire(self._waiting.peek().job.cache_key)
+            if acquired is None:
                 break
-            job, tokens = self._waiting.pop()
+            slot, warm = acquired
+            prepared = self._waiting.pop()
+            job = prepared.job
+            tokens, n_cached = prepared.tokens, 0
+            cached = self._kv.pop(slot, None)
+            if warm and cached:
+                tokens, n_cached = self._reuse(slot, prepared, cached)
+            else:
+                self._model.clear_sequence(slot)
             self._order += 1
-            seq = SequenceState(job, slot, self._order, tokens, self._model.n_ctx_seq)
+            seq = SequenceState(
+                job, slot, self._order, tokens, self._model.n_ctx_seq, n_cached=n_cached
+            )
             self._seqs[slot] = seq
             self._samplers[slot] = Sampler(job.params, self._model.info.n_vocab)
-            job.channel.put(Started(len(tokens)))
+            job.channel.put(Started(len(tokens), n_cached))
             admitted = True
         if admitted:  # everyone still waiting moved up
-            for position, (job, _) in enumerate(self._waiting, start=1):
-                job.channel.put(Queued(position))
+            for position, waiting in enumerate(self._waiting, start=1):
+                waiting.job.channel.put(Queued(position))
+
+    def _reuse(self, slot: int, prepared: _Prepared, cached: list[int]) -> tuple[list[int], int]:
+        """The prompt tokens for ``prepared`` in a slot whose KV cache holds ``cached``, and how
+        many of them are already there. Falls back to a cold start (the whole prompt, nothing
+        cached) when too little matches or the cache cannot continue."""
+        model = self._model
+        assert model is not None
+        prompt = prepared.prompt
+        text = prompt.text.encode("utf-8")
+        match = match_prefix(
+            cached,
+            model.bos_head if prompt.add_special else [],
+            text,
+            model.special_piece,
+            (lambda _t: True) if prompt.parse_special else (lambda t: not model.is_control(t)),
+        )
+        if match.n_tokens > 0:
+            rest = model.tokenize(
+                text[match.n_bytes :].decode("utf-8"),
+                add_special=False,
+                parse_special=prompt.parse_special,
+            )
+            tokens = cached[: match.n_tokens] + rest
+            # At least one prompt token must be decoded to get the logits of the next one.
+            n_cached = min(match.n_tokens, len(tokens) - 1)
+            fits = len(tokens) + prepared.job.params.max_tokens <= model.n_ctx_seq
+            if fits and n_cached > 0 and model.keep_prefix(slot, n_cached):
+                return tokens, n_cached
+        model.clear_sequence(slot)
+        return prepared.tokens, 0
+
+    def _forget(self, key: str) -> None:
+        assert self._model is not None
+        slot = self._slots.forget(key)
+        if slot is not None:
+            self._kv.pop(slot, None)
+            self._model.clear_sequence(slot)
 
     def _reap_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.job.cancelled]:
             self._finish(seq, "cancelled")
-        for entry in [e for e in self._waiting if e[0].cancelled]:
+        for entry in [e for e in self._waiting if e.job.cancelled]:
             self._waiting.remove(entry)
-            job, tokens = entry
-            self._final(job, _cancelled_before_start(job, len(tokens)))
+            self._final(entry.job, _cancelled_before_start(entry.job, len(entry.tokens)))
 
     def _views(self) -> list[SlotView]:
         return [
@@ -357,6 +468,7 @@ class LlamaEngine:
             else:
                 assert seq.next_token is not None
                 idx = batch.add(seq.next_token, seq.n_past, seq.slot, True)
+                seq.decoded.append(seq.next_token)
                 seq.n_past += 1
                 seq.next_token = None
                 outputs.append((seq, idx))
@@ -379,15 +491,20 @@ class LlamaEngine:
             else:
                 seq.next_token = token
 
-    def _release(self, seq: SequenceState) -> None:
+    def _release(self, seq: SequenceState, *, keep_cache: bool = False) -> None:
+        """Free the slot; with ``keep_cache`` a session's KV cache stays for its next turn."""
         assert self._model is not None
         self._samplers.pop(seq.slot).free()
-        self._model.clear_sequence(seq.slot)
         del self._seqs[seq.slot]
-        self._slots.release(seq.slot)
+        key = seq.job.cache_key if keep_cache else None
+        if key is None:
+            self._model.clear_sequence(seq.slot)
+        else:
+            self._kv[seq.slot] = seq.kv_tokens()
+        self._slots.release(seq.slot, key)
 
     def _finish(self, seq: SequenceState, reason: FinishReason) -> None:
-        self._release(seq)
+        self._release(seq, keep_cache=True)
         self._final(seq.job, seq.finished(reason))
 
     def _fail(self, job: Job, error: WorkerError) -> None:
@@ -425,7 +542,7 @@ class LlamaEngine:
                 self._fail(seq.job, crash)
         with self._pending_lock:
             self._closed = True  # no submit can slip in after the inbox is drained below
-        pending = [(job, len(tokens)) for job, tokens in self._waiting]
+        pending = [(p.job, len(p.tokens)) for p in self._waiting]
         while True:
             try:
                 msg = self._inbox.get_nowait()

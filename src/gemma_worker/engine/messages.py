@@ -1,5 +1,6 @@
-"""What the engine reports about one generation, in order: ``Queued``? ``Started`` ``Text``*
-then ``Finished`` or ``Failed``. (A request rejected before it starts gets ``Failed`` only.)"""
+"""What the engine reports about one generation, in order: ``Trimmed``? ``Queued``*
+``Started`` ``Text``* then ``Finished`` or ``Failed``. (A request rejected before it starts
+gets ``Failed`` only.)"""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ from dataclasses import dataclass
 
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.core.events import FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    """The history did not fit the context: the ``dropped_turns`` oldest turns were left out of
+    the prompt (``kept_turns`` remain)."""
+
+    dropped_turns: int
+    kept_turns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,9 +28,11 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """The request has a slot; its ``n_prompt_tokens`` prompt tokens are being processed."""
+    """The request has a slot; of its ``n_prompt_tokens`` prompt tokens, ``n_cached_tokens``
+    are reused from the session's KV cache and the rest are being processed."""
 
     n_prompt_tokens: int
+    n_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,7 @@ class Finished:
     ttft_ms: float | None
     tokens_per_second: float | None
     total_ms: float
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +63,4 @@ class Failed:
     error: WorkerError
 
 
-EngineEvent = Queued | Started | Text | Finished | Failed
+EngineEvent = Trimmed | Queued | Started | Text | Finished | Failed

@@ -9,6 +9,7 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from gemma_worker.core.conversation import Conversation, ConversationFormat
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import PromptFormat
 
@@ -25,7 +26,10 @@ class Prompt:
     text: str
     add_special: bool
     parse_special: bool
-    format: PromptFormat
+    format: ConversationFormat
+
+
+_GEMMA_TURN = "<start_of_turn>{role}\n{content}<end_of_turn>\n"
 
 
 def _raise_exception(message: str) -> None:
@@ -67,31 +71,53 @@ class PromptRenderer:
         return self._template is not None
 
     @property
-    def default_format(self) -> PromptFormat:
+    def default_format(self) -> ConversationFormat:
         """What ``auto`` resolves to for this model."""
         return "chat" if self._prefer_chat else "plain"
 
-    def render(self, text: str, fmt: PromptFormat = "auto") -> Prompt:
-        """Build the prompt for ``text``; ``INVALID_REQUEST`` if ``chat`` is asked of a model
-        without a template, ``INFERENCE_ERROR`` if the template fails."""
-        chosen = self.default_format if fmt == "auto" else fmt
-        if chosen == "plain":
-            return Prompt(text, add_special=True, parse_special=False, format="plain")
-        return self.chat_prompt([{"role": "user", "content": text}])
+    def resolve(self, fmt: PromptFormat) -> ConversationFormat:
+        """The concrete format for a request's ``prompt_format``."""
+        return self.default_format if fmt == "auto" else fmt
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
-        """A chat-template prompt for a whole conversation."""
-        return Prompt(
-            self.render_messages(messages), add_special=False, parse_special=True, format="chat"
-        )
+    def render(self, conv: Conversation) -> Prompt:
+        """The prompt for ``conv``: ``INFERENCE_ERROR`` if the chat template fails.
+
+        A plain conversation is a running transcript: the system prompt (and a blank line),
+        then each earlier input directly followed by its answer, then the new input. A chat
+        conversation goes through the model's template, or Gemma's turn format when the model
+        has none.
+        """
+        if conv.format == "plain":
+            head = f"{conv.system}\n\n" if conv.system else ""
+            body = "".join(t.user + t.assistant for t in conv.history)
+            return Prompt(
+                head + body + conv.input, add_special=True, parse_special=False, format="plain"
+            )
+        messages: list[dict[str, Any]] = []
+        if conv.system:
+            messages.append({"role": "system", "content": conv.system})
+        for turn in conv.history:
+            messages.append({"role": "user", "content": turn.user})
+            messages.append({"role": "assistant", "content": turn.assistant})
+        messages.append({"role": "user", "content": conv.input})
+        text = self.render_messages(messages) if self._template else self._gemma_turns(conv)
+        return Prompt(text, add_special=False, parse_special=True, format="chat")
+
+    def _gemma_turns(self, conv: Conversation) -> str:
+        """Gemma's turn format (what its instruction-tuned templates produce)."""
+        parts = [self._bos]
+        first = f"{conv.system.strip()}\n\n" if conv.system else ""
+        for turn in conv.history:
+            parts.append(_GEMMA_TURN.format(role="user", content=first + turn.user.strip()))
+            parts.append(_GEMMA_TURN.format(role="model", content=turn.assistant.strip()))
+            first = ""
+        parts.append(_GEMMA_TURN.format(role="user", content=first + conv.input.strip()))
+        parts.append("<start_of_turn>model\n")
+        return "".join(parts)
 
     def render_messages(self, messages: list[dict[str, Any]]) -> str:
         """Render ``messages`` through the chat template, ending with the generation prompt."""
-        if self._template is None:
-            raise WorkerError(
-                ErrorCode.INVALID_REQUEST,
-                "this model has no chat template; use prompt_format plain",
-            )
+        assert self._template is not None
         try:
             return self._template.render(
                 messages=messages,

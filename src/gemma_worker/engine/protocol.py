@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.llama import ModelInfo
-from gemma_worker.engine.prompt import Prompt, PromptRenderer
+from gemma_worker.engine.prompt import PromptRenderer
 
 
 class EngineState(StrEnum):
@@ -58,8 +59,23 @@ class Engine(Protocol):
         """Load the model (on the engine thread); raise if that fails."""
         ...
 
-    def submit(self, prompt: Prompt, params: SamplingParams, request_id: str) -> GenerationHandle:
-        """Queue a generation; raise ``WorkerError(OVERLOADED)`` at once when full."""
+    def submit(
+        self,
+        conversation: Conversation,
+        params: SamplingParams,
+        request_id: str,
+        cache_key: str | None = None,
+    ) -> GenerationHandle:
+        """Queue a generation; raise ``WorkerError(OVERLOADED)`` at once when full.
+
+        The engine renders the prompt, leaving out the oldest turns that do not fit. With a
+        ``cache_key`` it may keep the KV cache afterwards and reuse it for the next generation
+        with the same key.
+        """
+        ...
+
+    def forget(self, cache_key: str) -> None:
+        """Drop any KV cache kept for ``cache_key``."""
         ...
 
     def stats(self) -> EngineStats:

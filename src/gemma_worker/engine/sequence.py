@@ -19,15 +19,26 @@ class SequenceState:
     """One running request in slot ``slot`` (which is also its llama.cpp sequence id)."""
 
     def __init__(
-        self, job: Job, slot: int, order: int, prompt_tokens: list[int], n_ctx: int
+        self,
+        job: Job,
+        slot: int,
+        order: int,
+        prompt_tokens: list[int],
+        n_ctx: int,
+        *,
+        n_cached: int = 0,
     ) -> None:
         self.job = job
         self.slot = slot
         self.order = order
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
-        self.n_past = 0
+        #: Prompt tokens already in the KV cache when the sequence started (reused).
+        self.n_cached = n_cached
+        self.n_past = n_cached
         self.next_token: int | None = None
+        #: Generated tokens that have been decoded into the KV cache, in order.
+        self.decoded: list[int] = []
         self.n_generated = 0
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None
@@ -43,6 +54,10 @@ class SequenceState:
     def prefill_chunk(self, n: int) -> list[int]:
         """The next ``n`` prompt tokens, starting at position :attr:`n_past`."""
         return self.prompt_tokens[self.n_past : self.n_past + n]
+
+    def kv_tokens(self) -> list[int]:
+        """The tokens in this sequence's KV cache (positions 0 .. n_past-1)."""
+        return self.prompt_tokens[: self.n_past] + self.decoded
 
     def on_token(self, piece: bytes, eog: bool) -> tuple[str, FinishReason | None]:
         """Account for a sampled token: return (text to emit now, finish reason or ``None``)."""
@@ -82,4 +97,5 @@ class SequenceState:
             ttft_ms=ttft,
             tokens_per_second=tps,
             total_ms=(end - submitted) * 1e3,
+            cached_tokens=self.n_cached,
         )

@@ -5,16 +5,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
-from gemma_worker.sessions.store import SessionInfo, Turn
+from gemma_worker.sessions.store import SessionFormat, SessionInfo, Turn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     owner TEXT,
     system TEXT,
+    format TEXT NOT NULL,
     created REAL NOT NULL,
     updated REAL NOT NULL,
     n_turns INTEGER NOT NULL DEFAULT 0,
@@ -24,18 +25,24 @@ CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated);
 CREATE TABLE IF NOT EXISTS turns (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
+    user_text TEXT NOT NULL,
+    assistant_text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
     PRIMARY KEY (session_id, seq)
 );
 """
 
-_COLUMNS = "id, owner, system, created, updated, n_turns, n_tokens"
+_COLUMNS = "id, owner, system, format, created, updated, n_turns, n_tokens"
+
+_Row = tuple[str, str | None, str | None, str, float, float, int, int]
 
 
-def _info(row: tuple[str, str | None, str | None, float, float, int, int]) -> SessionInfo:
-    return SessionInfo(*row)
+def _info(row: _Row) -> SessionInfo:
+    sid, owner, system, fmt, created, updated, n_turns, n_tokens = row
+    return SessionInfo(
+        sid, owner, system, cast(SessionFormat, fmt), created, updated, n_turns, n_tokens
+    )
 
 
 class SQLiteSessionStore:
@@ -54,6 +61,7 @@ class SQLiteSessionStore:
         self.max_sessions = max_sessions
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
 
@@ -64,20 +72,25 @@ class SQLiteSessionStore:
         return None if row is None else _info(row)
 
     def create(
-        self, session_id: str, *, owner: str | None = None, system: str | None = None
+        self,
+        session_id: str,
+        *,
+        owner: str | None = None,
+        system: str | None = None,
+        format: SessionFormat = "plain",
     ) -> SessionInfo:
         """Make an empty session (``ValueError`` if the id exists)."""
         now = time.time()
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO sessions (id, owner, system, created, updated) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (session_id, owner, system, now, now),
+                    "INSERT INTO sessions (id, owner, system, format, created, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (session_id, owner, system, format, now, now),
                 )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"session {session_id} exists") from exc
-        return SessionInfo(session_id, owner, system, now, now, 0, 0)
+        return SessionInfo(session_id, owner, system, format, now, now, 0, 0)
 
     def get(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None:
         """The session, or ``None`` when unknown (or another owner's)."""
@@ -90,34 +103,39 @@ class SQLiteSessionStore:
             if self._owned(session_id, owner) is None:
                 return None
             rows = self._db.execute(
-                "SELECT role, content, tokens FROM turns WHERE session_id = ? ORDER BY seq",
+                "SELECT user_text, assistant_text, prompt_tokens, completion_tokens "
+                "FROM turns WHERE session_id = ? ORDER BY seq",
                 (session_id,),
             ).fetchall()
-        return [Turn(role, content, tokens) for role, content, tokens in rows]
+        return [Turn(*row) for row in rows]
 
-    def append(self, session_id: str, turns: Sequence[Turn]) -> None:
-        """Add turns at the end, atomically; ``KeyError`` if the session is gone."""
+    def append(self, session_id: str, turn: Turn, *, owner: str | None = None) -> None:
+        """Add a turn at the end, atomically; ``KeyError`` if the session is gone."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT n_turns FROM sessions WHERE id = ?", (session_id,)
+                    "SELECT n_turns FROM sessions WHERE id = ? AND owner IS ?",
+                    (session_id, owner),
                 ).fetchone()
                 if row is None:
                     raise KeyError(session_id)
-                start = int(row[0])
-                self._db.executemany(
-                    "INSERT INTO turns (session_id, seq, role, content, tokens) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (session_id, start + i, t.role, t.content, t.tokens)
-                        for i, t in enumerate(turns)
-                    ],
+                self._db.execute(
+                    "INSERT INTO turns (session_id, seq, user_text, assistant_text, "
+                    "prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        session_id,
+                        int(row[0]),
+                        turn.user,
+                        turn.assistant,
+                        turn.prompt_tokens,
+                        turn.completion_tokens,
+                    ),
                 )
                 self._db.execute(
-                    "UPDATE sessions SET n_turns = n_turns + ?, n_tokens = n_tokens + ?, "
-                    "updated = ? WHERE id = ?",
-                    (len(turns), sum(t.tokens for t in turns), time.time(), session_id),
+                    "UPDATE sessions SET n_turns = n_turns + 1, n_tokens = ?, updated = ? "
+                    "WHERE id = ?",
+                    (turn.prompt_tokens + turn.completion_tokens, time.time(), session_id),
                 )
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -132,7 +150,7 @@ class SQLiteSessionStore:
             )
             return cur.rowcount > 0
 
-    def list(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
+    def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Sessions, most recently used first."""
         with self._lock:
             rows = self._db.execute(
@@ -141,17 +159,30 @@ class SQLiteSessionStore:
             ).fetchall()
         return [_info(r) for r in rows]
 
-    def expire(self, now: float | None = None) -> int:
+    def count(self) -> int:
+        """Number of sessions (all owners)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+
+    def expire(self, now: float | None = None) -> list[str]:
         """Drop sessions idle past the TTL, then the least recently used beyond the maximum."""
         cutoff = (time.time() if now is None else now) - self.ttl_seconds
         with self._lock:
-            removed = self._db.execute("DELETE FROM sessions WHERE updated < ?", (cutoff,)).rowcount
-            removed += self._db.execute(
-                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions "
-                "ORDER BY updated DESC LIMIT -1 OFFSET ?)",
-                (self.max_sessions,),
-            ).rowcount
-        return int(removed)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT id FROM sessions WHERE updated < ? UNION "
+                    "SELECT id FROM (SELECT id FROM sessions ORDER BY updated DESC "
+                    "LIMIT -1 OFFSET ?)",
+                    (cutoff, self.max_sessions),
+                ).fetchall()
+                ids = [r[0] for r in rows]
+                self._db.executemany("DELETE FROM sessions WHERE id = ?", [(i,) for i in ids])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return ids
 
     def close(self) -> None:
         """Close the database."""

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-Role = Literal["user", "assistant"]
+from gemma_worker.core.conversation import ConversationFormat, Turn
 
+#: How a session's prompt is built: a running plain-text transcript, or chat turns.
+SessionFormat = ConversationFormat
 
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One message of a conversation; ``tokens`` is its prompt-token count when known."""
-
-    role: Role
-    content: str
-    tokens: int = 0
+__all__ = ["SessionFormat", "SessionInfo", "SessionStore", "Turn"]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
-    """A session's metadata (times are Unix seconds)."""
+    """A session's metadata (times are Unix seconds). ``tokens`` is the context the last turn
+    filled: its prompt plus its answer."""
 
     id: str
     owner: str | None
     system: str | None
+    format: SessionFormat
     created: float
     updated: float
     turns: int
@@ -36,7 +33,12 @@ class SessionStore(Protocol):
     owner does not exist for another. Methods are blocking; call them off the event loop."""
 
     def create(
-        self, session_id: str, *, owner: str | None = None, system: str | None = None
+        self,
+        session_id: str,
+        *,
+        owner: str | None = None,
+        system: str | None = None,
+        format: SessionFormat = "plain",
     ) -> SessionInfo:
         """Make an empty session (``ValueError`` if the id exists)."""
         ...
@@ -49,21 +51,25 @@ class SessionStore(Protocol):
         """All turns in order, or ``None`` when the session is unknown."""
         ...
 
-    def append(self, session_id: str, turns: Sequence[Turn]) -> None:
-        """Add turns at the end, atomically; ``KeyError`` if the session is gone."""
+    def append(self, session_id: str, turn: Turn, *, owner: str | None = None) -> None:
+        """Add a turn at the end, atomically; ``KeyError`` if the session is gone."""
         ...
 
     def delete(self, session_id: str, *, owner: str | None = None) -> bool:
         """Remove the session and its turns; whether it existed."""
         ...
 
-    def list(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
+    def list_sessions(self, *, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Sessions, most recently used first."""
         ...
 
-    def expire(self, now: float | None = None) -> int:
+    def count(self) -> int:
+        """Number of sessions (all owners)."""
+        ...
+
+    def expire(self, now: float | None = None) -> list[str]:
         """Drop sessions idle longer than the TTL, then the least recently used beyond the
-        maximum count; return how many were removed."""
+        maximum count; return the ids removed."""
         ...
 
     def close(self) -> None:

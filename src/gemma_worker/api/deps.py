@@ -1,0 +1,18 @@
+"""FastAPI dependencies: handlers reach the app's state through these, never a global."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from gemma_worker.api.state import WorkerState
+
+
+def get_state(request: Request) -> WorkerState:
+    """Dependency: the app's :class:`WorkerState`."""
+    state: WorkerState = request.app.state.worker
+    return state
+
+
+State = Annotated[WorkerState, Depends(get_state)]

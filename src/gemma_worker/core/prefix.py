@@ -1,0 +1,58 @@
+"""Which cached tokens a new prompt can reuse (sans-I/O).
+
+A session's KV cache holds the tokens its last turn saw: prompt and answer. The next turn's
+prompt is rendered as text from the stored history, and re-tokenising that text need not give
+the same tokens the model generated. So the match is made on text: the longest run of cached
+tokens whose bytes spell the start of the new prompt is kept, and only the rest of the prompt is
+tokenised and processed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """``n_tokens`` cached tokens are reusable; they spell the first ``n_bytes`` of the text."""
+
+    n_tokens: int
+    n_bytes: int
+
+
+def _is_continuation(byte: int) -> bool:
+    return 0x80 <= byte <= 0xBF
+
+
+def match_prefix(
+    cached: Sequence[int],
+    head: Sequence[int],
+    text: bytes,
+    piece: Callable[[int], bytes],
+    reusable: Callable[[int], bool],
+) -> PrefixMatch:
+    """The longest reusable prefix of ``cached`` for a prompt of ``head`` tokens then ``text``.
+
+    ``head`` holds the tokens the tokenizer puts before the text (BOS); the cache must start with
+    them. ``piece`` gives a token's bytes; tokens for which ``reusable`` is false (e.g. control
+    tokens when the prompt's text may not contain special tokens) end the match. The match never
+    ends inside a UTF-8 character, so the rest of ``text`` can be tokenised on its own.
+    """
+    n_head = len(head)
+    if len(cached) < n_head or list(cached[:n_head]) != list(head):
+        return PrefixMatch(0, 0)
+    offset = 0
+    ends = [0]  # ends[i]: bytes covered by the first i tokens after the head
+    for token in cached[n_head:]:
+        if not reusable(token):
+            break
+        data = piece(token)
+        if not data or not text.startswith(data, offset):
+            break
+        offset += len(data)
+        ends.append(offset)
+    n = len(ends) - 1
+    while n > 0 and ends[n] < len(text) and _is_continuation(text[ends[n]]):
+        n -= 1
+    return PrefixMatch(n_head + n, ends[n])

@@ -1,0 +1,178 @@
+"""Sessions as the API uses them: start or continue a conversation, record finished turns,
+keep one turn at a time per session, and expire idle sessions.
+
+The store is blocking (SQLite); every call to it runs on a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.request import GenerationRequest
+from gemma_worker.sessions.store import SessionInfo, SessionStore
+
+log = logging.getLogger(__name__)
+
+
+def new_session_id() -> str:
+    """A fresh session id: a random (version 4) UUID, 122 random bits."""
+    return str(uuid.uuid4())
+
+
+def _not_found(session_id: str) -> WorkerError:
+    return WorkerError(
+        ErrorCode.SESSION_NOT_FOUND, "no such session (it may have expired)", session_id=session_id
+    )
+
+
+@dataclass(eq=False)
+class TurnPlan:
+    """One turn about to run: the session it belongs to and the conversation to answer.
+
+    The session stays claimed (other turns get ``SESSION_BUSY``) until :meth:`release` is
+    called, or the plan is garbage-collected (a response that never started).
+    """
+
+    session_id: str
+    owner: str | None
+    is_new: bool
+    conversation: Conversation
+    release: Callable[[], object] = field(default=lambda: None, repr=False)
+
+
+class SessionService:
+    """The API's view of sessions, over any :class:`SessionStore`."""
+
+    def __init__(self, store: SessionStore, forget: Callable[[str], None]) -> None:
+        """``forget(session_id)`` is called for every session deleted or expired (to drop
+        its KV cache)."""
+        self.store = store
+        self._forget = forget
+        self._busy: set[str] = set()
+
+    def _claim(self, plan: TurnPlan) -> None:
+        if plan.session_id in self._busy:
+            raise WorkerError(
+                ErrorCode.SESSION_BUSY,
+                "this session is answering another request; retry when it has finished",
+                session_id=plan.session_id,
+                retry_after=1,
+            )
+        self._busy.add(plan.session_id)
+        plan.release = weakref.finalize(plan, self._busy.discard, plan.session_id)
+
+    async def begin(
+        self, req: GenerationRequest, fmt: ConversationFormat, owner: str | None = None
+    ) -> TurnPlan:
+        """Plan the turn for ``req``: a new session when it names none, else the named one's
+        next turn. ``fmt`` is the prompt format the request resolved to (for a new session).
+
+        Raises ``SESSION_NOT_FOUND``, ``SESSION_BUSY`` or ``INVALID_REQUEST`` (a format or
+        system prompt that contradicts the session's). The caller must ``release()`` the plan.
+        """
+        if req.session_id is None:
+            conv = Conversation(req.input, fmt, (), req.system)
+            plan = TurnPlan(new_session_id(), owner, True, conv)
+            self._claim(plan)
+            return plan
+        plan = TurnPlan(req.session_id, owner, False, Conversation(req.input, fmt))
+        self._claim(plan)
+        try:
+            info = await asyncio.to_thread(self.store.get, req.session_id, owner=owner)
+            if info is None:
+                raise _not_found(req.session_id)
+            _check_consistent(req, info)
+            turns = await asyncio.to_thread(self.store.turns, req.session_id, owner=owner)
+            if turns is None:
+                raise _not_found(req.session_id)
+        except BaseException:
+            plan.release()
+            raise
+        plan.conversation = Conversation(req.input, info.format, tuple(turns), info.system)
+        return plan
+
+    async def record(
+        self, plan: TurnPlan, answer: str, prompt_tokens: int, completion: int
+    ) -> None:
+        """Store the finished turn (creating the session on its first turn)."""
+        conv = plan.conversation
+        turn = Turn(conv.input, answer, prompt_tokens, completion)
+        try:
+            await asyncio.to_thread(self._write, plan, turn)
+        except KeyError:
+            log.info("session deleted during its turn", extra={"session_id": plan.session_id})
+        except Exception:  # the answer still goes out; only its record is lost
+            log.exception("could not store a turn", extra={"session_id": plan.session_id})
+
+    def _write(self, plan: TurnPlan, turn: Turn) -> None:
+        if plan.is_new:
+            conv = plan.conversation
+            self.store.create(
+                plan.session_id, owner=plan.owner, system=conv.system, format=conv.format
+            )
+            for expired in self.store.expire():  # keep to max_sessions as sessions are made
+                self._forget(expired)
+        self.store.append(plan.session_id, turn, owner=plan.owner)
+
+    async def get(
+        self, session_id: str, owner: str | None = None
+    ) -> tuple[SessionInfo, list[Turn]]:
+        """A session and its turns; ``SESSION_NOT_FOUND`` when unknown."""
+
+        def read() -> tuple[SessionInfo, list[Turn]] | None:
+            info = self.store.get(session_id, owner=owner)
+            turns = self.store.turns(session_id, owner=owner)
+            return None if info is None or turns is None else (info, turns)
+
+        found = await asyncio.to_thread(read)
+        if found is None:
+            raise _not_found(session_id)
+        return found
+
+    async def list_sessions(self, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
+        """Sessions, most recently used first."""
+        return await asyncio.to_thread(self.store.list_sessions, owner=owner, limit=limit)
+
+    async def delete(self, session_id: str, owner: str | None = None) -> None:
+        """Delete a session; ``SESSION_NOT_FOUND`` when unknown."""
+        if not await asyncio.to_thread(self.store.delete, session_id, owner=owner):
+            raise _not_found(session_id)
+        self._forget(session_id)
+
+    async def expire(self) -> int:
+        """Delete expired sessions now; how many went."""
+        expired = await asyncio.to_thread(self.store.expire)
+        for session_id in expired:
+            self._forget(session_id)
+        if expired:
+            log.info("sessions expired", extra={"count": len(expired)})
+        return len(expired)
+
+    async def sweep(self, interval_s: float) -> None:
+        """Expire sessions every ``interval_s`` seconds, until cancelled."""
+        while True:
+            try:
+                await self.expire()
+            except Exception:
+                log.exception("session expiry failed")
+            await asyncio.sleep(interval_s)
+
+
+def _check_consistent(req: GenerationRequest, info: SessionInfo) -> None:
+    if req.prompt_format not in {"auto", info.format}:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"this session uses prompt_format {info.format}; leave it out or send that",
+        )
+    if req.system is not None and req.system != info.system:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            "a session's system prompt is set by its first request and cannot change",
+        )

@@ -1,0 +1,58 @@
+from gemma_worker.core.prefix import PrefixMatch, match_prefix
+
+# a toy vocabulary: token id -> bytes
+VOCAB = {
+    1: b"<bos>",
+    2: b"Hello",
+    3: b" world",
+    4: b"!",
+    5: b" wor",
+    6: b"ld",
+    7: b"\xc3",
+    8: b"\xa9",
+}
+CONTROL = {1}
+
+
+def piece(t: int) -> bytes:
+    return VOCAB[t]
+
+
+def any_token(_t: int) -> bool:
+    return True
+
+
+def test_whole_cache_matches_when_the_text_continues_it() -> None:
+    m = match_prefix([1, 2, 3], [1], b"Hello world, again", piece, any_token)
+    assert m == PrefixMatch(3, len(b"Hello world"))
+
+
+def test_match_is_on_text_not_on_token_ids() -> None:
+    # the cache spelled " world" as " wor" + "ld"; the text still matches
+    assert match_prefix([1, 2, 5, 6], [1], b"Hello world!", piece, any_token).n_tokens == 4
+
+
+def test_match_stops_at_the_first_difference() -> None:
+    assert match_prefix([1, 2, 3, 4], [1], b"Hello world?", piece, any_token) == PrefixMatch(
+        3, len(b"Hello world")
+    )
+    assert match_prefix([1, 2, 3], [1], b"Goodbye", piece, any_token) == PrefixMatch(1, 0)
+
+
+def test_head_must_match() -> None:
+    assert match_prefix([2, 3], [1], b"Hello world", piece, any_token) == PrefixMatch(0, 0)
+    assert match_prefix([], [1], b"Hello", piece, any_token) == PrefixMatch(0, 0)
+
+
+def test_unreusable_tokens_end_the_match() -> None:
+    # plain prompts must not reuse a control token for user text that merely spells it
+    m = match_prefix([2, 1], [], b"Hello<bos>", piece, lambda t: t not in CONTROL)
+    assert m == PrefixMatch(1, 5)
+    assert match_prefix([1, 2], [], b"<bos>Hello", piece, any_token).n_tokens == 2
+
+
+def test_never_ends_inside_a_utf8_character() -> None:
+    # the cache holds the first byte of "é" as its own token; the text goes on with "é!"
+    m = match_prefix([1, 2, 7], [1], "Helloé!".encode(), piece, any_token)
+    assert m == PrefixMatch(2, 5)
+    assert match_prefix([1, 2, 7, 8], [1], "Helloé!".encode(), piece, any_token).n_tokens == 4

@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/single_stream.py
 	$(PY) bench/concurrency.py
 	$(PY) bench/concurrency.py --idle 1000
+	$(PY) bench/sessions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

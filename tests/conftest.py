@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from gemma_worker.api.app import create_app
+from gemma_worker.cli.daemon import server_config
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.settings import Settings
 
@@ -73,10 +74,7 @@ def start_worker(
     settings: Settings, engine: Engine | None = None, wait_ready: bool = True
 ) -> RunningWorker:
     app = create_app(settings, engine)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.port, log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     worker = RunningWorker(settings, server, thread)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
+from limits import parse as parse_limit
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -122,6 +124,89 @@ class Settings(BaseSettings):
     max_requests_per_connection: int = Field(
         default=8, ge=1, description="Requests one WebSocket connection may have in flight."
     )
+    insecure: bool = Field(
+        default=False,
+        description="Allow binding a non-loopback address without API keys (refused otherwise).",
+    )
+
+    # --- API keys and rate limits -------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="API keys (env: comma-separated). When keys are configured (here or in "
+        "api_key_file) every route but /health and /ready needs one.",
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File of API keys: one per line, a key or 'sha256:<hex digest of a key>'; "
+        "blank lines and lines starting with # are ignored.",
+    )
+    ws_auth_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="A WebSocket without an Authorization header must send its auth message "
+        "within this time, else it is closed with 1008.",
+    )
+    rate_limit_requests: str | None = Field(
+        default=None,
+        description="Generation requests allowed per key (per client address without keys), "
+        "in the limits library's notation, e.g. '60/minute'. Off by default.",
+    )
+    rate_limit_tokens: str | None = Field(
+        default=None,
+        description="Generated tokens allowed per key (or client address), e.g. '20000/minute'. "
+        "A request is refused once the window is used up. Off by default.",
+    )
+    max_concurrent_per_key: int | None = Field(
+        default=None,
+        ge=1,
+        description="Generations one key (or client address) may run at once. Off by default.",
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Storage of the rate-limit counters (limits library URI), e.g. "
+        "'redis://host:6379' to share them between replicas.",
+    )
+
+    # --- resource limits ----------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Largest accepted REST request body; larger gets 413 PAYLOAD_TOO_LARGE.",
+    )
+    max_input_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Longest accepted input in tokens (the request's own input, not a "
+        "session's history). Default: only the context length limits it.",
+    )
+    ws_max_message_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest WebSocket message a client may send; larger closes the "
+        "connection with 1009.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open WebSocket connections allowed; one more is closed with 1013.",
+    )
+    ws_idle_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Close a WebSocket that has sent nothing and has no request in flight for "
+        "this long (1000). Off by default: keepalive pings keep healthy idle clients.",
+    )
+    ws_ping_interval_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="Protocol ping sent on every WebSocket this often (keeps proxies from "
+        "closing idle connections).",
+    )
+    ws_ping_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="A peer that does not answer a ping within this time is dropped.",
+    )
 
     # --- sessions -----------------------------------------------------------------------------
     data_dir: Path = Field(
@@ -172,6 +257,23 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """CLI/init values, then environment, then the TOML file (when one is configured)."""
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("rate_limit_requests", "rate_limit_tokens")
+    @classmethod
+    def _valid_limit(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_limit(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit like '60/minute': {value!r}") from exc
+        return value
 
     @property
     def session_db_path(self) -> Path:

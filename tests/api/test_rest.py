@@ -102,7 +102,9 @@ def test_execute_stream_is_ndjson_events(worker: RunningWorker) -> None:
         ({"input": "x", "temperature": "warm"}, 422, "INVALID_REQUEST"),
         ({"input": "x", "top_p": 2}, 422, "INVALID_REQUEST"),
         ({"input": "x", "stop": "no"}, 422, "INVALID_REQUEST"),
-        ({"input": "a" * (2 * 1024 * 1024)}, 422, "INVALID_REQUEST"),
+        ({"input": "a" * 300_000}, 422, "INVALID_REQUEST"),  # over max_input_chars
+        ({"input": "x", "system": "a" * 300_000}, 422, "INVALID_REQUEST"),
+        ({"input": "a" * (2 * 1024 * 1024)}, 413, "PAYLOAD_TOO_LARGE"),
         ({"input": "word " * 1200, "max_tokens": 8}, 400, "CONTEXT_OVERFLOW"),
         ({"input": "word " * 1200, "max_tokens": 8, "stream": True}, 400, "CONTEXT_OVERFLOW"),
     ],

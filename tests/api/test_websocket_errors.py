@@ -30,7 +30,7 @@ BAD_MESSAGES: list[tuple[str, Any, str]] = [
     ("top_p above one", {"input": "x", "top_p": 1.01}, "INVALID_REQUEST"),
     ("stop not a list", {"input": "x", "stop": "END"}, "INVALID_REQUEST"),
     ("stop not strings", {"input": "x", "stop": [1, 2]}, "INVALID_REQUEST"),
-    ("2 MB input", {"input": "a" * (2 * 1024 * 1024)}, "INVALID_REQUEST"),
+    ("input over max_input_chars", {"input": "a" * 300_000}, "INVALID_REQUEST"),
     ("unknown type", {"type": "launch_missiles", "request_id": "u1"}, "INVALID_REQUEST"),
     ("cancel unknown id", {"type": "cancel", "request_id": "nope"}, "INVALID_REQUEST"),
     ("unknown session", {"input": "x", "session_id": "s-42"}, "SESSION_NOT_FOUND"),

@@ -11,11 +11,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gemma_worker import __version__
+from gemma_worker.api.auth import AuthMiddleware
+from gemma_worker.api.body_limit import BodyLimitMiddleware
 from gemma_worker.api.errors import install_error_handlers
+from gemma_worker.api.metrics import HttpMetricsMiddleware, Metrics
+from gemma_worker.api.metrics_route import router as metrics_router
+from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
 from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.api.websocket import websocket_endpoint
+from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.sessions.service import SessionService
@@ -38,6 +44,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
         stream_buffer=settings.stream_buffer,
+        max_input_tokens=settings.max_input_tokens,
         flash_attn=settings.flash_attn,
         kv_unified=settings.kv_unified,
     )
@@ -54,6 +61,17 @@ async def _load(state: WorkerState) -> None:
     if state.phase is Phase.LOADING:
         state.phase = Phase.READY
         log.info("ready")
+
+
+def load_keys(settings: Settings) -> KeyRing:
+    """The API keys from the settings and the key file; :class:`KeyConfigError` if unusable."""
+    text = None
+    if settings.api_key_file is not None:
+        try:
+            text = settings.api_key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise KeyConfigError(f"cannot read the API key file: {exc.strerror}") from exc
+    return KeyRing.build(settings.api_keys, text)
 
 
 def open_store(settings: Settings) -> SessionStore:
@@ -73,9 +91,23 @@ def create_app(
     ``engine`` defaults to a :class:`LlamaEngine` built from ``settings``, ``store`` to the
     SQLite session store at ``settings.session_db_path`` (opened here, closed at shutdown).
     """
+    keys = load_keys(settings)  # before anything is opened: bad key config fails fast
     engine = engine or LlamaEngine(engine_config(settings))
     store = store or open_store(settings)
-    state = WorkerState(settings, engine, SessionService(store, engine.forget))
+    metrics = Metrics()
+    state = WorkerState(
+        settings,
+        engine,
+        SessionService(store, engine.forget),
+        keys=keys,
+        limiter=RateLimiter(
+            requests=settings.rate_limit_requests,
+            tokens=settings.rate_limit_tokens,
+            max_concurrent=settings.max_concurrent_per_key,
+            storage_uri=settings.rate_limit_storage,
+        ),
+        metrics=metrics,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,15 +133,21 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = state
+    # The last added middleware is the outermost: metrics see everything, CORS answers
+    # preflights before auth, auth runs before a body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=keys)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
         )
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(session_router)
+    app.include_router(metrics_router)
     app.add_api_websocket_route("/ws", websocket_endpoint)
     return app

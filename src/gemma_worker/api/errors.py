@@ -17,40 +17,63 @@ from gemma_worker.core.request import describe_errors
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: WorkerError, request_id: str | None = None) -> JSONResponse:
-    """The REST form of a :class:`WorkerError` (503 and 409 carry ``Retry-After``)."""
+_RETRY_CODES = {ErrorCode.OVERLOADED, ErrorCode.SESSION_BUSY, ErrorCode.RATE_LIMITED}
+
+
+def error_response(
+    request: Request, exc: WorkerError, request_id: str | None = None
+) -> JSONResponse:
+    """The REST form of a :class:`WorkerError`, counted in the app's metrics. 503, 409 and
+    429 carry ``Retry-After``; 429 also the ``RateLimit-Limit/Remaining/Reset`` headers."""
+    _count(request, exc.code)
     headers = {}
-    if exc.code in {ErrorCode.OVERLOADED, ErrorCode.SESSION_BUSY}:
+    if exc.code in _RETRY_CODES:
         headers["Retry-After"] = str(exc.details.get("retry_after", 1))
+    if exc.code is ErrorCode.RATE_LIMITED:
+        for name in ("limit", "remaining", "reset"):
+            if name in exc.details:
+                headers[f"RateLimit-{name.capitalize()}"] = str(exc.details[name])
     body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
     return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+
+def _count(request: Request, code: ErrorCode) -> None:
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.metrics.error(str(code))
 
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return error_response(WorkerError(ErrorCode.INVALID_JSON, "body is not valid JSON"))
+        return error_response(
+            request, WorkerError(ErrorCode.INVALID_JSON, "body is not valid JSON")
+        )
     if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
-        return error_response(WorkerError(ErrorCode.INVALID_JSON, "body must be a JSON object"))
-    return error_response(WorkerError(ErrorCode.INVALID_REQUEST, describe_errors(errors)))
+        return error_response(
+            request, WorkerError(ErrorCode.INVALID_JSON, "body must be a JSON object")
+        )
+    return error_response(request, WorkerError(ErrorCode.INVALID_REQUEST, describe_errors(errors)))
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = ErrorCode.INVALID_REQUEST
+    _count(request, code)
     body = ev.error_body(code, str(exc.detail))
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _worker_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, WorkerError)
-    return error_response(exc)
+    return error_response(request, exc)
 
 
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     error_id = str(uuid.uuid4())
     log.exception("unexpected error", extra={"error_id": error_id, "path": request.url.path})
+    _count(request, ErrorCode.INTERNAL_ERROR)
     body = ev.error_body(
         ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
     )

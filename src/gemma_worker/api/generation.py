@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
+from gemma_worker.api.ratelimit import Lease
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.request import GenerationRequest
@@ -34,37 +35,58 @@ def new_id() -> str:
 
 @dataclass
 class Generation:
-    """A submitted request, the session turn it is, and the ids it reports under."""
+    """A submitted request, the session turn it is, its rate-limit lease, and the ids it
+    reports under."""
 
     handle: GenerationHandle
     request_id: str
     turn: TurnPlan
+    lease: Lease
+    transport: str
 
     @property
     def session_id(self) -> str:
         """The session this request belongs to."""
         return self.turn.session_id
 
+    def release(self) -> None:
+        """Free the session for its next turn and end the rate-limit lease (idempotent)."""
+        self.turn.release()
+        self.lease.release()
+
 
 async def start_generation(
-    state: WorkerState, req: GenerationRequest, owner: str | None = None
+    state: WorkerState,
+    req: GenerationRequest,
+    *,
+    owner: str | None,
+    identity: str,
+    transport: str,
 ) -> Generation:
-    """Check limits and readiness, plan the session turn and submit it to the engine.
+    """Check readiness, limits and rate limits, plan the session turn and submit it.
 
-    Raises :class:`~gemma_worker.core.errors.WorkerError` (``INVALID_REQUEST``,
-    ``OVERLOADED``, ``SESSION_NOT_FOUND``, ``SESSION_BUSY``...) before anything is queued.
-    The session stays claimed until the events are consumed (:func:`protocol_events`) or the
-    generation is dropped.
+    ``owner`` is the API key id the request came with (sessions belong to it); ``identity``
+    is who it counts against for rate limits. Raises
+    :class:`~gemma_worker.core.errors.WorkerError` (``INVALID_REQUEST``, ``OVERLOADED``,
+    ``RATE_LIMITED``, ``SESSION_NOT_FOUND``, ``SESSION_BUSY``...) before anything is queued.
+    The session and the lease stay held until the events are consumed
+    (:func:`protocol_events`) or the generation is dropped.
     """
     state.admit()
     params = state.limits.resolve(req)
     fmt = state.engine.renderer.resolve(req.prompt_format)
-    turn = await state.sessions.begin(req, fmt, owner)
+    lease = state.limiter.admit(identity)
+    try:
+        turn = await state.sessions.begin(req, fmt, owner)
+    except BaseException:
+        lease.release()
+        raise
     request_id = req.request_id or new_id()
     try:
         handle = state.engine.submit(turn.conversation, params, request_id, turn.session_id)
     except BaseException:
         turn.release()
+        lease.release()
         raise
     log.info(
         "request accepted",
@@ -77,7 +99,7 @@ async def start_generation(
             "format": turn.conversation.format,
         },
     )
-    return Generation(handle, request_id, turn)
+    return Generation(handle, request_id, turn, lease, transport)
 
 
 def to_protocol(gen: Generation, event: EngineEvent, content: str) -> ev.Event:
@@ -148,15 +170,31 @@ async def protocol_events(
             event = pending.pop(0) if pending else await gen.handle.next_event()
             if isinstance(event, Text):
                 parts.append(event.text)
-            if isinstance(event, Finished) and event.finish_reason != "cancelled":
-                await state.sessions.record(
-                    turn, "".join(parts), event.prompt_tokens, event.completion_tokens
-                )
+            if isinstance(event, Finished):
+                _account(state, gen, event)
+                if event.finish_reason != "cancelled":
+                    await state.sessions.record(
+                        turn, "".join(parts), event.prompt_tokens, event.completion_tokens
+                    )
             yield to_protocol(gen, event, "".join(parts) if isinstance(event, Finished) else "")
             if isinstance(event, Finished | Failed):
                 return
     finally:
         if not gen.handle.done:
             gen.handle.cancel()
-        gen.turn.release()
+        gen.release()
         state.request_ended(gen.handle)
+
+
+def _account(state: WorkerState, gen: Generation, event: Finished) -> None:
+    gen.lease.charge(event.completion_tokens)
+    state.metrics.finished(
+        gen.transport,
+        event.finish_reason,
+        prompt_tokens=event.prompt_tokens,
+        cached_tokens=event.cached_tokens,
+        completion_tokens=event.completion_tokens,
+        queue_ms=event.queue_ms,
+        ttft_ms=event.ttft_ms,
+        tokens_per_second=event.tokens_per_second,
+    )

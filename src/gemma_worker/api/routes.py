@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from gemma_worker import __version__
+from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.generation import Generation, protocol_events, start_generation
@@ -121,29 +122,37 @@ async def execute(body: GenerationRequest, request: Request, state: State) -> An
     """Run one generation. With ``"stream": true`` the answer is ``application/x-ndjson`` with
     the WebSocket's events (``session``, ``reasoning``, ``token``..., ``result``/``error``)."""
     try:
-        gen = await start_generation(state, body)
+        gen = await start_generation(
+            state,
+            body,
+            owner=principal_of(request.scope),
+            identity=client_identity(request.scope),
+            transport="rest",
+        )
     except WorkerError as exc:
-        return error_response(exc, body.request_id)
+        return error_response(request, exc, body.request_id)
     if body.stream:
-        return await _stream(gen, state)
+        return await _stream(gen, state, request)
     return await _collect(gen, state, request)
 
 
-async def _stream(gen: Generation, state: WorkerState) -> Any:
+async def _stream(gen: Generation, state: WorkerState, request: Request) -> Any:
     # Rejections found by the engine (CONTEXT_OVERFLOW...) still get their HTTP status.
     try:
         head = await _first_decisive(gen)
     except asyncio.CancelledError:
         gen.handle.cancel()
-        gen.turn.release()
+        gen.release()
         raise
     if isinstance(head[-1], Failed):
-        gen.turn.release()
-        return error_response(head[-1].error, gen.request_id)
+        gen.release()
+        return error_response(request, head[-1].error, gen.request_id)
 
     async def lines() -> AsyncIterator[str]:
         async with contextlib.aclosing(protocol_events(state, gen, head)) as events:
             async for event in events:
+                if event["type"] == "error":
+                    state.metrics.error(event["code"])
                 yield ev.frame(event)
 
     return StreamingResponse(lines(), media_type=NDJSON)
@@ -174,6 +183,7 @@ async def _collect(gen: Generation, state: WorkerState, request: Request) -> Any
     final = runner.result()
     if final.get("type") == "error":
         return error_response(
+            request,
             WorkerError(ErrorCode(final["code"]), final["error"], **_details(final)),
             gen.request_id,
         )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from gemma_worker.api.auth import principal_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.schemas import (
@@ -40,23 +41,26 @@ def _summary(info: SessionInfo) -> SessionSummary:
 
 @router.get("", response_model=SessionList, summary="List sessions")
 async def list_sessions(
+    request: Request,
     state: State,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most sessions to return.")] = 100,
 ) -> SessionList:
     """Sessions, most recently used first."""
-    infos = await state.sessions.list_sessions(limit=limit)
+    infos = await state.sessions.list_sessions(owner=principal_of(request.scope), limit=limit)
     return SessionList(sessions=[_summary(i) for i in infos])
 
 
 @router.get(
     "/{session_id}", response_model=SessionDetail, responses=_NOT_FOUND, summary="Read a session"
 )
-async def get_session(session_id: str, state: State) -> SessionDetail | JSONResponse:
+async def get_session(
+    session_id: str, request: Request, state: State
+) -> SessionDetail | JSONResponse:
     """The session and its turns, oldest first."""
     try:
-        info, turns = await state.sessions.get(session_id)
+        info, turns = await state.sessions.get(session_id, owner=principal_of(request.scope))
     except WorkerError as exc:
-        return error_response(exc)
+        return error_response(request, exc)
     return SessionDetail(
         **_summary(info).model_dump(),
         history=[
@@ -72,11 +76,11 @@ async def get_session(session_id: str, state: State) -> SessionDetail | JSONResp
 
 
 @router.delete("/{session_id}", responses=_NOT_FOUND, summary="Delete a session")
-async def delete_session(session_id: str, state: State) -> JSONResponse:
+async def delete_session(session_id: str, request: Request, state: State) -> JSONResponse:
     """Forget the session, its turns and its KV cache. Using it afterwards is
     ``SESSION_NOT_FOUND``."""
     try:
-        await state.sessions.delete(session_id)
+        await state.sessions.delete(session_id, owner=principal_of(request.scope))
     except WorkerError as exc:
-        return error_response(exc)
+        return error_response(request, exc)
     return JSONResponse({"status": "deleted", "session_id": session_id})

@@ -7,6 +7,9 @@ import asyncio
 import logging
 from enum import StrEnum
 
+from gemma_worker.api.metrics import Metrics
+from gemma_worker.api.ratelimit import RateLimiter
+from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import RequestLimits
 from gemma_worker.engine.job import GenerationHandle
@@ -29,10 +32,22 @@ class Phase(StrEnum):
 class WorkerState:
     """Per-app state, reached from handlers through dependencies (never a module global)."""
 
-    def __init__(self, settings: Settings, engine: Engine, sessions: SessionService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        sessions: SessionService,
+        *,
+        keys: KeyRing,
+        limiter: RateLimiter,
+        metrics: Metrics,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.sessions = sessions
+        self.keys = keys
+        self.limiter = limiter
+        self.metrics = metrics
         self.limits: RequestLimits = settings.request_limits()
         self.phase = Phase.LOADING
         self.load_error: str | None = None

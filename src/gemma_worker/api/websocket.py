@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.generation import Generation, protocol_events, start_generation
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
@@ -23,17 +25,22 @@ from gemma_worker.core.protocol import (
     CancelMessage,
     ExecuteMessage,
     ProtocolError,
+    parse_auth_message,
     parse_client_message,
 )
 
 log = logging.getLogger(__name__)
 
-#: Close code sent after the drain: the server is going away.
-CLOSE_GOING_AWAY = 1001
+#: Close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # after the drain: the server is going away
+CLOSE_POLICY_VIOLATION = 1008  # authentication missing or wrong
+CLOSE_TRY_AGAIN_LATER = 1013  # too many connections
 
 
 class Connection:
-    """One WebSocket client: reads messages, runs each request as a task, writes events."""
+    """One WebSocket client: authenticates, reads messages, runs each request as a task,
+    writes events."""
 
     def __init__(self, ws: WebSocket, state: WorkerState) -> None:
         self.ws = ws
@@ -41,25 +48,43 @@ class Connection:
         self._send_lock = asyncio.Lock()
         self._requests: dict[str, tuple[asyncio.Task[None], Generation]] = {}
         self._closing = asyncio.Event()
+        self.principal: str | None = principal_of(ws.scope)
+        self._last_activity = time.monotonic()
 
     async def run(self) -> None:
-        """Serve until the client leaves or the worker drains."""
+        """Serve until the client leaves, idles out or the worker drains."""
         await self.ws.accept()
+        settings = self.state.settings
+        if len(self.state.connections) >= settings.max_connections:
+            await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
+            return
         self.state.connections.add(self._closing)
         receiver: asyncio.Task[Any] | None = None
         closer: asyncio.Task[Any] = asyncio.create_task(self._closing.wait())
         try:
+            if not await self._authenticate():
+                return
             while True:
                 if receiver is None:
                     receiver = asyncio.create_task(self.ws.receive())
-                await asyncio.wait({receiver, closer}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {receiver, closer},
+                    timeout=settings.ws_idle_timeout_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if closer.done():
                     await self._close_after_inflight()
                     return
+                if not receiver.done():
+                    if self._idle_expired():
+                        await self._close(CLOSE_NORMAL, "idle timeout")
+                        return
+                    continue
                 message = receiver.result()
                 receiver = None
                 if message["type"] == "websocket.disconnect":
                     return
+                self._last_activity = time.monotonic()
                 raw = message.get("text")
                 if raw is None:
                     raw = message.get("bytes") or b""
@@ -74,16 +99,51 @@ class Connection:
             for task, _ in list(self._requests.values()):
                 task.cancel()
 
+    def _idle_expired(self) -> bool:
+        timeout = self.state.settings.ws_idle_timeout_seconds
+        if timeout is None or self._requests:
+            return False
+        return time.monotonic() - self._last_activity >= timeout
+
+    async def _authenticate(self) -> bool:
+        """With API keys configured: accept a valid ``Authorization`` header, or wait for an
+        ``{"type": "auth", "token": ...}`` first message; otherwise close with 1008."""
+        scope_state: dict[str, Any] = self.ws.scope.get("state") or {}
+        if not scope_state.get("auth_required") or self.principal is not None:
+            return True
+        if scope_state.get("auth_rejected"):
+            await self._close(CLOSE_POLICY_VIOLATION, "invalid API key")
+            return False
+        try:
+            async with asyncio.timeout(self.state.settings.ws_auth_timeout_seconds):
+                message = await self.ws.receive()
+        except TimeoutError:
+            await self._close(CLOSE_POLICY_VIOLATION, "authentication required")
+            return False
+        if message["type"] == "websocket.disconnect":
+            return False
+        self.principal = self.state.keys.identify(parse_auth_message(message.get("text")))
+        if self.principal is None:
+            await self._close(CLOSE_POLICY_VIOLATION, "authentication failed")
+            return False
+        self._last_activity = time.monotonic()
+        return True
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason)
+
     async def _close_after_inflight(self) -> None:
         tasks = [task for task, _ in self._requests.values()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.ws.client_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await self.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+        await self._close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def send(self, event: ev.Event) -> None:
         """Write one event; raises if the client is gone."""
+        if event["type"] == "error":
+            self.state.metrics.error(event["code"])
         async with self._send_lock:
             await self.ws.send_text(ev.frame(event))
 
@@ -132,7 +192,13 @@ class Connection:
                 raise WorkerError(
                     ErrorCode.OVERLOADED, "too many requests in flight on this connection"
                 )
-            gen = await start_generation(self.state, req)
+            gen = await start_generation(
+                self.state,
+                req,
+                owner=self.principal,
+                identity=self.principal or client_identity(self.ws.scope),
+                transport="websocket",
+            )
         except WorkerError as exc:
             await self.send(ev.error_event(exc, req.request_id))
             return

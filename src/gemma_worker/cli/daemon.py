@@ -8,13 +8,16 @@ before a normal close (1001). Then uvicorn shuts down. A second signal exits at 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp
 
-from gemma_worker.api.app import create_app
+from gemma_worker.api.app import create_app, load_keys
 from gemma_worker.api.state import WorkerState
+from gemma_worker.core.auth import KeyRing
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,20 +60,51 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_daemon(settings: Settings) -> int:
-    """Serve until a signal; exit status 0 after a clean drain."""
-    app = create_app(settings)
-    state: WorkerState = app.state.worker
-    config = uvicorn.Config(
+class UnsafeBindError(Exception):
+    """The worker would be open to the network without API keys."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(settings: Settings, keys: KeyRing) -> None:
+    """Refuse a non-loopback address without API keys unless ``insecure`` is set."""
+    if keys.enabled or settings.insecure or is_loopback(settings.host):
+        return
+    raise UnsafeBindError(
+        f"refusing to listen on {settings.host} without API keys: set GEMMA_API_KEYS or "
+        "GEMMA_API_KEY_FILE, or pass --insecure (GEMMA_INSECURE=1) to serve anyone who can "
+        "reach it"
+    )
+
+
+def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for the worker: WebSocket size limit and keepalive pings."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_timeout_seconds,
         timeout_graceful_shutdown=5,
     )
-    server = DrainingServer(config, state, settings.drain_grace_seconds)
+
+
+def run_daemon(settings: Settings) -> int:
+    """Serve until a signal; exit status 0 after a clean drain."""
+    check_bind(settings, load_keys(settings))
+    app = create_app(settings)
+    state: WorkerState = app.state.worker
+    server = DrainingServer(server_config(app, settings), state, settings.drain_grace_seconds)
     server.run()
     return 0

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from gemma_worker import __version__
+from gemma_worker.cli.daemon import UnsafeBindError
+from gemma_worker.core.auth import KeyConfigError
 from gemma_worker.engine.llama import ModelLoadError
 from gemma_worker.logging_setup import configure_logging
 from gemma_worker.settings import Settings, load_settings
@@ -26,6 +29,8 @@ _FLAG_FIELDS = {
     "max_queue": "max_queue",
     "log_level": "log_level",
     "log_format": "log_format",
+    "insecure": "insecure",
+    "api_key_file": "api_key_file",
 }
 
 
@@ -50,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU")
     p.add_argument("--parallel", type=int, help="parallel slots")
     p.add_argument("--max-queue", type=int, help="requests that may wait for a slot")
+    p.add_argument(
+        "--api-key-file", type=Path, help="file of API keys (one key or sha256:<hex> per line)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without API keys (anyone who can reach it may use it)",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--prompt", help="test mode: the prompt to complete")
@@ -100,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
         resolve_model_path(settings.model_path)  # a missing model is one line, before binding
         return run_daemon(settings)
-    except ModelLoadError as exc:
+    except (ModelLoadError, KeyConfigError, UnsafeBindError) as exc:
         return _fail(str(exc))
+    except sqlite3.Error as exc:
+        return _fail(f"cannot open the session database {settings.session_db_path}: {exc}")
     except KeyboardInterrupt:
         return 130

@@ -78,3 +78,21 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
             ErrorCode.INVALID_REQUEST, describe_validation_error(exc), request_id
         ) from exc
     return ExecuteMessage(request)
+
+
+#: Longest accepted auth message; a token is far shorter.
+MAX_AUTH_MESSAGE = 4096
+
+
+def parse_auth_message(raw: str | None) -> str | None:
+    """The token of an ``{"type": "auth", "token": "..."}`` message, else ``None``."""
+    if raw is None or len(raw) > MAX_AUTH_MESSAGE:
+        return None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("type") != "auth":
+        return None
+    token = message.get("token")
+    return token if isinstance(token, str) else None

@@ -66,6 +66,7 @@ class EngineConfig:
     stream_buffer: int
     flash_attn: bool = False
     kv_unified: bool = False
+    max_input_tokens: int | None = None
 
 
 class _Stop:
@@ -334,6 +335,16 @@ class LlamaEngine:
         model, renderer = self._model, self._renderer
         assert model is not None and renderer is not None
         conv = job.conversation
+        limit = self.config.max_input_tokens
+        if limit is not None:
+            n_input = len(model.tokenize(conv.input, add_special=False, parse_special=False))
+            if n_input > limit:
+                raise WorkerError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"input is {n_input} tokens; the limit is {limit}",
+                    n_input_tokens=n_input,
+                    max_input_tokens=limit,
+                )
         n_ctx = model.n_ctx_seq
         budget = n_ctx - job.params.max_tokens
         built: dict[int, tuple[Prompt, list[int]]] = {}

@@ -1,0 +1,94 @@
+"""API-key authentication for every route but ``/health`` and ``/ready`` (pure ASGI).
+
+REST requests present ``Authorization: Bearer <key>``; without a valid one they get 401 with a
+JSON error. A WebSocket may present the same header; if it has none, the connection handler
+waits for a first ``{"type": "auth", "token": ...}`` message (browsers cannot set headers).
+What the middleware found is left in the scope's state for the handlers:
+
+- ``principal``: the key id of a valid key (``None`` when keys are off or none was shown);
+- ``auth_required``: whether keys are configured;
+- ``auth_rejected``: a key was shown and it is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gemma_worker.core import events as ev
+from gemma_worker.core.auth import KeyRing, bearer_token
+from gemma_worker.core.errors import ErrorCode
+
+#: Routes that answer without a key: orchestrators and load balancers probe them.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+
+
+def principal_of(scope: Scope) -> str | None:
+    """The key id the request authenticated with (``None`` when keys are off)."""
+    state: dict[str, Any] = scope.get("state") or {}
+    principal = state.get("principal")
+    return principal if isinstance(principal, str) else None
+
+
+def client_identity(scope: Scope) -> str:
+    """Who a request counts against for rate limits: its key id, else its client address."""
+    principal = principal_of(scope)
+    if principal is not None:
+        return principal
+    client = scope.get("client")
+    return f"addr-{client[0]}" if client else "addr-unknown"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class AuthMiddleware:
+    """Checks API keys before the app sees a request."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in {"http", "websocket"}:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["auth_required"] = self.keys.enabled
+        state["principal"] = None
+        state["auth_rejected"] = False
+        if not self.keys.enabled or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(_header(scope, b"authorization"))
+        principal = self.keys.identify(token)
+        state["principal"] = principal
+        state["auth_rejected"] = token is not None and principal is None
+        if principal is None and scope["type"] == "http":
+            await _unauthorized(send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _unauthorized(send: Send) -> None:
+    body = json.dumps(
+        ev.error_body(ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer)")
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="gemma-worker"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,120 @@
+"""Per-client rate limits: requests and generated tokens per window (the ``limits`` library,
+in memory or shared through e.g. Redis) and concurrent generations (in this process)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+
+from limits import RateLimitItem, parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from gemma_worker.core.errors import ErrorCode, WorkerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Lease:
+    """One admitted generation: report its tokens with :meth:`charge`, end it with
+    ``release()`` (also done when the lease is garbage-collected)."""
+
+    identity: str
+    limiter: RateLimiter | None = None
+    release: weakref.finalize = field(init=False, repr=False)  # type: ignore[type-arg]
+
+    def charge(self, tokens: int) -> None:
+        """Count ``tokens`` generated tokens against the client's token limit."""
+        if self.limiter is not None and tokens > 0:
+            self.limiter.charge(self.identity, tokens)
+
+
+class RateLimiter:
+    """Admits or refuses generation requests per client identity (a key id or an address)."""
+
+    def __init__(
+        self,
+        *,
+        requests: str | None,
+        tokens: str | None,
+        max_concurrent: int | None,
+        storage_uri: str = "memory://",
+    ) -> None:
+        self._requests: RateLimitItem | None = parse(requests) if requests else None
+        self._tokens: RateLimitItem | None = parse(tokens) if tokens else None
+        self._max_concurrent = max_concurrent
+        self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._running: Counter[str] = Counter()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is configured."""
+        return bool(self._requests or self._tokens or self._max_concurrent)
+
+    def admit(self, identity: str) -> Lease:
+        """Count one request for ``identity``; ``RATE_LIMITED`` (with ``retry_after`` and the
+        limit's figures) when a limit is reached."""
+        lease = Lease(identity)
+        if not self.enabled:
+            lease.release = weakref.finalize(lease, lambda: None)
+            return lease
+        if self._max_concurrent and self._running[identity] >= self._max_concurrent:
+            raise WorkerError(
+                ErrorCode.RATE_LIMITED,
+                f"at most {self._max_concurrent} generations may run at once for this client",
+                retry_after=1,
+                limit=self._max_concurrent,
+                remaining=0,
+                reset=1,
+            )
+        if self._tokens is not None:
+            self._check(self._tokens, identity, "token", consume=False)
+        if self._requests is not None:
+            self._check(self._requests, identity, "request", consume=True)
+        self._running[identity] += 1
+        lease.limiter = self
+        lease.release = weakref.finalize(lease, self._done, identity)
+        return lease
+
+    def _check(self, item: RateLimitItem, identity: str, what: str, *, consume: bool) -> None:
+        try:
+            allowed = (
+                self._windows.hit(item, identity) if consume else self._windows.test(item, identity)
+            )
+            if allowed:
+                return
+            stats = self._windows.get_window_stats(item, identity)
+        except Exception:  # a storage outage must not stop the service: fail open
+            log.exception("rate-limit storage failed; request allowed")
+            return
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        raise WorkerError(
+            ErrorCode.RATE_LIMITED,
+            f"{what} rate limit reached ({item}); retry in {wait} s",
+            retry_after=wait,
+            limit=item.amount,
+            remaining=0,
+            reset=wait,
+        )
+
+    def charge(self, identity: str, tokens: int) -> None:
+        """Count generated tokens (capped at what is left, so the window is used up and the
+        next request is refused until it moves on)."""
+        if self._tokens is None:
+            return
+        try:
+            left = self._windows.get_window_stats(self._tokens, identity).remaining
+            if left > 0:
+                self._windows.hit(self._tokens, identity, cost=min(tokens, left))
+        except Exception:
+            log.exception("rate-limit storage failed; tokens not counted")
+
+    def _done(self, identity: str) -> None:
+        self._running[identity] -= 1
+        if self._running[identity] <= 0:
+            del self._running[identity]

@@ -56,6 +56,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, default=str)
 
 
+class _NoFrameDumps(logging.Filter):
+    """Drops the websockets library's per-frame DEBUG lines (``< TEXT '...'``), which uvicorn
+    routes to its own logger: they would copy message contents, auth tokens included, into
+    the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.DEBUG and record.module == "protocol")
+
+
+_FRAME_FILTER = _NoFrameDumps()
+
+
+def keep_secrets_out_of_logs() -> None:
+    """Install the log filters that keep message contents and keys out of the logs."""
+    for name in ("uvicorn.error", "websockets.server", "websockets.protocol"):
+        logger = logging.getLogger(name)
+        if _FRAME_FILTER not in logger.filters:
+            logger.addFilter(_FRAME_FILTER)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Install the worker's log format on the root logger (stderr)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -67,3 +87,4 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    keep_secrets_out_of_logs()

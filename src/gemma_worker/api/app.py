@@ -24,6 +24,7 @@ from gemma_worker.api.websocket import websocket_endpoint
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.protocol import Engine
+from gemma_worker.logging_setup import keep_secrets_out_of_logs
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
 from gemma_worker.sessions.store import SessionStore
@@ -91,6 +92,7 @@ def create_app(
     ``engine`` defaults to a :class:`LlamaEngine` built from ``settings``, ``store`` to the
     SQLite session store at ``settings.session_db_path`` (opened here, closed at shutdown).
     """
+    keep_secrets_out_of_logs()
     keys = load_keys(settings)  # before anything is opened: bad key config fails fast
     engine = engine or LlamaEngine(engine_config(settings))
     store = store or open_store(settings)

@@ -4,6 +4,7 @@ speak the same events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
@@ -161,6 +162,7 @@ async def protocol_events(
     state.request_started(gen.handle)
     parts: list[str] = []
     pending = list(replay)
+    writing: asyncio.Future[None] | None = None
     try:
         turn = gen.turn
         yield ev.session_event(
@@ -173,16 +175,25 @@ async def protocol_events(
             if isinstance(event, Finished):
                 _account(state, gen, event)
                 if event.finish_reason != "cancelled":
-                    await state.sessions.record(
-                        turn, "".join(parts), event.prompt_tokens, event.completion_tokens
+                    writing = asyncio.ensure_future(
+                        state.sessions.record(
+                            turn, "".join(parts), event.prompt_tokens, event.completion_tokens
+                        )
                     )
+                    # If the client leaves now, the session stays claimed until the turn is
+                    # written, so its next turn cannot read the history without it.
+                    await asyncio.shield(writing)
+                    writing = None
             yield to_protocol(gen, event, "".join(parts) if isinstance(event, Finished) else "")
             if isinstance(event, Finished | Failed):
                 return
     finally:
         if not gen.handle.done:
             gen.handle.cancel()
-        gen.release()
+        if writing is not None and not writing.done():
+            writing.add_done_callback(lambda _: gen.release())
+        else:
+            gen.release()
         state.request_ended(gen.handle)
 
 

@@ -233,6 +233,23 @@ class LlamaModel:
         raw = lc.llama_model_chat_template(self.model, None)
         return raw.decode("utf-8", "replace") if raw else None
 
+    @property
+    def bos_text(self) -> str:
+        """The text of the vocabulary's BOS token (what chat templates call ``bos_token``)."""
+        bos = int(lc.llama_vocab_bos(self.vocab))
+        return self.token_text(bos) if bos >= 0 else ""
+
+    def special_texts(self) -> list[str]:
+        """The spellings of the control and user-defined tokens: what a chat prompt parses
+        into special tokens."""
+        mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+        texts = (
+            self.token_text(t)
+            for t in range(self.info.n_vocab)
+            if lc.llama_vocab_get_attr(self.vocab, t) & mask
+        )
+        return [t for t in texts if t]
+
     def token_text(self, token: int) -> str:
         """The vocabulary text of ``token`` (e.g. ``<bos>``)."""
         raw = lc.llama_vocab_get_text(self.vocab, token)

@@ -234,7 +234,8 @@ class LlamaEngine:
             template = model.chat_template
             self._renderer = PromptRenderer(
                 template,
-                bos_token=model.token_text(1) if template else "<bos>",
+                bos_token=model.bos_text,
+                special_tokens=model.special_texts(),
                 prefer_chat=model.info.instruction_tuned,
             )
             self._model = model
@@ -436,6 +437,9 @@ class LlamaEngine:
 
     def _forget(self, key: str) -> None:
         assert self._model is not None
+        for seq in self._seqs.values():  # running now: do not keep its cache when it ends
+            if seq.job.cache_key == key:
+                seq.keep_cache = False
         slot = self._slots.forget(key)
         if slot is not None:
             self._kv.pop(slot, None)
@@ -507,7 +511,7 @@ class LlamaEngine:
         assert self._model is not None
         self._samplers.pop(seq.slot).free()
         del self._seqs[seq.slot]
-        key = seq.job.cache_key if keep_cache else None
+        key = seq.job.cache_key if keep_cache and seq.keep_cache else None
         if key is None:
             self._model.clear_sequence(seq.slot)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -9,9 +10,10 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from gemma_worker.core.conversation import Conversation, ConversationFormat
+from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import PromptFormat
+from gemma_worker.core.special import SpecialTextEscaper
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +56,14 @@ class PromptRenderer:
         bos_token: str = "<bos>",
         eos_token: str = "<eos>",
         prefer_chat: bool = False,
+        special_tokens: Iterable[str] = (),
     ) -> None:
         self._env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, autoescape=False
         )
         self._env.globals["raise_exception"] = _raise_exception
         self._env.globals["strftime_now"] = _strftime_now
+        self._escaper = SpecialTextEscaper(special_tokens)
         self._bos = bos_token
         self._eos = eos_token
         self._prefer_chat = prefer_chat and chat_template is not None
@@ -93,6 +97,7 @@ class PromptRenderer:
             return Prompt(
                 head + body + conv.input, add_special=True, parse_special=False, format="plain"
             )
+        conv = self._escaped(conv)
         messages: list[dict[str, Any]] = []
         if conv.system:
             messages.append({"role": "system", "content": conv.system})
@@ -102,6 +107,17 @@ class PromptRenderer:
         messages.append({"role": "user", "content": conv.input})
         text = self.render_messages(messages) if self._template else self._gemma_turns(conv)
         return Prompt(text, add_special=False, parse_special=True, format="chat")
+
+    def _escaped(self, conv: Conversation) -> Conversation:
+        """``conv`` with special-token spellings in its texts broken up (chat prompts parse
+        special tokens; client text must not be able to forge turns)."""
+        esc = self._escaper.escape
+        return Conversation(
+            esc(conv.input),
+            conv.format,
+            tuple(Turn(esc(t.user), esc(t.assistant)) for t in conv.history),
+            None if conv.system is None else esc(conv.system),
+        )
 
     def _gemma_turns(self, conv: Conversation) -> str:
         """Gemma's turn format (what its instruction-tuned templates produce)."""

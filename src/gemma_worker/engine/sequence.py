@@ -39,6 +39,8 @@ class SequenceState:
         self.next_token: int | None = None
         #: Generated tokens that have been decoded into the KV cache, in order.
         self.decoded: list[int] = []
+        #: Whether the KV cache may be kept for the session's next turn (not once deleted).
+        self.keep_cache = True
         self.n_generated = 0
         self.started_at = time.perf_counter()
         self.first_token_at: float | None = None

@@ -117,7 +117,8 @@ class SessionService:
             self.store.create(
                 plan.session_id, owner=plan.owner, system=conv.system, format=conv.format
             )
-            for expired in self.store.expire():  # keep to max_sessions as sessions are made
+            # Keep to max_sessions as sessions are made; never drop one answering a turn.
+            for expired in self.store.expire(keep=frozenset(self._busy)):
                 self._forget(expired)
         self.store.append(plan.session_id, turn, owner=plan.owner)
 
@@ -148,7 +149,8 @@ class SessionService:
 
     async def expire(self) -> int:
         """Delete expired sessions now; how many went."""
-        expired = await asyncio.to_thread(self.store.expire)
+        busy = frozenset(self._busy)
+        expired = await asyncio.to_thread(lambda: self.store.expire(keep=busy))
         for session_id in expired:
             self._forget(session_id)
         if expired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import cast
 
@@ -164,8 +165,9 @@ class SQLiteSessionStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
 
-    def expire(self, now: float | None = None) -> list[str]:
-        """Drop sessions idle past the TTL, then the least recently used beyond the maximum."""
+    def expire(self, now: float | None = None, *, keep: Collection[str] = ()) -> list[str]:
+        """Drop sessions idle past the TTL, then the least recently used beyond the maximum;
+        sessions in ``keep`` (those answering a turn now) are spared."""
         cutoff = (time.time() if now is None else now) - self.ttl_seconds
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -176,7 +178,7 @@ class SQLiteSessionStore:
                     "LIMIT -1 OFFSET ?)",
                     (cutoff, self.max_sessions),
                 ).fetchall()
-                ids = [r[0] for r in rows]
+                ids = [r[0] for r in rows if r[0] not in keep]
                 self._db.executemany("DELETE FROM sessions WHERE id = ?", [(i,) for i in ids])
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,9 +68,9 @@ class SessionStore(Protocol):
         """Number of sessions (all owners)."""
         ...
 
-    def expire(self, now: float | None = None) -> list[str]:
+    def expire(self, now: float | None = None, *, keep: Collection[str] = ()) -> list[str]:
         """Drop sessions idle longer than the TTL, then the least recently used beyond the
-        maximum count; return the ids removed."""
+        maximum count, except those in ``keep``; return the ids removed."""
         ...
 
     def close(self) -> None:

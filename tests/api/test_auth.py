@@ -1,0 +1,188 @@
+"""API keys on every route, over REST and WebSocket, against a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Route, WebSocketRoute
+from websockets.exceptions import ConnectionClosed
+
+from gemma_worker.api.app import create_app
+from gemma_worker.core.auth import KeyConfigError
+from tests.api.wsclient import connect, recv_event, run_request, send
+from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
+
+KEY_A = "key-a-0123456789abcdef"
+KEY_B = "key-b-fedcba9876543210"
+KEY_HASHED = "key-c-hashed-in-the-file-000"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWorker]:
+    key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    digest = hashlib.sha256(KEY_HASHED.encode()).hexdigest()
+    key_file.write_text(f"# worker keys\n{KEY_B}\n\nsha256:{digest}\n")
+    w = start_worker(
+        make_settings(
+            parallel=2, api_keys=[KEY_A], api_key_file=key_file, ws_auth_timeout_seconds=1.0
+        )
+    )
+    yield w
+    w.stop()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def call(worker: RunningWorker, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, f"{worker.http}{path}", timeout=60, **kw)
+
+
+def concrete(path: str) -> str:
+    return path.replace("{session_id}", "no-such-session")
+
+
+def every_http_route(worker: RunningWorker) -> list[tuple[str, str]]:
+    """(method, path) of every HTTP route the app serves, included routers flattened."""
+    found: list[tuple[str, str]] = []
+
+    def walk(routes: list[Any]) -> None:
+        for route in routes:
+            if hasattr(route, "original_router"):  # FastAPI's wrapper of an included router
+                walk(route.original_router.routes)
+            elif isinstance(route, APIRoute | Route) and not isinstance(route, WebSocketRoute):
+                found.extend((m, route.path) for m in sorted(route.methods or ()) if m != "HEAD")
+
+    walk(worker.server.config.app.routes)  # type: ignore[attr-defined]
+    return found
+
+
+def test_every_route_but_health_and_ready_needs_a_key(keyed: RunningWorker) -> None:
+    routes = every_http_route(keyed)
+    paths = {p for _, p in routes}
+    # the list really comes from the app: docs, schema, metrics and sessions are in it
+    assert {"/docs", "/openapi.json", "/metrics", "/v1/execute", "/v1/sessions"} <= paths
+    body = {"input": PARIS_PROMPT, "max_tokens": 2}
+    for method, path in routes:
+        kw: dict[str, Any] = {"json": body} if method == "POST" else {}
+        anonymous = call(keyed, method, concrete(path), **kw)
+        if path in {"/health", "/ready"}:
+            assert anonymous.status_code == 200, path
+            continue
+        assert anonymous.status_code == 401, (method, path)
+        assert anonymous.json()["code"] == "UNAUTHORIZED"
+        assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = call(keyed, method, concrete(path), headers=auth("not-a-valid-key-000000"), **kw)
+        assert wrong.status_code == 401, (method, path)
+        allowed = call(keyed, method, concrete(path), headers=auth(KEY_A), **kw)
+        expected = 404 if "{session_id}" in path else 200
+        assert allowed.status_code == expected, (method, path, allowed.text)
+
+
+def test_keys_from_the_file_plain_and_hashed(keyed: RunningWorker) -> None:
+    for key in (KEY_B, KEY_HASHED):
+        r = call(keyed, "GET", "/v1/sessions", headers=auth(key))
+        assert r.status_code == 200
+    # the digest itself is not a key
+    digest = hashlib.sha256(KEY_HASHED.encode()).hexdigest()
+    assert call(keyed, "GET", "/v1/sessions", headers=auth(digest)).status_code == 401
+
+
+def test_a_key_in_the_url_is_not_accepted(keyed: RunningWorker) -> None:
+    for query in (f"?api_key={KEY_A}", f"?token={KEY_A}", f"?key={KEY_A}"):
+        assert call(keyed, "GET", f"/v1/sessions{query}").status_code == 401
+
+
+def test_sessions_belong_to_their_key(keyed: RunningWorker) -> None:
+    body = {"input": PARIS_PROMPT, "max_tokens": 2, "temperature": 0}
+    made = call(keyed, "POST", "/v1/execute", json=body, headers=auth(KEY_A))
+    session_id = made.json()["session_id"]
+    other = auth(KEY_B)
+    again = {**body, "session_id": session_id}
+    for method, path, kw in (
+        ("POST", "/v1/execute", {"json": again}),
+        ("GET", f"/v1/sessions/{session_id}", {}),
+        ("DELETE", f"/v1/sessions/{session_id}", {}),
+    ):
+        r = call(keyed, method, path, headers=other, **kw)
+        assert r.status_code == 404, (method, path)
+        assert r.json()["code"] == "SESSION_NOT_FOUND"
+    listed = call(keyed, "GET", "/v1/sessions", headers=other).json()["sessions"]
+    assert session_id not in [s["id"] for s in listed]
+    # the owner still has it, untouched
+    mine = call(keyed, "GET", f"/v1/sessions/{session_id}", headers=auth(KEY_A))
+    assert mine.status_code == 200 and mine.json()["turns"] == 1
+
+
+async def test_websocket_with_the_header(keyed: RunningWorker) -> None:
+    async with connect(keyed.ws, additional_headers=auth(KEY_A)) as ws:
+        events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 2})
+    assert events[-1]["type"] == "result"
+
+
+async def test_websocket_with_an_auth_message(keyed: RunningWorker) -> None:
+    async with connect(keyed.ws) as ws:
+        await send(ws, {"type": "auth", "token": KEY_B})
+        events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 2})
+    assert events[-1]["type"] == "result"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        None,  # says nothing: closed when the auth timeout passes
+        {"type": "auth", "token": "wrong-key-0000000000"},
+        {"input": PARIS_PROMPT},  # a request before authenticating
+        "not json",
+    ],
+)
+async def test_websocket_without_auth_is_closed_1008(
+    keyed: RunningWorker, first: dict[str, str] | str | None
+) -> None:
+    async with connect(keyed.ws) as ws:
+        if first is not None:
+            await send(ws, first if isinstance(first, str) else json.dumps(first))
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_event(ws, wait_s=5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+
+
+async def test_websocket_with_a_wrong_header_is_closed_1008(keyed: RunningWorker) -> None:
+    async with connect(keyed.ws, additional_headers=auth("wrong-key-0000000000")) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_event(ws, wait_s=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_keys_never_reach_the_logs(
+    keyed: RunningWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    call(keyed, "GET", "/v1/sessions", headers=auth("wrong-key-0000000000"))
+    call(keyed, "POST", "/v1/execute", json={"input": "Hi", "max_tokens": 2}, headers=auth(KEY_A))
+    async with connect(keyed.ws) as ws:
+        await send(ws, {"type": "auth", "token": KEY_B})
+        await run_request(ws, {"input": "Hi", "max_tokens": 2})
+    await asyncio.sleep(0.2)
+    server_side = [r for r in caplog.records if not r.name.startswith("websockets.client")]
+    text = "".join(f"{r.getMessage()} {r.__dict__}" for r in server_side)
+    assert server_side  # the requests were logged, at DEBUG level even...
+    for secret in (KEY_A, KEY_B, "wrong-key-0000000000"):
+        assert secret not in text  # ...without any key
+
+
+def test_keys_must_be_long_enough(tmp_path: Path) -> None:
+    with pytest.raises(KeyConfigError) as info:
+        create_app(make_settings(api_keys=["short"]))
+    assert "short" not in str(info.value)

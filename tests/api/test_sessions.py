@@ -228,3 +228,24 @@ def test_max_sessions_evicts_the_least_recently_used() -> None:
         assert listed == [ids[2], ids[1]]
     finally:
         worker.stop()
+
+
+def test_an_evicted_session_is_rebuilt_from_its_history() -> None:
+    # One slot: another session's turn takes it, so the first session's cache is gone.
+    worker = start_worker(make_settings(parallel=1))
+    try:
+        a1 = execute(worker, {"input": TURNS[0], **ASK}).json()
+        b1 = execute(worker, {"input": TURNS[1].lstrip(), **ASK}).json()
+        assert b1["session_id"] != a1["session_id"]
+        a2 = execute(worker, {"input": TURNS[1], "session_id": a1["session_id"], **ASK}).json()
+        assert a2["usage"]["cached_tokens"] == 0  # processed again from the stored turns
+        # the next turn is warm again
+        a3 = execute(worker, {"input": TURNS[2], "session_id": a1["session_id"], **ASK}).json()
+        assert a3["usage"]["cached_tokens"] >= a2["usage"]["prompt_tokens"]
+        # the rebuilt turn saw exactly what a client resending the transcript would send
+        transcript = TURNS[0] + a1["result"] + TURNS[1]
+        stateless = execute(worker, {"input": transcript, **ASK}).json()
+        assert a2["usage"]["prompt_tokens"] == stateless["usage"]["prompt_tokens"]
+        assert a2["result"] == stateless["result"]
+    finally:
+        worker.stop()

@@ -214,6 +214,7 @@ class Connection:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})
         finally:
             self._requests.pop(gen.request_id, None)
+            self._last_activity = time.monotonic()
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:

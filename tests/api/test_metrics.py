@@ -1,0 +1,97 @@
+"""``GET /metrics`` exposes the worker's metrics, and they move when requests run."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.api.wsclient import connect, recv_event, run_request, send
+from tests.conftest import PARIS_PROMPT, RunningWorker
+
+pytestmark = pytest.mark.usefixtures("wait_idle")
+
+P = "gemma_worker_"
+EXPECTED = {
+    "http_requests",  # counters are listed without their _total suffix
+    "http_request_duration_seconds",
+    "time_to_first_token_seconds",
+    "inter_token_latency_seconds",
+    "queue_wait_seconds",
+    "prompt_tokens",
+    "prompt_tokens_cached",
+    "generation_tokens",
+    "generations",
+    "queue_depth",
+    "slots_busy",
+    "slots_total",
+    "websocket_connections",
+    "sessions_active",
+    "errors",
+    "rate_limited",
+    "cancellations",
+}
+
+
+def scrape(worker: RunningWorker) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = httpx.get(f"{worker.http}/metrics", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    values = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return values
+
+
+def post(worker: RunningWorker, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{worker.http}/v1/execute", json=body, timeout=60)
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((P + name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metric_names_are_exposed(worker: RunningWorker) -> None:
+    r = httpx.get(f"{worker.http}/metrics", timeout=10)
+    names = {f.name for f in text_string_to_metric_families(r.text)}
+    assert {P + n for n in EXPECTED} <= names
+
+
+async def test_metrics_move_when_requests_run(worker: RunningWorker) -> None:
+    before = scrape(worker)
+    body = {"input": PARIS_PROMPT, "max_tokens": 4, "temperature": 0}
+    assert post(worker, body).status_code == 200
+    assert post(worker, {"input": ""}).status_code == 422
+    async with connect(worker.ws) as ws:
+        assert (await run_request(ws, body))[-1]["type"] == "result"
+        await send(ws, {**body, "max_tokens": 200, "request_id": "c1"})
+        assert (await recv_event(ws))["type"] == "session"
+        await send(ws, {"type": "cancel", "request_id": "c1"})
+        while (event := await recv_event(ws))["type"] != "result":
+            pass
+        assert event["finish_reason"] == "cancelled"
+        during = scrape(worker)
+        assert value(during, "websocket_connections") >= 1
+    after = scrape(worker)
+
+    def grew(name: str, by: float = 1, **labels: str) -> None:
+        assert value(after, name, **labels) - value(before, name, **labels) >= by, name
+
+    grew("http_requests_total", route="/v1/execute", method="POST", status="200")
+    grew("http_requests_total", route="/v1/execute", method="POST", status="422")
+    grew("http_request_duration_seconds_count", route="/v1/execute")
+    grew("generations_total", transport="rest", finish_reason="length")
+    grew("generations_total", transport="websocket", finish_reason="length")
+    grew("cancellations_total")
+    grew("errors_total", code="INVALID_REQUEST")
+    grew("prompt_tokens_total", by=26)
+    grew("generation_tokens_total", by=8)
+    grew("time_to_first_token_seconds_count", by=2)
+    grew("inter_token_latency_seconds_count", by=2)
+    grew("queue_wait_seconds_count", by=3)
+    assert value(after, "slots_total") == worker.settings.parallel
+    assert value(after, "sessions_active") >= 2
+    assert value(after, "queue_depth") == 0

@@ -20,6 +20,7 @@ import uvicorn
 from gemma_worker.api.app import create_app
 from gemma_worker.cli.daemon import server_config
 from gemma_worker.engine.protocol import Engine
+from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
 
 PARIS_PROMPT = "Question: What is the capital of France?\nAnswer:"
@@ -71,9 +72,12 @@ class RunningWorker:
 
 
 def start_worker(
-    settings: Settings, engine: Engine | None = None, wait_ready: bool = True
+    settings: Settings,
+    engine: Engine | None = None,
+    wait_ready: bool = True,
+    store: SessionStore | None = None,
 ) -> RunningWorker:
-    app = create_app(settings, engine)
+    app = create_app(settings, engine, store)
     server = uvicorn.Server(server_config(app, settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gemma_worker.cli.main import build_parser, settings_from_args
+from tests.conftest import spawn_daemon
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,3 +82,40 @@ def test_module_and_console_script_agree() -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0
     assert proc.stdout.startswith("gemma-worker ")
+
+
+def test_open_address_without_keys_is_refused() -> None:
+    proc = run_cli("--mode", "daemon", "--host", "0.0.0.0", "--port", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "refusing to listen on 0.0.0.0 without API keys" in proc.stderr
+    assert "--insecure" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--insecure",), {}),
+        ((), {"GEMMA_API_KEYS": "an-operator-key-0123456789"}),
+    ],
+)
+def test_open_address_with_keys_or_insecure_starts(
+    args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    proc, port = spawn_daemon(env, "--host", "0.0.0.0", *args)
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_unusable_key_is_one_line_without_the_key(tmp_path: Path) -> None:
+    proc = run_cli("--mode", "daemon", env={"GEMMA_API_KEYS": "tiny-key"})
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "at least 16 characters" in proc.stderr
+    assert "tiny-key" not in proc.stderr
+    missing = tmp_path / "keys.txt"
+    proc = run_cli("--mode", "daemon", "--api-key-file", str(missing))
+    assert proc.returncode == 2 and "cannot read the API key file" in proc.stderr

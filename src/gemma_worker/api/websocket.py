@@ -38,6 +38,10 @@ CLOSE_POLICY_VIOLATION = 1008  # authentication missing or wrong
 CLOSE_TRY_AGAIN_LATER = 1013  # too many connections
 
 
+class ClientGoneError(Exception):
+    """Sending failed: the client has left."""
+
+
 class Connection:
     """One WebSocket client: authenticates, reads messages, runs each request as a task,
     writes events."""
@@ -89,7 +93,7 @@ class Connection:
                 if raw is None:
                     raw = message.get("bytes") or b""
                 await self._on_message(raw)
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, ClientGoneError, RuntimeError):  # receive() after a disconnect
             return
         finally:
             self.state.connections.discard(self._closing)
@@ -141,11 +145,14 @@ class Connection:
         await self._close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def send(self, event: ev.Event) -> None:
-        """Write one event; raises if the client is gone."""
+        """Write one event; :class:`ClientGoneError` if the client has left."""
         if event["type"] == "error":
             self.state.metrics.error(event["code"])
         async with self._send_lock:
-            await self.ws.send_text(ev.frame(event))
+            try:
+                await self.ws.send_text(ev.frame(event))
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                raise ClientGoneError from exc
 
     async def _on_message(self, raw: str | bytes) -> None:
         try:
@@ -158,13 +165,20 @@ class Connection:
                 await self._cancel(message.request_id)
             else:
                 await self._execute(message)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except ClientGoneError:
             raise
-        except Exception:  # a bug must not take the connection down with it
+        except Exception:  # a fault must not take the connection down with it
             error_id = str(uuid.uuid4())
             log.exception("unexpected error handling a message", extra={"error_id": error_id})
-            error = WorkerError(ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})")
-            await self.send(ev.error_event(error, None))
+            error = WorkerError(
+                ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
+            )
+            rid = (
+                message.request_id
+                if isinstance(message, CancelMessage)
+                else message.request.request_id
+            )
+            await self.send(ev.error_event(error, rid))
 
     async def _cancel(self, request_id: str | None) -> None:
         if request_id is None and len(self._requests) == 1:
@@ -210,7 +224,7 @@ class Connection:
             async with contextlib.aclosing(protocol_events(self.state, gen)) as events:
                 async for event in events:
                     await self.send(event)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except ClientGoneError:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})
         finally:
             self._requests.pop(gen.request_id, None)

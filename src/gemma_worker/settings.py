@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from limits import parse as parse_limit
+from limits.storage import storage_from_string
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -273,6 +274,20 @@ class Settings(BaseSettings):
                 parse_limit(value)
             except ValueError as exc:
                 raise ValueError(f"not a rate limit like '60/minute': {value!r}") from exc
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _valid_storage(cls, value: str) -> str:
+        if not value.startswith("memory://"):
+            try:
+                storage_from_string(value)
+            except Exception as exc:
+                # not the URI itself in the message: it may hold a password
+                raise ValueError(
+                    "unusable rate-limit storage: unknown scheme, or its client library "
+                    "(e.g. redis) is not installed"
+                ) from exc
         return value
 
     @property

@@ -186,3 +186,53 @@ def test_keys_must_be_long_enough(tmp_path: Path) -> None:
     with pytest.raises(KeyConfigError) as info:
         create_app(make_settings(api_keys=["short"]))
     assert "short" not in str(info.value)
+
+
+async def test_a_token_that_is_not_valid_unicode_is_closed_1008(keyed: RunningWorker) -> None:
+    async with connect(keyed.ws) as ws:
+        await send(ws, '{"type": "auth", "token": "\\ud800abcdefghijklmnopq"}')
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_event(ws, wait_s=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [("https://evil.example", False), ("http://localhost:5173", True), (None, True)],
+)
+async def test_browser_origins_on_the_websocket(
+    worker: RunningWorker, origin: str | None, allowed: bool
+) -> None:
+    async with connect(worker.ws, origin=origin) as ws:  # type: ignore[arg-type]
+        if allowed:
+            assert (await run_request(ws, {"input": "Hi", "max_tokens": 1}))[-1]["type"] == "result"
+        else:
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv_event(ws, wait_s=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_clients_still_authenticating_cannot_crowd_out_others(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("\ufeff" + KEY_A + "\n", encoding="utf-8")  # a BOM, as some editors write
+    w = start_worker(
+        make_settings(
+            parallel=1, api_key_file=key_file, max_connections=2, ws_auth_timeout_seconds=3
+        )
+    )
+    try:
+        async with connect(w.ws) as p1, connect(w.ws), connect(w.ws) as p3:
+            # two wait for their auth message; a third waiting one is over the cap
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv_event(p3, wait_s=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            # an authenticated client still gets in, and the waiting ones can still log in
+            async with connect(w.ws, additional_headers=auth(KEY_A)) as ws:
+                events = await run_request(ws, {"input": "Hi", "max_tokens": 1})
+                assert events[-1]["type"] == "result"
+            await send(p1, {"type": "auth", "token": KEY_A})
+            assert (await run_request(p1, {"input": "Hi", "max_tokens": 1}))[-1]["type"] == "result"
+    finally:
+        w.stop()

@@ -145,10 +145,11 @@ def test_input_over_the_token_limit_is_invalid(small: RunningWorker) -> None:
 
 def test_chunked_body_over_the_limit_is_413(small: RunningWorker) -> None:
     def chunks() -> Iterator[bytes]:
+        # just over the 2 MiB limit, so the upload is over when the 413 comes back
         yield b'{"input": "'
-        for _ in range(3):
-            yield b"a" * MIB
-        yield b'"}'
+        for _ in range(4):
+            yield b"a" * (MIB // 2)
+        yield b"a" * 1024 + b'"}'
 
     r = httpx.post(
         f"{small.http}/v1/execute",

@@ -102,3 +102,21 @@ async def test_concurrent_generations_per_client_are_capped() -> None:
             assert (await run_request(b, ASK))[-1]["type"] == "result"
     finally:
         w.stop()
+
+
+async def test_tokens_of_a_client_that_hangs_up_still_count() -> None:
+    w = start_worker(make_settings(parallel=1, rate_limit_tokens="10 per 30 seconds"))
+    try:
+        async with connect(w.ws) as ws:
+            await send(ws, {**ASK, "max_tokens": 200})
+            n_tokens = 0
+            while n_tokens < 12:
+                n_tokens += (await recv_event(ws))["type"] == "token"
+        # gone mid-stream, past the budget: once the engine has stopped it (within a step),
+        # its tokens are charged all the same
+        await asyncio.sleep(0.5)
+        async with connect(w.ws) as ws:
+            events = await run_request(ws, ASK)
+        assert events[-1].get("code") == "RATE_LIMITED", events[-1]
+    finally:
+        w.stop()

@@ -32,7 +32,8 @@ def test_ready_reports_the_model(worker: RunningWorker) -> None:
     body = r.json()
     assert body["status"] == "ready"
     assert body["model_loaded"] is True
-    assert body["model_path"].endswith(".gguf")
+    assert body["model_file"].endswith(".gguf")
+    assert "/" not in body["model_file"]  # no directories from an open route
     assert body["model"]["architecture"] == "gemma3"
     assert body["slots"] == worker.settings.parallel
 

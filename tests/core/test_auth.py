@@ -2,7 +2,14 @@ import hashlib
 
 import pytest
 
-from gemma_worker.core.auth import KeyConfigError, KeyRing, bearer_token, key_id, parse_key_file
+from gemma_worker.core.auth import (
+    KeyConfigError,
+    KeyRing,
+    bearer_token,
+    key_id,
+    origin_allowed,
+    parse_key_file,
+)
 
 KEY = "k" * 16 + "-one"
 OTHER = "o" * 16 + "-two"
@@ -62,3 +69,34 @@ def test_parse_key_file_line_numbers() -> None:
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+def test_a_hash_in_the_env_list_is_a_hash_not_a_key() -> None:
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    ring = KeyRing.build([f"sha256:{digest}"])
+    assert ring.identify(KEY) is not None
+    assert ring.identify(f"sha256:{digest}") is None
+
+
+def test_a_token_with_lone_surrogates_is_just_wrong() -> None:
+    assert KeyRing.build([KEY]).identify("\ud800" + KEY) is None
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "ok"),
+    [
+        (None, [], True),  # not a browser
+        ("http://localhost:5173", [], True),
+        ("https://127.0.0.1", [], True),
+        ("http://[::1]:8080", [], True),
+        ("https://evil.example", [], False),
+        ("http://localhost.evil.example", [], False),
+        ("http://127.0.0.1.evil.example:80", [], False),
+        ("null", [], False),
+        ("https://app.example", ["https://app.example"], True),
+        ("https://other.example", ["https://app.example"], False),
+        ("https://any.example", ["*"], True),
+    ],
+)
+def test_websocket_origins(origin: str | None, allowed: list[str], ok: bool) -> None:
+    assert origin_allowed(origin, allowed) is ok

@@ -69,7 +69,7 @@ def load_keys(settings: Settings) -> KeyRing:
     text = None
     if settings.api_key_file is not None:
         try:
-            text = settings.api_key_file.read_text(encoding="utf-8")
+            text = settings.api_key_file.read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise KeyConfigError(f"cannot read the API key file: {exc.strerror}") from exc
     return KeyRing.build(settings.api_keys, text)
@@ -137,8 +137,10 @@ def create_app(
     app.state.worker = state
     # The last added middleware is the outermost: metrics see everything, CORS answers
     # preflights before auth, auth runs before a body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, keys=keys)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, count_error=metrics.error
+    )
+    app.add_middleware(AuthMiddleware, keys=keys, count_error=metrics.error)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

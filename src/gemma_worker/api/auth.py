@@ -12,14 +12,14 @@ What the middleware found is left in the scope's state for the handlers:
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gemma_worker.core import events as ev
+from gemma_worker.api.errors import send_error
 from gemma_worker.core.auth import KeyRing, bearer_token
-from gemma_worker.core.errors import ErrorCode
+from gemma_worker.core.errors import ErrorCode, WorkerError
 
 #: Routes that answer without a key: orchestrators and load balancers probe them.
 OPEN_PATHS = frozenset({"/health", "/ready"})
@@ -51,9 +51,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class AuthMiddleware:
     """Checks API keys before the app sees a request."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyRing, count_error: Callable[[str], object] | None = None
+    ) -> None:
+        """``count_error(code)`` is told of each refusal (for the metrics)."""
         self.app = app
         self.keys = keys
+        self.count_error = count_error or (lambda _code: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in {"http", "websocket"}:
@@ -71,24 +75,14 @@ class AuthMiddleware:
         state["principal"] = principal
         state["auth_rejected"] = token is not None and principal is None
         if principal is None and scope["type"] == "http":
+            self.count_error(ErrorCode.UNAUTHORIZED)
             await _unauthorized(send)
             return
         await self.app(scope, receive, send)
 
 
 async def _unauthorized(send: Send) -> None:
-    body = json.dumps(
-        ev.error_body(ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer)")
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="gemma-worker"'),
-            ],
-        }
+    error = WorkerError(
+        ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer)"
     )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, error, [(b"www-authenticate", b'Bearer realm="gemma-worker"')])

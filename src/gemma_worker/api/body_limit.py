@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gemma_worker.core import events as ev
-from gemma_worker.core.errors import ErrorCode
+from gemma_worker.api.errors import send_error
+from gemma_worker.core.errors import ErrorCode, WorkerError
 
 
 class BodyLimitMiddleware:
@@ -18,9 +18,13 @@ class BodyLimitMiddleware:
     client disconnect) go to the real channel.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, count_error: Callable[[str], object] | None = None
+    ) -> None:
+        """``count_error(code)`` is told of each refusal (for the metrics)."""
         self.app = app
         self.max_bytes = max_bytes
+        self.count_error = count_error or (lambda _code: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in {"GET", "HEAD", "OPTIONS"}:
@@ -56,25 +60,13 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send: Send) -> None:
-        body = json.dumps(
-            ev.error_body(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"request body is larger than {self.max_bytes} bytes",
-                max_bytes=self.max_bytes,
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        self.count_error(ErrorCode.PAYLOAD_TOO_LARGE)
+        error = WorkerError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"request body is larger than {self.max_bytes} bytes",
+            max_bytes=self.max_bytes,
         )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, error, [(b"connection", b"close")])
 
 
 def _content_length(scope: Scope) -> int | None:

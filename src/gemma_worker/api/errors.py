@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
@@ -35,6 +38,25 @@ def error_response(
                 headers[f"RateLimit-{name.capitalize()}"] = str(exc.details[name])
     body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
     return JSONResponse(body, status_code=exc.http_status, headers=headers)
+
+
+async def send_error(
+    send: Send, exc: WorkerError, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with ``exc`` as a JSON error straight from ASGI middleware (before routing)."""
+    body = json.dumps(ev.error_body(exc.code, exc.message, **exc.details)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.http_status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _count(request: Request, code: ErrorCode) -> None:
@@ -88,4 +110,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_handler)
 
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "send_error"]

@@ -76,7 +76,7 @@ async def start_generation(
     state.admit()
     params = state.limits.resolve(req)
     fmt = state.engine.renderer.resolve(req.prompt_format)
-    lease = state.limiter.admit(identity)
+    lease = await state.limiter.admit(identity)
     try:
         turn = await state.sessions.begin(req, fmt, owner)
     except BaseException:
@@ -188,13 +188,30 @@ async def protocol_events(
             if isinstance(event, Finished | Failed):
                 return
     finally:
+        state.request_ended(gen.handle)
         if not gen.handle.done:
+            # The client left: the engine stops within a step. Its tokens still count against
+            # the client's limits, and the session stays claimed until then.
             gen.handle.cancel()
-        if writing is not None and not writing.done():
+            state.spawn(_settle(state, gen))
+        elif writing is not None and not writing.done():
             writing.add_done_callback(lambda _: gen.release())
         else:
             gen.release()
-        state.request_ended(gen.handle)
+
+
+async def _settle(state: WorkerState, gen: Generation) -> None:
+    """Wait for a generation whose client left to end, then account for it and release it."""
+    try:
+        async with asyncio.timeout(60):
+            while not gen.handle.done:
+                event = await gen.handle.next_event()
+                if isinstance(event, Finished):
+                    _account(state, gen, event)
+    except Exception:
+        log.exception("could not settle a cancelled generation")
+    finally:
+        gen.release()
 
 
 def _account(state: WorkerState, gen: Generation, event: Finished) -> None:

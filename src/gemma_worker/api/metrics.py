@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
 
 
@@ -133,12 +134,12 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status = "none"  # no response started: the client left first
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = str(message["status"])
             await send(message)
 
         try:
@@ -146,7 +147,6 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(
-                route=name, method=scope["method"], status=str(status)
-            ).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.http_requests.labels(route=name, method=method, status=status).inc()
             self.metrics.http_duration.labels(route=name).observe(time.perf_counter() - start)

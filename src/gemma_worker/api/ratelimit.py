@@ -3,6 +3,7 @@ in memory or shared through e.g. Redis) and concurrent generations (in this proc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -49,6 +50,8 @@ class RateLimiter:
         self._tokens: RateLimitItem | None = parse(tokens) if tokens else None
         self._max_concurrent = max_concurrent
         self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        # A shared store (Redis...) is network I/O: its calls run off the event loop.
+        self._blocking = not storage_uri.startswith("memory://")
         self._running: Counter[str] = Counter()
 
     @property
@@ -56,7 +59,7 @@ class RateLimiter:
         """Whether any limit is configured."""
         return bool(self._requests or self._tokens or self._max_concurrent)
 
-    def admit(self, identity: str) -> Lease:
+    async def admit(self, identity: str) -> Lease:
         """Count one request for ``identity``; ``RATE_LIMITED`` (with ``retry_after`` and the
         limit's figures) when a limit is reached."""
         lease = Lease(identity)
@@ -72,14 +75,20 @@ class RateLimiter:
                 remaining=0,
                 reset=1,
             )
-        if self._tokens is not None:
-            self._check(self._tokens, identity, "token", consume=False)
-        if self._requests is not None:
-            self._check(self._requests, identity, "request", consume=True)
+        if self._blocking:
+            await asyncio.to_thread(self._check_windows, identity)
+        else:
+            self._check_windows(identity)
         self._running[identity] += 1
         lease.limiter = self
         lease.release = weakref.finalize(lease, self._done, identity)
         return lease
+
+    def _check_windows(self, identity: str) -> None:
+        if self._tokens is not None:
+            self._check(self._tokens, identity, "token", consume=False)
+        if self._requests is not None:
+            self._check(self._requests, identity, "request", consume=True)
 
     def _check(self, item: RateLimitItem, identity: str, what: str, *, consume: bool) -> None:
         try:
@@ -107,6 +116,13 @@ class RateLimiter:
         next request is refused until it moves on)."""
         if self._tokens is None:
             return
+        if self._blocking:
+            asyncio.get_running_loop().run_in_executor(None, self._charge, identity, tokens)
+        else:
+            self._charge(identity, tokens)
+
+    def _charge(self, identity: str, tokens: int) -> None:
+        assert self._tokens is not None
         try:
             left = self._windows.get_window_stats(self._tokens, identity).remaining
             if left > 0:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -27,6 +30,8 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.engine.messages import EngineEvent, Failed, Queued, Started, Trimmed
 from gemma_worker.engine.protocol import EngineState
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -79,7 +84,8 @@ async def ready(state: State) -> JSONResponse:
         body = ReadyResponse(
             status="ready",
             model_loaded=True,
-            model_path=None if path is None else str(path),
+            # only the file name: /ready answers without a key, directories are nobody's business
+            model_file=None if path is None else Path(path).name,
             model=model.to_dict(),
             slots=stats.slots,
             active=stats.active,
@@ -149,11 +155,20 @@ async def _stream(gen: Generation, state: WorkerState, request: Request) -> Any:
         return error_response(request, head[-1].error, gen.request_id)
 
     async def lines() -> AsyncIterator[str]:
-        async with contextlib.aclosing(protocol_events(state, gen, head)) as events:
-            async for event in events:
-                if event["type"] == "error":
-                    state.metrics.error(event["code"])
-                yield ev.frame(event)
+        try:
+            async with contextlib.aclosing(protocol_events(state, gen, head)) as events:
+                async for event in events:
+                    if event["type"] == "error":
+                        state.metrics.error(event["code"])
+                    yield ev.frame(event)
+        except Exception:  # the status line has gone out: the fault is the last event
+            error_id = str(uuid.uuid4())
+            log.exception("unexpected error in a stream", extra={"error_id": error_id})
+            state.metrics.error(ErrorCode.INTERNAL_ERROR)
+            error = WorkerError(
+                ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
+            )
+            yield ev.frame(ev.error_event(error, gen.request_id))
 
     return StreamingResponse(lines(), media_type=NDJSON)
 

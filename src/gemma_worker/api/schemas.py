@@ -62,7 +62,7 @@ class ReadyResponse(BaseModel):
 
     status: Literal["ready", "loading", "draining", "failed"]
     model_loaded: bool
-    model_path: str | None = None
+    model_file: str | None = Field(default=None, description="The model's file name.")
     model: dict[str, Any] | None = None
     slots: int | None = None
     active: int | None = None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from enum import StrEnum
+from typing import Any
 
 from gemma_worker.api.metrics import Metrics
 from gemma_worker.api.ratelimit import RateLimiter
@@ -55,6 +57,15 @@ class WorkerState:
         self._idle = asyncio.Event()
         self._idle.set()
         self.connections: set[asyncio.Event] = set()
+        #: WebSockets accepted but not yet authenticated (they have their own cap).
+        self.authenticating = 0
+        self._background: set[asyncio.Future[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def admit(self) -> None:
         """Raise ``OVERLOADED`` unless new work is accepted now."""

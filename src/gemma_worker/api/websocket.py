@@ -20,6 +20,7 @@ from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.generation import Generation, protocol_events, start_generation
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
+from gemma_worker.core.auth import origin_allowed
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.protocol import (
     CancelMessage,
@@ -59,21 +60,22 @@ class Connection:
         """Serve until the client leaves, idles out or the worker drains."""
         await self.ws.accept()
         settings = self.state.settings
-        if len(self.state.connections) >= settings.max_connections:
-            await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
+        if not origin_allowed(self.ws.headers.get("origin"), settings.cors_origins):
+            # A web page from elsewhere must not drive a local worker through the browser.
+            await self._close(CLOSE_POLICY_VIOLATION, "origin not allowed")
+            return
+        if not await self._admit_and_authenticate():
             return
         self.state.connections.add(self._closing)
         receiver: asyncio.Task[Any] | None = None
         closer: asyncio.Task[Any] = asyncio.create_task(self._closing.wait())
         try:
-            if not await self._authenticate():
-                return
             while True:
                 if receiver is None:
                     receiver = asyncio.create_task(self.ws.receive())
                 await asyncio.wait(
                     {receiver, closer},
-                    timeout=settings.ws_idle_timeout_seconds,
+                    timeout=self._idle_left(),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if closer.done():
@@ -103,11 +105,48 @@ class Connection:
             for task, _ in list(self._requests.values()):
                 task.cancel()
 
+    def _idle_left(self) -> float | None:
+        """Seconds until the idle timeout (the full timeout while a request runs)."""
+        timeout = self.state.settings.ws_idle_timeout_seconds
+        if timeout is None or self._requests:
+            return timeout
+        return max(0.0, timeout - (time.monotonic() - self._last_activity))
+
     def _idle_expired(self) -> bool:
         timeout = self.state.settings.ws_idle_timeout_seconds
         if timeout is None or self._requests:
             return False
         return time.monotonic() - self._last_activity >= timeout
+
+    async def _admit_and_authenticate(self) -> bool:
+        """Authenticate, then take a place under the connection cap (1013 when full).
+        Connections waiting for their auth message have a cap of their own, so they cannot
+        crowd out authenticated clients."""
+        cap = self.state.settings.max_connections
+        if self._awaits_auth_message():
+            if self.state.authenticating >= cap:
+                await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
+                return False
+            self.state.authenticating += 1
+            try:
+                if not await self._authenticate():
+                    return False
+            finally:
+                self.state.authenticating -= 1
+        elif not await self._authenticate():
+            return False
+        if len(self.state.connections) >= cap:
+            await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
+            return False
+        return True
+
+    def _awaits_auth_message(self) -> bool:
+        scope_state: dict[str, Any] = self.ws.scope.get("state") or {}
+        return bool(
+            scope_state.get("auth_required")
+            and self.principal is None
+            and not scope_state.get("auth_rejected")
+        )
 
     async def _authenticate(self) -> bool:
         """With API keys configured: accept a valid ``Authorization`` header, or wait for an
@@ -226,6 +265,17 @@ class Connection:
                     await self.send(event)
         except ClientGoneError:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})
+        except Exception:  # a fault mid-stream: the client still gets a final event
+            error_id = str(uuid.uuid4())
+            log.exception(
+                "unexpected error in a stream",
+                extra={"error_id": error_id, "request_id": gen.request_id},
+            )
+            error = WorkerError(
+                ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
+            )
+            with contextlib.suppress(ClientGoneError):
+                await self.send(ev.error_event(error, gen.request_id))
         finally:
             self._requests.pop(gen.request_id, None)
             self._last_activity = time.monotonic()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 #: Shortest accepted API key: shorter ones are too easy to guess.
 MIN_KEY_LENGTH = 16
@@ -24,7 +24,8 @@ class KeyConfigError(ValueError):
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
+    # surrogatepass: a token with lone surrogates (from JSON) is just a key that never matches
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
 def key_id(digest: bytes) -> str:
@@ -38,16 +39,19 @@ def parse_key_file(text: str) -> list[bytes]:
     digests = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        hashed = _HASHED.match(line)
-        if hashed:
-            digests.append(bytes.fromhex(hashed.group(1)))
-        elif line.startswith("sha256:"):
-            raise KeyConfigError(f"key file line {number}: a sha256 entry needs 64 hex digits")
-        else:
-            digests.append(_key_digest(line, f"key file line {number}"))
+        if line and not line.startswith("#"):
+            digests.append(_entry_digest(line, f"key file line {number}"))
     return digests
+
+
+def _entry_digest(entry: str, where: str) -> bytes:
+    """A configured key, or ``sha256:<hex digest>`` of one."""
+    hashed = _HASHED.match(entry)
+    if hashed:
+        return bytes.fromhex(hashed.group(1))
+    if entry.startswith("sha256:"):
+        raise KeyConfigError(f"{where}: a sha256 entry needs 64 hex digits")
+    return _key_digest(entry, where)
 
 
 def _key_digest(key: str, where: str) -> bytes:
@@ -67,7 +71,7 @@ class KeyRing:
     @classmethod
     def build(cls, keys: Iterable[str], key_file_text: str | None = None) -> KeyRing:
         """Keys from settings (plain) and an optional key file's text."""
-        digests = [_key_digest(k, "GEMMA_API_KEYS") for k in keys]
+        digests = [_entry_digest(k, "GEMMA_API_KEYS") for k in keys]
         if key_file_text is not None:
             file_digests = parse_key_file(key_file_text)
             if not file_digests:
@@ -103,3 +107,27 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+#: Browser origins always allowed on the WebSocket: pages served by this machine.
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def origin_allowed(origin: str | None, allowed: Collection[str]) -> bool:
+    """Whether a WebSocket handshake's ``Origin`` may connect.
+
+    No ``Origin`` (not a browser) is allowed; a browser page must come from this machine
+    (``http(s)://localhost|127.0.0.1|[::1][:port]``) or from one of ``allowed`` (the CORS
+    origins; ``*`` allows all). This stops a web page elsewhere from using a local worker
+    through its visitor's browser.
+    """
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    scheme, sep, rest = origin.partition("://")
+    if not sep or scheme not in {"http", "https"}:
+        return False
+    host = rest.split("/", 1)[0]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return host.lower() in _LOOPBACK_HOSTS

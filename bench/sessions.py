@@ -11,6 +11,10 @@ run against the same worker:
 Both see the same prompt text (the stateless transcript is built from the session's answers).
 Prints both curves and the turn-10 ratios. Target: session turn 10 <= 1.5 x session turn 1.
 
+Then the worker is restarted twice and one more turn is sent to two identical sessions: once
+with the KV caches the first worker saved to disk when it stopped, once with the disk cache
+off (the history is processed again), and both times to first token are printed.
+
     .venv/bin/python bench/sessions.py [--rounds 3] [--turns 10]
 """
 
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +111,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     args = parser.parse_args()
     port = free_port()
-    env = {"GEMMA_N_CTX": "4096", "GEMMA_PARALLEL": "8"}
+    data_dir = tempfile.mkdtemp(prefix="gemma-bench-")
+    env = {"GEMMA_N_CTX": "4096", "GEMMA_PARALLEL": "8", "GEMMA_DATA_DIR": data_dir}
     rounds: list[tuple[list[Turn], list[Turn]]] = []
     with (
         worker_process(port, env) as base,
@@ -140,6 +147,28 @@ def main() -> None:
         f"turn {args.turns}: stateless / session TTFT: "
         f"{med(1, last, 'ttft_ms') / med(0, last, 'ttft_ms'):.2f}x"
     )
+    if len(rounds) >= 2:
+        sessions = [r[0][0].session_id for r in rounds]
+        saved = resume(env, sessions[0], args.turns, disk=True)
+        rebuilt = resume(env, sessions[1], args.turns, disk=False)
+        print(
+            f"resume after a restart (turn {args.turns + 1}, {saved.prompt_tokens} prompt "
+            f"tokens): saved cache {saved.ttft_ms:.1f} ms ({saved.cached_tokens} tokens "
+            f"loaded), history processed again {rebuilt.ttft_ms:.1f} ms "
+            f"({rebuilt.cached_tokens} loaded): {rebuilt.ttft_ms / saved.ttft_ms:.1f}x faster"
+        )
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def resume(env: dict[str, str], session_id: str, turn: int, *, disk: bool) -> Turn:
+    """One more turn of ``session_id`` on a freshly started worker."""
+    env = {**env, "GEMMA_KV_DISK_CACHE_MB": "2048" if disk else "0"}
+    with (
+        worker_process(free_port(), env) as base,
+        connect(base.replace("http", "ws", 1) + "/ws", max_size=None) as ws,
+    ):
+        body = {"input": user_input(turn), "session_id": session_id}
+        return run(ws, {**body, "max_tokens": ANSWER_TOKENS, "temperature": 0})
 
 
 if __name__ == "__main__":

@@ -229,6 +229,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Most sessions kept; beyond it the least recently used are deleted.",
     )
+    kv_disk_cache_mb: int = Field(
+        default=2048,
+        ge=0,
+        description="Disk space (MiB, under data_dir/kv) for the KV caches of idle sessions, "
+        "saved when their slot is taken or the worker stops, so resuming them skips "
+        "processing their history again. 0 turns it off.",
+    )
     session_sweep_seconds: float = Field(
         default=60.0,
         gt=0,

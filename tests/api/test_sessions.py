@@ -231,8 +231,9 @@ def test_max_sessions_evicts_the_least_recently_used() -> None:
 
 
 def test_an_evicted_session_is_rebuilt_from_its_history() -> None:
-    # One slot: another session's turn takes it, so the first session's cache is gone.
-    worker = start_worker(make_settings(parallel=1))
+    # One slot: another session's turn takes it, so the first session's cache is gone
+    # (and not kept on disk either).
+    worker = start_worker(make_settings(parallel=1, kv_disk_cache_mb=0))
     try:
         a1 = execute(worker, {"input": TURNS[0], **ASK}).json()
         b1 = execute(worker, {"input": TURNS[1].lstrip(), **ASK}).json()
@@ -247,5 +248,28 @@ def test_an_evicted_session_is_rebuilt_from_its_history() -> None:
         stateless = execute(worker, {"input": transcript, **ASK}).json()
         assert a2["usage"]["prompt_tokens"] == stateless["usage"]["prompt_tokens"]
         assert a2["result"] == stateless["result"]
+    finally:
+        worker.stop()
+
+
+def test_an_evicted_session_resumes_from_its_cache_on_disk() -> None:
+    settings = make_settings(parallel=1)
+    kv_dir = settings.data_dir / "kv"
+    worker = start_worker(settings)
+    try:
+        a1 = execute(worker, {"input": TURNS[0], **ASK}).json()
+        b1 = execute(worker, {"input": TURNS[1].lstrip(), **ASK}).json()
+        assert len(list(kv_dir.glob("*.kv"))) == 1  # A's cache went to disk when B took the slot
+        a2 = execute(worker, {"input": TURNS[1], "session_id": a1["session_id"], **ASK}).json()
+        # loaded back instead of processed again: only the new input was processed
+        assert a2["usage"]["cached_tokens"] >= a1["usage"]["prompt_tokens"]
+        transcript = TURNS[0] + a1["result"] + TURNS[1]
+        stateless = execute(worker, {"input": transcript, **ASK}).json()
+        assert a2["result"] == stateless["result"]
+        # deleting the sessions deletes their saved caches
+        for sid in (a1["session_id"], b1["session_id"], stateless["session_id"]):
+            assert delete(worker, f"/v1/sessions/{sid}").status_code == 200
+        time.sleep(0.2)
+        assert list(kv_dir.glob("*.kv")) == []
     finally:
         worker.stop()

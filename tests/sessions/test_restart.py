@@ -25,7 +25,7 @@ def run_turn(port: int, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_session_continues_after_a_restart(tmp_path: Path) -> None:
-    env = {"GEMMA_SESSION_DB": str(tmp_path / "sessions.db")}
+    env = {"GEMMA_DATA_DIR": str(tmp_path)}
     first, port = spawn_daemon(env, "--n-ctx", "1024", "--parallel", "1")
     try:
         one = run_turn(port, {"input": TURNS[0]})
@@ -37,9 +37,12 @@ def test_session_continues_after_a_restart(tmp_path: Path) -> None:
     try:
         two = run_turn(port, {"input": TURNS[1], "session_id": one["session_id"]})
         assert two["session_id"] == one["session_id"]
-        # the new process has no KV cache: the history is rebuilt from the store
-        assert two["usage"]["cached_tokens"] == 0
+        # the first process saved the idle session's KV cache when it stopped; the new one
+        # loads it instead of processing the history again
+        assert two["usage"]["cached_tokens"] >= one["usage"]["prompt_tokens"]
         assert two["usage"]["prompt_tokens"] > one["usage"]["prompt_tokens"]
+        transcript = TURNS[0] + one["result"] + TURNS[1]
+        assert run_turn(port, {"input": transcript})["result"] == two["result"]
         r = httpx.get(f"http://127.0.0.1:{port}/v1/sessions/{one['session_id']}", timeout=10)
         turns = r.json()["history"]
         assert [t["user"] for t in turns] == TURNS

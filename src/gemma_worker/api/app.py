@@ -46,6 +46,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_gpu_layers=settings.n_gpu_layers,
         stream_buffer=settings.stream_buffer,
         max_input_tokens=settings.max_input_tokens,
+        kv_dir=settings.data_dir / "kv",
+        kv_disk_bytes=settings.kv_disk_cache_mb * 1024 * 1024,
         flash_attn=settings.flash_attn,
         kv_unified=settings.kv_unified,
     )

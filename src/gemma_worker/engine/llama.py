@@ -331,6 +331,22 @@ class LlamaModel:
         pos_min = int(lc.llama_memory_seq_pos_min(self.memory, seq))
         return 0 <= pos_min <= max(0, n - self.n_swa)
 
+    def save_sequence(self, seq: int) -> bytes:
+        """The KV cache of sequence ``seq`` as bytes (llama.cpp's sequence state)."""
+        size = int(lc.llama_state_seq_get_size(self.ctx, seq))
+        buf = (ctypes.c_uint8 * size)()
+        written = int(lc.llama_state_seq_get_data(self.ctx, buf, size, seq))
+        return bytes(buf)[:written]
+
+    def load_sequence(self, seq: int, state: bytes) -> bool:
+        """Put a saved state into sequence ``seq`` (after clearing it); whether it loaded."""
+        self.clear_sequence(seq)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if int(lc.llama_state_seq_set_data(self.ctx, buf, len(state), seq)) == 0:
+            self.clear_sequence(seq)
+            return False
+        return True
+
     def close(self) -> None:
         """Free the context and the model."""
         if self.ctx:

@@ -30,6 +30,7 @@ from gemma_worker.core.scheduling import (
 )
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.job import GenerationHandle, Job
+from gemma_worker.engine.kv_files import KVFiles
 from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError, Sampler
 from gemma_worker.engine.messages import (
     EngineEvent,
@@ -67,6 +68,10 @@ class EngineConfig:
     flash_attn: bool = False
     kv_unified: bool = False
     max_input_tokens: int | None = None
+    #: Where idle sessions' KV caches are saved when their slot is taken or the worker stops
+    #: (``None`` or a zero budget: never).
+    kv_dir: Path | None = None
+    kv_disk_bytes: int = 0
 
 
 class _Stop:
@@ -116,7 +121,9 @@ class LlamaEngine:
             config.max_queue + config.parallel
         )
         self._seqs: dict[int, SequenceState] = {}
-        self._kv: dict[int, list[int]] = {}  # free slot -> tokens of the session cache it keeps
+        # free slot -> (session key, tokens) of the cache it keeps
+        self._kv: dict[int, tuple[str, list[int]]] = {}
+        self._kv_files: KVFiles | None = None
         self._samplers: dict[int, Sampler] = {}
         self._order = 0
 
@@ -240,6 +247,10 @@ class LlamaEngine:
             )
             self._model = model
             self._batch = Batch(max(self.config.n_batch, self.config.parallel))
+            if self.config.kv_dir is not None and self.config.kv_disk_bytes > 0:
+                self._kv_files = KVFiles(
+                    self.config.kv_dir, self.config.kv_disk_bytes, self._fingerprint()
+                )
         except ModelLoadError as exc:
             self._state = EngineState.FAILED
             loop.call_soon_threadsafe(report, exc)
@@ -388,8 +399,11 @@ class LlamaEngine:
             prepared = self._waiting.pop()
             job = prepared.job
             tokens, n_cached = prepared.tokens, 0
-            cached = self._kv.pop(slot, None)
-            if warm and cached:
+            kept = self._kv.pop(slot, None)
+            if not warm and kept is not None:
+                self._stash(slot, *kept)  # another session's cache: keep it on disk
+            cached = kept[1] if warm and kept else self._restore(slot, job.cache_key)
+            if cached:
                 tokens, n_cached = self._reuse(slot, prepared, cached)
             else:
                 self._model.clear_sequence(slot)
@@ -435,11 +449,46 @@ class LlamaEngine:
         model.clear_sequence(slot)
         return prepared.tokens, 0
 
+    def _stash(self, slot: int, key: str, tokens: list[int]) -> None:
+        """Save the cache ``slot`` holds for session ``key`` to disk (when enabled)."""
+        if self._kv_files is None or self._model is None or not tokens:
+            return
+        t0 = time.perf_counter()
+        self._kv_files.save(key, tokens, self._model.save_sequence(slot))
+        log.debug(
+            "session cache saved",
+            extra={"tokens": len(tokens), "ms": round((time.perf_counter() - t0) * 1e3, 1)},
+        )
+
+    def _restore(self, slot: int, key: str | None) -> list[int] | None:
+        """Load session ``key``'s saved cache into ``slot``; its tokens, or ``None``."""
+        if self._kv_files is None or self._model is None or key is None:
+            return None
+        entry = self._kv_files.take(key)
+        if entry is None:
+            return None
+        if not self._model.load_sequence(slot, entry.state):
+            log.info("a saved session cache did not load; processing the history again")
+            return None
+        return entry.tokens
+
+    def _fingerprint(self) -> str:
+        """What a saved cache must match to be loaded: model file, context layout."""
+        assert self.model_path is not None and self._model is not None
+        c = self.config
+        size = self.model_path.stat().st_size
+        return (
+            f"{self.model_path.resolve()}|{size}|{self._model.n_ctx_seq}|{c.n_ctx}|"
+            f"{c.flash_attn}|{c.kv_unified}|{self._model.n_swa}"
+        )
+
     def _forget(self, key: str) -> None:
         assert self._model is not None
         for seq in self._seqs.values():  # running now: do not keep its cache when it ends
             if seq.job.cache_key == key:
                 seq.keep_cache = False
+        if self._kv_files is not None:
+            self._kv_files.forget(key)
         slot = self._slots.forget(key)
         if slot is not None:
             self._kv.pop(slot, None)
@@ -515,7 +564,9 @@ class LlamaEngine:
         if key is None:
             self._model.clear_sequence(seq.slot)
         else:
-            self._kv[seq.slot] = seq.kv_tokens()
+            for other in [s for s, (k, _) in self._kv.items() if k == key]:
+                del self._kv[other]  # an older copy: the pool no longer hands it out
+            self._kv[seq.slot] = (key, seq.kv_tokens())
         self._slots.release(seq.slot, key)
 
     def _finish(self, seq: SequenceState, reason: FinishReason) -> None:
@@ -570,6 +621,9 @@ class LlamaEngine:
                 self._final(job, _cancelled_before_start(job, n_prompt_tokens))
             else:
                 self._fail(job, crash)
+        if crash is None:  # keep idle sessions' caches for the next start
+            for slot, (key, tokens) in list(self._kv.items()):
+                self._stash(slot, key, tokens)
         self._batch.free()
         if self._model is not None:
             self._model.close()

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gemma_worker.engine.llama_engine import KV_DISK_MIN_TOKENS
 from tests.api.wsclient import connect, recv_event, run_request, send
 from tests.conftest import RunningWorker, make_settings, start_worker
 
@@ -21,6 +22,7 @@ TURNS = [
     "\nQuestion: What is the capital of Italy?\nAnswer:",
 ]
 ASK = {"max_tokens": 12, "temperature": 0, "stop": ["\n"]}
+LONG_PREAMBLE = "Geography notes. " + "Capitals are the seats of government. " * 40 + "\n"
 
 
 def get(worker: RunningWorker, path: str) -> httpx.Response:
@@ -257,13 +259,16 @@ def test_an_evicted_session_resumes_from_its_cache_on_disk() -> None:
     kv_dir = settings.data_dir / "kv"
     worker = start_worker(settings)
     try:
-        a1 = execute(worker, {"input": TURNS[0], **ASK}).json()
+        # long enough to be worth saving (short caches are cheaper to process again)
+        first = LONG_PREAMBLE + TURNS[0]
+        a1 = execute(worker, {"input": first, **ASK}).json()
+        assert a1["usage"]["prompt_tokens"] >= KV_DISK_MIN_TOKENS
         b1 = execute(worker, {"input": TURNS[1].lstrip(), **ASK}).json()
         assert len(list(kv_dir.glob("*.kv"))) == 1  # A's cache went to disk when B took the slot
         a2 = execute(worker, {"input": TURNS[1], "session_id": a1["session_id"], **ASK}).json()
         # loaded back instead of processed again: only the new input was processed
         assert a2["usage"]["cached_tokens"] >= a1["usage"]["prompt_tokens"]
-        transcript = TURNS[0] + a1["result"] + TURNS[1]
+        transcript = first + a1["result"] + TURNS[1]
         stateless = execute(worker, {"input": transcript, **ASK}).json()
         assert a2["result"] == stateless["result"]
         # deleting the sessions deletes their saved caches

@@ -11,7 +11,10 @@ import httpx
 from tests.conftest import spawn_daemon
 
 TURNS = [
-    "Question: What is the capital of France?\nAnswer:",
+    # long enough for its cache to be saved (see KV_DISK_MIN_TOKENS)
+    "Geography notes. "
+    + "Capitals are the seats of government. " * 40
+    + "\nQuestion: What is the capital of France?\nAnswer:",
     "\nQuestion: What is the capital of Spain?\nAnswer:",
 ]
 

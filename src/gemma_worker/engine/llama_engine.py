@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 #: How long the engine waits before re-checking sequences paused for a slow client.
 _PAUSE_POLL_S = 0.005
 
+#: Shorter caches are not saved to disk: processing them again takes well under half a
+#: second, less than the disk churn of saving every one-shot request's cache is worth.
+KV_DISK_MIN_TOKENS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -451,7 +455,7 @@ class LlamaEngine:
 
     def _stash(self, slot: int, key: str, tokens: list[int]) -> None:
         """Save the cache ``slot`` holds for session ``key`` to disk (when enabled)."""
-        if self._kv_files is None or self._model is None or not tokens:
+        if self._kv_files is None or self._model is None or len(tokens) < KV_DISK_MIN_TOKENS:
             return
         t0 = time.perf_counter()
         self._kv_files.save(key, tokens, self._model.save_sequence(slot))

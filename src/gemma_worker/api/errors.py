@@ -40,6 +40,16 @@ def error_response(
     return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
 
+def internal_error(what: str, **context: object) -> WorkerError:
+    """Log the exception being handled under a new error id (with ``context``) and return the
+    generic ``INTERNAL_ERROR`` a client may see: only that id, none of the details."""
+    error_id = str(uuid.uuid4())
+    log.exception(what, extra={"error_id": error_id, **context})
+    return WorkerError(
+        ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
+    )
+
+
 async def send_error(
     send: Send, exc: WorkerError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
@@ -93,13 +103,9 @@ async def _worker_error_handler(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
-    error_id = str(uuid.uuid4())
-    log.exception("unexpected error", extra={"error_id": error_id, "path": request.url.path})
-    _count(request, ErrorCode.INTERNAL_ERROR)
-    body = ev.error_body(
-        ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
-    )
-    return JSONResponse(body, status_code=500)
+    error = internal_error("unexpected error", path=request.url.path)
+    _count(request, error.code)
+    return JSONResponse(ev.error_body(error.code, error.message, **error.details), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -110,4 +116,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_handler)
 
 
-__all__ = ["error_response", "install_error_handlers", "send_error"]
+__all__ = ["error_response", "install_error_handlers", "internal_error", "send_error"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from gemma_worker import __version__
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
-from gemma_worker.api.errors import error_response
+from gemma_worker.api.errors import error_response, internal_error
 from gemma_worker.api.generation import Generation, protocol_events, start_generation
 from gemma_worker.api.schemas import (
     ERROR_RESPONSES,
@@ -162,12 +161,8 @@ async def _stream(gen: Generation, state: WorkerState, request: Request) -> Any:
                         state.metrics.error(event["code"])
                     yield ev.frame(event)
         except Exception:  # the status line has gone out: the fault is the last event
-            error_id = str(uuid.uuid4())
-            log.exception("unexpected error in a stream", extra={"error_id": error_id})
-            state.metrics.error(ErrorCode.INTERNAL_ERROR)
-            error = WorkerError(
-                ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
-            )
+            error = internal_error("unexpected error in a stream", request_id=gen.request_id)
+            state.metrics.error(error.code)
             yield ev.frame(ev.error_event(error, gen.request_id))
 
     return StreamingResponse(lines(), media_type=NDJSON)

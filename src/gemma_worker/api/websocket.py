@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import Any
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gemma_worker.api.auth import client_identity, principal_of
+from gemma_worker.api.errors import internal_error
 from gemma_worker.api.generation import Generation, protocol_events, start_generation
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
@@ -207,11 +207,7 @@ class Connection:
         except ClientGoneError:
             raise
         except Exception:  # a fault must not take the connection down with it
-            error_id = str(uuid.uuid4())
-            log.exception("unexpected error handling a message", extra={"error_id": error_id})
-            error = WorkerError(
-                ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
-            )
+            error = internal_error("unexpected error handling a message")
             rid = (
                 message.request_id
                 if isinstance(message, CancelMessage)
@@ -266,14 +262,7 @@ class Connection:
         except ClientGoneError:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})
         except Exception:  # a fault mid-stream: the client still gets a final event
-            error_id = str(uuid.uuid4())
-            log.exception(
-                "unexpected error in a stream",
-                extra={"error_id": error_id, "request_id": gen.request_id},
-            )
-            error = WorkerError(
-                ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id
-            )
+            error = internal_error("unexpected error in a stream", request_id=gen.request_id)
             with contextlib.suppress(ClientGoneError):
                 await self.send(ev.error_event(error, gen.request_id))
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ TURNS = [
     "\nQuestion: What is the capital of Italy?\nAnswer:",
 ]
 ASK = {"max_tokens": 12, "temperature": 0, "stop": ["\n"]}
+STORY_PROMPT = "Once upon a time, in a small village by the sea,"
 LONG_PREAMBLE = "Geography notes. " + "Capitals are the seats of government. " * 40 + "\n"
 
 
@@ -276,5 +278,37 @@ def test_an_evicted_session_resumes_from_its_cache_on_disk() -> None:
             assert delete(worker, f"/v1/sessions/{sid}").status_code == 200
         time.sleep(0.2)
         assert list(kv_dir.glob("*.kv")) == []
+    finally:
+        worker.stop()
+
+
+async def test_a_queued_streamed_request_whose_client_left_frees_its_session() -> None:
+    worker = start_worker(make_settings(parallel=1))
+    try:
+        session_id = execute(worker, {"input": TURNS[0], **ASK})
+        session_id = session_id.json()["session_id"]
+        async with connect(worker.ws) as busy:
+            # the only slot is taken; the session's next turn, streamed, has to wait
+            await send(busy, {"input": STORY_PROMPT, "max_tokens": 200, "temperature": 0})
+            assert (await recv_event(busy))["type"] == "session"
+            body = {"input": TURNS[1], "session_id": session_id, "stream": True, **ASK}
+            payload = json.dumps(body).encode()
+            with socket.create_connection(("127.0.0.1", worker.settings.port)) as s:
+                s.sendall(
+                    b"POST /v1/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                    + f"\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                    + payload
+                )
+                await asyncio.sleep(0.5)
+                assert get(worker, "/ready").json()["queued"] == 1
+            # the client left while queued: the queue and the session are free again
+            deadline = time.monotonic() + 5
+            while get(worker, "/ready").json()["queued"] != 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            await send(busy, {"type": "cancel"})
+        again = execute(worker, {"input": TURNS[1], "session_id": session_id, **ASK})
+        assert again.status_code == 200, again.text
+        assert len(history(worker, session_id)["history"]) == 2
     finally:
         worker.stop()

@@ -142,13 +142,28 @@ async def execute(body: GenerationRequest, request: Request, state: State) -> An
 
 
 async def _stream(gen: Generation, state: WorkerState, request: Request) -> Any:
-    # Rejections found by the engine (CONTEXT_OVERFLOW...) still get their HTTP status.
+    # Rejections found by the engine (CONTEXT_OVERFLOW...) still get their HTTP status, so the
+    # response starts with the first decisive event; a client that leaves while the request
+    # waits for a slot frees it (and its session) at once.
+    head_task = asyncio.ensure_future(_first_decisive(gen))
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        head = await _first_decisive(gen)
+        await asyncio.wait({head_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
+        head_task.cancel()
         gen.handle.cancel()
         gen.release()
         raise
+    finally:
+        watcher.cancel()
+    if not head_task.done():
+        head_task.cancel()
+        gen.handle.cancel()
+        gen.release()
+        return JSONResponse(
+            ev.error_body(ErrorCode.INFERENCE_ERROR, "client disconnected"), status_code=499
+        )
+    head = head_task.result()
     if isinstance(head[-1], Failed):
         gen.release()
         return error_response(request, head[-1].error, gen.request_id)

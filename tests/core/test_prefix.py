@@ -1,4 +1,4 @@
-from gemma_worker.core.prefix import PrefixMatch, match_prefix
+from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
 
 # a toy vocabulary: token id -> bytes
 VOCAB = {
@@ -56,3 +56,16 @@ def test_never_ends_inside_a_utf8_character() -> None:
     m = match_prefix([1, 2, 7], [1], "Helloé!".encode(), piece, any_token)
     assert m == PrefixMatch(2, 5)
     assert match_prefix([1, 2, 7, 8], [1], "Helloé!".encode(), piece, any_token).n_tokens == 4
+
+
+def test_never_cuts_a_token_of_the_prompt_in_two() -> None:
+    # cache: "<" generated as text; prompt: "<end>" which the prompt tokenises as one token
+    vocab = {1: b"<", 2: b"<end>", 3: b"Hi"}
+    text = b"Hi<end>"
+    prompt_tokens = [3, 2]
+    bounds = token_boundaries(prompt_tokens, 0, vocab.__getitem__)
+    assert bounds == {0, 2, 7}
+    m = match_prefix([3, 1], [], text, vocab.__getitem__, any_token, boundaries=bounds)
+    assert m == PrefixMatch(1, 2)  # stops before "<", so "<end>" is tokenised whole
+    # without the prompt's boundaries the match would have taken the "<"
+    assert match_prefix([3, 1], [], text, vocab.__getitem__, any_token).n_tokens == 2

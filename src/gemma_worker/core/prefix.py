@@ -9,7 +9,7 @@ tokenised and processed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -31,13 +31,18 @@ def match_prefix(
     text: bytes,
     piece: Callable[[int], bytes],
     reusable: Callable[[int], bool],
+    *,
+    boundaries: Collection[int] | None = None,
 ) -> PrefixMatch:
     """The longest reusable prefix of ``cached`` for a prompt of ``head`` tokens then ``text``.
 
     ``head`` holds the tokens the tokenizer puts before the text (BOS); the cache must start with
     them. ``piece`` gives a token's bytes; tokens for which ``reusable`` is false (e.g. control
     tokens when the prompt's text may not contain special tokens) end the match. The match never
-    ends inside a UTF-8 character, so the rest of ``text`` can be tokenised on its own.
+    ends inside a UTF-8 character, so the rest of ``text`` can be tokenised on its own; given
+    ``boundaries`` (byte offsets in ``text`` where the prompt's own tokenisation has a token
+    boundary), it also ends only at one of them, so it never cuts a token of the prompt, such
+    as a special token's spelling, in two.
     """
     n_head = len(head)
     if len(cached) < n_head or list(cached[:n_head]) != list(head):
@@ -53,6 +58,22 @@ def match_prefix(
         offset += len(data)
         ends.append(offset)
     n = len(ends) - 1
-    while n > 0 and ends[n] < len(text) and _is_continuation(text[ends[n]]):
+    while n > 0 and not _can_end(ends[n], text, boundaries):
         n -= 1
     return PrefixMatch(n_head + n, ends[n])
+
+
+def _can_end(offset: int, text: bytes, boundaries: Collection[int] | None) -> bool:
+    if offset < len(text) and _is_continuation(text[offset]):
+        return False
+    return boundaries is None or offset in boundaries or offset == len(text)
+
+
+def token_boundaries(tokens: Sequence[int], n_head: int, piece: Callable[[int], bytes]) -> set[int]:
+    """Byte offsets (in the text after the ``n_head`` head tokens) where ``tokens`` break."""
+    offsets = {0}
+    offset = 0
+    for token in tokens[n_head:]:
+        offset += len(piece(token))
+        offsets.add(offset)
+    return offsets

@@ -18,7 +18,7 @@ from pathlib import Path
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.events import FinishReason
-from gemma_worker.core.prefix import match_prefix
+from gemma_worker.core.prefix import match_prefix, token_boundaries
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.core.scheduling import (
     AdmissionQueue,
@@ -431,12 +431,14 @@ class LlamaEngine:
         assert model is not None
         prompt = prepared.prompt
         text = prompt.text.encode("utf-8")
+        head = model.bos_head if prompt.add_special else []
         match = match_prefix(
             cached,
-            model.bos_head if prompt.add_special else [],
+            head,
             text,
             model.special_piece,
             (lambda _t: True) if prompt.parse_special else (lambda t: not model.is_control(t)),
+            boundaries=token_boundaries(prepared.tokens, len(head), model.special_piece),
         )
         if match.n_tokens > 0:
             rest = model.tokenize(

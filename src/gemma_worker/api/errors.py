@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
@@ -15,7 +14,7 @@ from starlette.types import Send
 
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import describe_errors
+from gemma_worker.core.request import describe_errors, new_id
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ def error_response(
 def internal_error(what: str, **context: object) -> WorkerError:
     """Log the exception being handled under a new error id (with ``context``) and return the
     generic ``INTERNAL_ERROR`` a client may see: only that id, none of the details."""
-    error_id = str(uuid.uuid4())
+    error_id = new_id()
     log.exception(what, extra={"error_id": error_id, **context})
     return WorkerError(
         ErrorCode.INTERNAL_ERROR, f"internal error (id {error_id})", error_id=error_id

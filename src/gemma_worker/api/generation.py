@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from gemma_worker.api.ratelimit import Lease
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import GenerationRequest, new_id
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.messages import (
     EngineEvent,
@@ -27,11 +26,6 @@ from gemma_worker.engine.messages import (
 from gemma_worker.sessions.service import TurnPlan
 
 log = logging.getLogger(__name__)
-
-
-def new_id() -> str:
-    """A fresh random (UUID4) id."""
-    return str(uuid.uuid4())
 
 
 @dataclass

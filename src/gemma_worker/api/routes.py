@@ -101,6 +101,29 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+async def _unless_disconnected(request: Request, task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` or the client to leave; whether ``task`` finished. If the client left
+    first, ``task`` is cancelled (and awaited)."""
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+def _client_left() -> JSONResponse:
+    """What a request whose client has left "answers" (nobody reads it; logs show 499)."""
+    return JSONResponse(
+        ev.error_body(ErrorCode.INFERENCE_ERROR, "client disconnected"), status_code=499
+    )
+
+
 async def _first_decisive(gen: Generation) -> list[EngineEvent]:
     """Engine events up to the first that is not queue/prompt progress."""
     taken: list[EngineEvent] = []
@@ -146,23 +169,17 @@ async def _stream(gen: Generation, state: WorkerState, request: Request) -> Any:
     # response starts with the first decisive event; a client that leaves while the request
     # waits for a slot frees it (and its session) at once.
     head_task = asyncio.ensure_future(_first_decisive(gen))
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        await asyncio.wait({head_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finished = await _unless_disconnected(request, head_task)
     except asyncio.CancelledError:
         head_task.cancel()
         gen.handle.cancel()
         gen.release()
         raise
-    finally:
-        watcher.cancel()
-    if not head_task.done():
-        head_task.cancel()
+    if not finished:
         gen.handle.cancel()
         gen.release()
-        return JSONResponse(
-            ev.error_body(ErrorCode.INFERENCE_ERROR, "client disconnected"), status_code=499
-        )
+        return _client_left()
     head = head_task.result()
     if isinstance(head[-1], Failed):
         gen.release()
@@ -192,19 +209,9 @@ async def _collect(gen: Generation, state: WorkerState, request: Request) -> Any
         return final
 
     runner = asyncio.create_task(run())
-    watcher = asyncio.create_task(_wait_disconnect(request))
-    try:
-        await asyncio.wait({runner, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not runner.done():  # the client went away: free the engine now
-        runner.cancel()
+    if not await _unless_disconnected(request, runner):  # the client went away
         gen.handle.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        return JSONResponse(
-            ev.error_body(ErrorCode.INFERENCE_ERROR, "client disconnected"), status_code=499
-        )
+        return _client_left()
     final = runner.result()
     if final.get("type") == "error":
         return error_response(

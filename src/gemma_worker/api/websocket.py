@@ -113,10 +113,7 @@ class Connection:
         return max(0.0, timeout - (time.monotonic() - self._last_activity))
 
     def _idle_expired(self) -> bool:
-        timeout = self.state.settings.ws_idle_timeout_seconds
-        if timeout is None or self._requests:
-            return False
-        return time.monotonic() - self._last_activity >= timeout
+        return not self._requests and self._idle_left() == 0.0
 
     async def _admit_and_authenticate(self) -> bool:
         """Authenticate, then take a place under the connection cap (1013 when full).

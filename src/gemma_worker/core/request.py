@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -90,6 +91,11 @@ class GenerationRequest(BaseModel):
         if not value.strip():
             raise ValueError("input must not be blank")
         return value
+
+
+def new_id() -> str:
+    """A fresh random id (UUID4, 122 random bits) for a request, session or error."""
+    return str(uuid.uuid4())
 
 
 def is_valid_id(value: object) -> bool:

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import GenerationRequest, new_id
 from gemma_worker.sessions.store import SessionInfo, SessionStore
 
 log = logging.getLogger(__name__)
-
-
-def new_session_id() -> str:
-    """A fresh session id: a random (version 4) UUID, 122 random bits."""
-    return str(uuid.uuid4())
 
 
 def _not_found(session_id: str) -> WorkerError:
@@ -79,7 +73,7 @@ class SessionService:
         """
         if req.session_id is None:
             conv = Conversation(req.input, fmt, (), req.system)
-            plan = TurnPlan(new_session_id(), owner, True, conv)
+            plan = TurnPlan(new_id(), owner, True, conv)
             self._claim(plan)
             return plan
         plan = TurnPlan(req.session_id, owner, False, Conversation(req.input, fmt))

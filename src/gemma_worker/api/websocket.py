@@ -116,44 +116,32 @@ class Connection:
         return not self._requests and self._idle_left() == 0.0
 
     async def _admit_and_authenticate(self) -> bool:
-        """Authenticate, then take a place under the connection cap (1013 when full).
-        Connections waiting for their auth message have a cap of their own, so they cannot
-        crowd out authenticated clients."""
+        """With API keys configured, accept a valid ``Authorization`` header or wait for an
+        ``{"type": "auth", "token": ...}`` first message (else close with 1008); then take a
+        place under the connection cap (1013 when full). Connections waiting for their auth
+        message have a cap of their own, so they cannot crowd out authenticated clients."""
         cap = self.state.settings.max_connections
-        if self._awaits_auth_message():
+        scope_state: dict[str, Any] = self.ws.scope.get("state") or {}
+        if scope_state.get("auth_required") and self.principal is None:
+            if scope_state.get("auth_rejected"):
+                await self._close(CLOSE_POLICY_VIOLATION, "invalid API key")
+                return False
             if self.state.authenticating >= cap:
                 await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
                 return False
             self.state.authenticating += 1
             try:
-                if not await self._authenticate():
+                if not await self._receive_auth_message():
                     return False
             finally:
                 self.state.authenticating -= 1
-        elif not await self._authenticate():
-            return False
         if len(self.state.connections) >= cap:
             await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
             return False
         return True
 
-    def _awaits_auth_message(self) -> bool:
-        scope_state: dict[str, Any] = self.ws.scope.get("state") or {}
-        return bool(
-            scope_state.get("auth_required")
-            and self.principal is None
-            and not scope_state.get("auth_rejected")
-        )
-
-    async def _authenticate(self) -> bool:
-        """With API keys configured: accept a valid ``Authorization`` header, or wait for an
-        ``{"type": "auth", "token": ...}`` first message; otherwise close with 1008."""
-        scope_state: dict[str, Any] = self.ws.scope.get("state") or {}
-        if not scope_state.get("auth_required") or self.principal is not None:
-            return True
-        if scope_state.get("auth_rejected"):
-            await self._close(CLOSE_POLICY_VIOLATION, "invalid API key")
-            return False
+    async def _receive_auth_message(self) -> bool:
+        """Wait for the auth message; close with 1008 when it is late or its key is wrong."""
         try:
             async with asyncio.timeout(self.state.settings.ws_auth_timeout_seconds):
                 message = await self.ws.receive()

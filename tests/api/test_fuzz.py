@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from gemma_worker.api.openai.errors import is_openai_path
 from tests.conftest import RunningWorker, make_settings, start_worker
 
 EXAMPLES_PER_MODE = 60
@@ -36,7 +37,10 @@ def check(worker: RunningWorker, case: schemathesis.Case) -> None:
     assert response.status_code < 500, (where, response.text)
     if response.status_code >= 400:
         body = response.json()
-        assert body["status"] == "error" and body["code"], where
+        if is_openai_path(case.path):
+            assert body["error"]["message"] and body["error"]["type"], where
+        else:
+            assert body["status"] == "error" and body["code"], where
         assert "Traceback" not in response.text and "/work/" not in response.text, where
 
 
@@ -70,3 +74,5 @@ def test_no_route_answers_5xx(fuzz_worker: RunningWorker) -> None:
     assert called == paths
     execute = {status for m, p, status in CALLS if p == "/v1/execute"}
     assert 200 in execute and 422 in execute
+    chat = {status for m, p, status in CALLS if p == "/v1/chat/completions"}
+    assert 400 in chat

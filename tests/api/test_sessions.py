@@ -64,7 +64,7 @@ async def test_three_turns_over_websocket(worker: RunningWorker) -> None:
     prompts = [r["usage"]["prompt_tokens"] for r in results]
     cached = [r["usage"]["cached_tokens"] for r in results]
     assert prompts[0] < prompts[1] < prompts[2]
-    assert cached[0] == 0
+    assert cached[0] < prompts[0]  # at most another request's prefix: no session cache yet
     for i in (1, 2):
         previous = results[i - 1]["usage"]
         assert cached[i] >= previous["prompt_tokens"]
@@ -106,13 +106,18 @@ async def test_three_turns_over_rest_sync_and_streamed(worker: RunningWorker) ->
 async def test_reused_cache_gives_the_same_answer_as_the_full_prompt(
     worker: RunningWorker,
 ) -> None:
-    # Greedy decoding over the session's cached KV must equal decoding the whole transcript.
+    # Greedy decoding over the session's cached KV must equal decoding the whole transcript
+    # on a worker that has no cache to reuse (prefix caching would reuse the session's here).
     first = execute(worker, {"input": TURNS[0], **ASK}).json()
     ask = {**ASK, "max_tokens": 24}
     second = execute(worker, {"input": TURNS[1], "session_id": first["session_id"], **ask}).json()
     assert second["usage"]["cached_tokens"] > 0
     transcript = TURNS[0] + first["result"] + TURNS[1]
-    stateless = execute(worker, {"input": transcript, **ask}).json()
+    cold = start_worker(make_settings(parallel=1))
+    try:
+        stateless = execute(cold, {"input": transcript, **ask}).json()
+    finally:
+        cold.stop()
     assert stateless["usage"]["cached_tokens"] == 0
     assert stateless["usage"]["prompt_tokens"] == second["usage"]["prompt_tokens"]
     assert stateless["result"] == second["result"]
@@ -235,12 +240,12 @@ def test_max_sessions_evicts_the_least_recently_used() -> None:
 
 
 def test_an_evicted_session_is_rebuilt_from_its_history() -> None:
-    # One slot: another session's turn takes it, so the first session's cache is gone
-    # (and not kept on disk either).
+    # One slot: another session's turn (sharing no prefix) takes it, so the first session's
+    # cache is gone (and not kept on disk either).
     worker = start_worker(make_settings(parallel=1, kv_disk_cache_mb=0))
     try:
         a1 = execute(worker, {"input": TURNS[0], **ASK}).json()
-        b1 = execute(worker, {"input": TURNS[1].lstrip(), **ASK}).json()
+        b1 = execute(worker, {"input": STORY_PROMPT, **ASK}).json()
         assert b1["session_id"] != a1["session_id"]
         a2 = execute(worker, {"input": TURNS[1], "session_id": a1["session_id"], **ASK}).json()
         assert a2["usage"]["cached_tokens"] == 0  # processed again from the stored turns

@@ -1,7 +1,9 @@
 import pytest
 
 from gemma_worker.core.scheduling import (
+    Acquired,
     AdmissionQueue,
+    CachedPrefix,
     QueueFullError,
     SlotPool,
     SlotView,
@@ -52,40 +54,68 @@ def test_admission_queue_is_fifo_and_bounded() -> None:
 
 def test_slot_pool_hands_out_lowest_free() -> None:
     pool = SlotPool(3)
-    assert [pool.acquire(), pool.acquire()] == [(0, False), (1, False)]
+    assert [pool.acquire(), pool.acquire()] == [
+        Acquired(0, None, warm=False),
+        Acquired(1, None, warm=False),
+    ]
     pool.release(0)
-    assert pool.acquire() == (0, False)
-    assert pool.acquire() == (2, False)
+    assert pool.acquire() == Acquired(0, None, warm=False)
+    assert pool.acquire() == Acquired(2, None, warm=False)
     assert pool.acquire() is None
     with pytest.raises(ValueError, match="not in use"):
         pool.release(7)
 
 
-def test_slot_pool_hands_a_session_its_warm_slot() -> None:
-    pool = SlotPool(3)
-    for _ in range(3):
+def _busy(n: int) -> SlotPool:
+    pool = SlotPool(n)
+    for _ in range(n):
         pool.acquire()
-    pool.release(1, "s1")
-    pool.release(2, "s2")
+    return pool
+
+
+def test_longest_match_wins_even_over_a_lower_empty_slot() -> None:
+    pool = _busy(4)
+    a, b = CachedPrefix("k", (1, 2, 3)), CachedPrefix("k", (1, 2, 3, 4, 5))
     pool.release(0)
-    # the key's own slot, even though slot 0 is empty and lower
-    assert pool.acquire("s2") == (2, True)
-    # without a warm slot: an empty slot before any cached one
-    assert pool.acquire("other") == (0, False)
-    # then the least recently released cached slot, whose cache is given up
-    assert pool.acquire() == (1, False)
+    pool.release(2, a)
+    pool.release(3, b)
+    assert pool.cached("k") == [(2, a), (3, b)]
+    assert pool.cached("other") == []
+    assert pool.acquire({2: 3, 3: 5}) == Acquired(3, b, warm=True)
+
+
+def test_equal_matches_go_to_the_least_recently_used() -> None:
+    pool = _busy(3)
+    older, newer = CachedPrefix(None, (1, 2)), CachedPrefix(None, (1, 2, 9))
+    pool.release(1, older)
+    pool.release(2, newer)
+    assert pool.acquire({1: 2, 2: 2}) == Acquired(1, older, warm=True)
+
+
+def test_without_a_match_an_empty_slot_then_the_lru_cache_is_evicted() -> None:
+    pool = _busy(3)
+    old, new = CachedPrefix(None, (7,)), CachedPrefix(None, (8,))
+    pool.release(1, old)
+    pool.release(2, new)
+    pool.release(0)
+    assert pool.acquire({1: 0, 2: 0}) == Acquired(0, None, warm=False)
+    assert pool.acquire() == Acquired(1, old, warm=False)
+    assert pool.acquire() == Acquired(2, new, warm=False)
+
+
+def test_a_match_for_a_slot_without_cache_is_ignored() -> None:
+    pool = _busy(2)
     pool.release(1)
-    assert pool.acquire("s1") == (1, False)
+    assert pool.acquire({1: 5}) == Acquired(1, None, warm=False)
 
 
-def test_slot_pool_evicts_the_least_recently_used_cache() -> None:
-    pool = SlotPool(2)
-    pool.acquire()
-    pool.acquire()
-    pool.release(1, "old")
-    pool.release(0, "new")
-    assert pool.acquire() == (1, False)
-    assert pool.holder("old") is None
-    assert pool.holder("new") == 0
-    assert pool.forget("new") == 0
-    assert pool.acquire("new") == (0, False)
+def test_sessions_latest_cache_and_forget() -> None:
+    pool = _busy(3)
+    first, second = CachedPrefix("k", (1,), "s"), CachedPrefix("k", (1, 2), "s")
+    pool.release(0, first)
+    pool.release(1, second)
+    pool.release(2, CachedPrefix("k", (5,), "t"))
+    assert pool.holder("s") == 1
+    assert sorted(pool.forget("s")) == [0, 1]
+    assert pool.holder("s") is None
+    assert [s for s, _ in pool.caches()] == [2]

@@ -15,7 +15,7 @@ from gemma_worker.api.app import engine_config
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import GenerationRequest
 from gemma_worker.core.scheduling import StepEntry
-from gemma_worker.engine.job import GenerationHandle
+from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.messages import Finished, Started, Text
 from gemma_worker.settings import Settings
@@ -40,7 +40,7 @@ async def engine() -> AsyncIterator[LlamaEngine]:
 def submit(eng: LlamaEngine, settings: Settings, text: str, max_tokens: int) -> GenerationHandle:
     req = GenerationRequest(input=text, max_tokens=max_tokens, temperature=0.0)
     params = settings.request_limits().resolve(req)
-    return eng.submit(Conversation(text, "plain"), params, f"t-{text[:8]}")
+    return eng.submit(GenerationSpec(f"t-{text[:8]}", Conversation(text, "plain"), params))
 
 
 async def collect(handle: GenerationHandle) -> tuple[str, Finished]:
@@ -58,7 +58,7 @@ async def test_batched_outputs_equal_solo_runs(engine: LlamaEngine) -> None:
     solo = [await collect(submit(engine, settings, p, 24)) for p in PROMPTS]
     together = await asyncio.gather(*(collect(submit(engine, settings, p, 24)) for p in PROMPTS))
     assert [t for t, _ in together] == [t for t, _ in solo]
-    assert all(f.completion_tokens > 0 for _, f in together)
+    assert all(f.usage.completion_tokens > 0 for _, f in together)
 
 
 async def test_cancel_stops_within_a_step(engine: LlamaEngine) -> None:
@@ -73,7 +73,7 @@ async def test_cancel_stops_within_a_step(engine: LlamaEngine) -> None:
         if isinstance(event, Finished):
             break
     assert event.finish_reason == "cancelled"
-    assert event.completion_tokens <= seen + 2
+    assert event.usage.completion_tokens <= seen + 2
     assert engine.stats().active == 0
 
 
@@ -82,12 +82,12 @@ async def test_a_slow_consumer_pauses_only_itself(engine: LlamaEngine) -> None:
     slow = submit(engine, settings, PARIS_PROMPT, 200)
     assert isinstance(await slow.next_event(), Started)
     _, fast_done = await collect(submit(engine, settings, PROMPTS[1], 60))
-    assert fast_done.completion_tokens == 60
+    assert fast_done.usage.completion_tokens == 60
     # the unread stream is held at its buffer (4 events) instead of running to the end
     await asyncio.sleep(0.2)
     assert engine.stats().active == 1
     slow_text, slow_done = await collect(slow)
-    assert slow_done.completion_tokens == 200
+    assert slow_done.usage.completion_tokens == 200
     assert slow_text
 
 

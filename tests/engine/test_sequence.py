@@ -1,46 +1,68 @@
 from gemma_worker.core.request import SamplingParams
-from gemma_worker.engine.job import Job
+from gemma_worker.engine.job import GenerationSpec, Job
+from gemma_worker.engine.messages import Text, TokenLogprob
 from gemma_worker.engine.prompt import Prompt
 from gemma_worker.engine.sequence import SequenceState
 
 
 def make_seq(max_tokens: int = 10, stop: tuple[str, ...] = (), n_ctx: int = 100) -> SequenceState:
     params = SamplingParams(max_tokens, 0.0, 1.0, 0, None, stop)
-    job = Job("r", Prompt("p", True, False, "plain"), params, channel=None)  # type: ignore[arg-type]
+    spec = GenerationSpec("r", Prompt("p", True, False, "plain"), params)
+    job = Job(spec, channel=None)  # type: ignore[arg-type]
     return SequenceState(job, slot=0, order=1, prompt_tokens=[1, 2, 3], n_ctx=n_ctx)
+
+
+def feed(
+    seq: SequenceState, piece: bytes, eog: bool = False, logprob: TokenLogprob | None = None
+) -> tuple[str, str | None]:
+    text, reason = seq.on_token(piece, eog, logprob)
+    return ("" if text is None else text.text), reason
+
+
+def lp(token: str) -> TokenLogprob:
+    return TokenLogprob(token, -0.5, token.encode())
+
+
+def test_logprobs_of_held_back_tokens_go_out_with_the_next_text() -> None:
+    seq = make_seq(stop=("\nQ",))
+    assert seq.on_token(b" Paris", False, lp(" Paris"))[0] == Text(" Paris", (lp(" Paris"),))
+    assert seq.on_token(b"\n", False, lp("\n"))[0] is None  # may start the stop string
+    text, reason = seq.on_token(b"ice", False, lp("ice"))
+    assert text == Text("\nice", (lp("\n"), lp("ice")))
+    assert reason is None
 
 
 def test_multibyte_characters_wait_until_complete() -> None:
     seq = make_seq()
     euro = "€".encode()
-    assert seq.on_token(euro[:1], eog=False) == ("", None)
-    assert seq.on_token(euro[1:], eog=False) == ("€", None)
+    assert feed(seq, euro[:1], eog=False) == ("", None)
+    assert feed(seq, euro[1:], eog=False) == ("€", None)
 
 
 def test_max_tokens_ends_with_length() -> None:
     seq = make_seq(max_tokens=2)
-    assert seq.on_token(b"a", False) == ("a", None)
-    assert seq.on_token(b"b", False) == ("b", "length")
+    assert feed(seq, b"a", False) == ("a", None)
+    assert feed(seq, b"b", False) == ("b", "length")
     assert seq.n_generated == 2
 
 
 def test_end_of_generation_token_is_not_counted_or_shown() -> None:
     seq = make_seq()
-    seq.on_token(b"hi", False)
-    assert seq.on_token(b"", True) == ("", "stop")
+    feed(seq, b"hi", False)
+    assert feed(seq, b"", True) == ("", "stop")
     assert seq.n_generated == 1
 
 
 def test_stop_string_ends_with_stop() -> None:
     seq = make_seq(stop=("\n",))
-    assert seq.on_token(b" Paris", False) == (" Paris", None)
-    assert seq.on_token(b"\nQuestion", False) == ("", "stop")
+    assert feed(seq, b" Paris", False) == (" Paris", None)
+    assert feed(seq, b"\nQuestion", False) == ("", "stop")
 
 
 def test_context_end_ends_with_length() -> None:
     seq = make_seq(max_tokens=50, n_ctx=5)
     seq.n_past = 4
-    assert seq.on_token(b"x", False) == ("x", "length")
+    assert feed(seq, b"x", False) == ("x", "length")
 
 
 def test_prefill_progress() -> None:

@@ -14,13 +14,15 @@ from gemma_worker import __version__
 from gemma_worker.api.auth import AuthMiddleware
 from gemma_worker.api.body_limit import BodyLimitMiddleware
 from gemma_worker.api.errors import install_error_handlers
+from gemma_worker.api.house.routes import router as house_router
+from gemma_worker.api.house.websocket import websocket_endpoint
 from gemma_worker.api.metrics import HttpMetricsMiddleware, Metrics
 from gemma_worker.api.metrics_route import router as metrics_router
+from gemma_worker.api.openai.routes import router as openai_router
 from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
 from gemma_worker.api.state import Phase, WorkerState
-from gemma_worker.api.websocket import websocket_endpoint
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.protocol import Engine
@@ -153,6 +155,8 @@ def create_app(
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(house_router)
+    app.include_router(openai_router)
     app.include_router(session_router)
     app.include_router(metrics_router)
     app.add_api_websocket_route("/ws", websocket_endpoint)

@@ -76,13 +76,13 @@ class AuthMiddleware:
         state["auth_rejected"] = token is not None and principal is None
         if principal is None and scope["type"] == "http":
             self.count_error(ErrorCode.UNAUTHORIZED)
-            await _unauthorized(send)
+            await _unauthorized(send, scope["path"])
             return
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Send) -> None:
+async def _unauthorized(send: Send, path: str) -> None:
     error = WorkerError(
         ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer)"
     )
-    await send_error(send, error, [(b"www-authenticate", b'Bearer realm="gemma-worker"')])
+    await send_error(send, path, error, [(b"www-authenticate", b'Bearer realm="gemma-worker"')])

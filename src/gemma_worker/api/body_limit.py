@@ -32,7 +32,7 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._too_large(send)
+            await self._too_large(send, scope["path"])
             return
         chunks: list[bytes] = []
         size = 0
@@ -44,7 +44,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(send, scope["path"])
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -59,14 +59,14 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, path: str) -> None:
         self.count_error(ErrorCode.PAYLOAD_TOO_LARGE)
         error = WorkerError(
             ErrorCode.PAYLOAD_TOO_LARGE,
             f"request body is larger than {self.max_bytes} bytes",
             max_bytes=self.max_bytes,
         )
-        await send_error(send, error, [(b"connection", b"close")])
+        await send_error(send, path, error, [(b"connection", b"close")])
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from gemma_worker.api.openai.errors import is_openai_path, openai_error_body, openai_status
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import describe_errors, new_id
@@ -28,6 +29,10 @@ def error_response(
     """The REST form of a :class:`WorkerError`, counted in the app's metrics. 503, 409 and
     429 carry ``Retry-After``; 429 also the ``RateLimit-Limit/Remaining/Reset`` headers."""
     _count(request, exc.code)
+    return _response(request.url.path, exc, request_id)
+
+
+def _response(path: str, exc: WorkerError, request_id: str | None = None) -> JSONResponse:
     headers = {}
     if exc.code in _RETRY_CODES:
         headers["Retry-After"] = str(exc.details.get("retry_after", 1))
@@ -35,6 +40,8 @@ def error_response(
         for name in ("limit", "remaining", "reset"):
             if name in exc.details:
                 headers[f"RateLimit-{name.capitalize()}"] = str(exc.details[name])
+    if is_openai_path(path):
+        return JSONResponse(openai_error_body(exc), status_code=openai_status(exc), headers=headers)
     body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
     return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
@@ -50,14 +57,19 @@ def internal_error(what: str, **context: object) -> WorkerError:
 
 
 async def send_error(
-    send: Send, exc: WorkerError, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Send, path: str, exc: WorkerError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    """Answer with ``exc`` as a JSON error straight from ASGI middleware (before routing)."""
-    body = json.dumps(ev.error_body(exc.code, exc.message, **exc.details)).encode()
+    """Answer a request for ``path`` with ``exc`` as a JSON error straight from ASGI
+    middleware (before routing), in the shape of the path's API dialect."""
+    if is_openai_path(path):
+        status, payload = openai_status(exc), openai_error_body(exc)
+    else:
+        status, payload = exc.http_status, ev.error_body(exc.code, exc.message, **exc.details)
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": exc.http_status,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -85,14 +97,22 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             request, WorkerError(ErrorCode.INVALID_JSON, "body must be a JSON object")
         )
-    return error_response(request, WorkerError(ErrorCode.INVALID_REQUEST, describe_errors(errors)))
+    first = errors[0].get("loc", ()) if errors else ()
+    param = ".".join(str(p) for p in first if p != "body") or None
+    return error_response(
+        request, WorkerError(ErrorCode.INVALID_REQUEST, describe_errors(errors), param=param)
+    )
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = ErrorCode.INVALID_REQUEST
     _count(request, code)
-    body = ev.error_body(code, str(exc.detail))
+    error = WorkerError(code, str(exc.detail))
+    if is_openai_path(request.url.path):
+        body = openai_error_body(error, exc.status_code)
+    else:
+        body = ev.error_body(code, error.message)
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
@@ -104,7 +124,7 @@ async def _worker_error_handler(request: Request, exc: Exception) -> JSONRespons
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     error = internal_error("unexpected error", path=request.url.path)
     _count(request, error.code)
-    return JSONResponse(ev.error_body(error.code, error.message, **error.details), status_code=500)
+    return _response(request.url.path, error)
 
 
 def install_error_handlers(app: FastAPI) -> None:

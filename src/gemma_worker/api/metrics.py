@@ -8,6 +8,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gemma_worker.core.usage import Timings, Usage
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
@@ -61,7 +63,7 @@ class Metrics:
         )
         self.cached_prompt_tokens = Counter(
             p + "prompt_tokens_cached_total",
-            "Prompt tokens reused from a session's KV cache.",
+            "Prompt tokens reused from a KV cache (prefix caching, sessions).",
             registry=r,
         )
         self.generation_tokens = Counter(
@@ -92,30 +94,19 @@ class Metrics:
         if code == "RATE_LIMITED":
             self.rate_limited.inc()
 
-    def finished(
-        self,
-        transport: str,
-        finish_reason: str,
-        *,
-        prompt_tokens: int,
-        cached_tokens: int,
-        completion_tokens: int,
-        queue_ms: float,
-        ttft_ms: float | None,
-        tokens_per_second: float | None,
-    ) -> None:
+    def finished(self, transport: str, finish_reason: str, usage: Usage, timings: Timings) -> None:
         """Account for one generation that ended with a result."""
         self.generations.labels(transport=transport, finish_reason=finish_reason).inc()
         if finish_reason == "cancelled":
             self.cancellations.inc()
-        self.prompt_tokens.inc(prompt_tokens)
-        self.cached_prompt_tokens.inc(cached_tokens)
-        self.generation_tokens.inc(completion_tokens)
-        self.queue_wait.observe(queue_ms / 1e3)
-        if ttft_ms is not None:
-            self.ttft.observe(ttft_ms / 1e3)
-        if tokens_per_second:
-            self.itl.observe(1.0 / tokens_per_second)
+        self.prompt_tokens.inc(usage.prompt_tokens)
+        self.cached_prompt_tokens.inc(usage.cached_tokens)
+        self.generation_tokens.inc(usage.completion_tokens)
+        self.queue_wait.observe(timings.queue_ms / 1e3)
+        if timings.ttft_ms is not None:
+            self.ttft.observe(timings.ttft_ms / 1e3)
+        if timings.tokens_per_second:
+            self.itl.observe(1.0 / timings.tokens_per_second)
 
     def exposition(self) -> bytes:
         """The text format for ``GET /metrics``."""

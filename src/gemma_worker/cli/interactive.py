@@ -15,7 +15,7 @@ from gemma_worker.cli.loading import load_engine
 from gemma_worker.cli.progress import Progress
 from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
 from gemma_worker.core.request import GenerationRequest
-from gemma_worker.engine.job import GenerationHandle
+from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished, Text
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.settings import Settings
@@ -85,7 +85,9 @@ async def run_interactive(settings: Settings) -> int:
                 return 0
             req = GenerationRequest(input=line, stop=chat.stop or None)
             params = settings.request_limits().resolve(req)
-            handle = engine.submit(chat.conversation(line), params, "cli-chat", chat.key)
+            handle = engine.submit(
+                GenerationSpec("cli-chat", chat.conversation(line), params, session=chat.key)
+            )
             current[:] = [handle]
             answer = ""
             async for event in handle.events():

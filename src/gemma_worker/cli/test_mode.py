@@ -9,6 +9,7 @@ from gemma_worker.cli.loading import load_engine
 from gemma_worker.cli.progress import Progress
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import GenerationRequest
+from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished, Text
 from gemma_worker.settings import Settings
 
@@ -23,7 +24,7 @@ async def run_test(settings: Settings, prompt: str, max_tokens: int) -> int:
         req = GenerationRequest(input=prompt, max_tokens=max_tokens, temperature=0.0)
         params = settings.request_limits().resolve(req)
         conv = Conversation(prompt, engine.renderer.default_format)
-        handle = engine.submit(conv, params, "cli-test")
+        handle = engine.submit(GenerationSpec("cli-test", conv, params))
         out = sys.stdout
         out.write(f"[3/3] generating ({max_tokens} tokens max)\n--- prompt ---\n{prompt}\n")
         out.write("--- output ---\n")
@@ -42,12 +43,13 @@ async def run_test(settings: Settings, prompt: str, max_tokens: int) -> int:
             elif isinstance(event, Finished):
                 out.write("\n--- figures ---\n")
                 ttft = (first - t0) * 1e3 if first else float("nan")
-                tps = event.tokens_per_second or 0.0
+                tps = event.timings.tokens_per_second or 0.0
                 out.write(
                     f"load time: {load_s * 1e3:.0f} ms\n"
                     f"time to first token: {ttft:.1f} ms\n"
                     f"tokens/s: {tps:.1f}\n"
-                    f"tokens: {event.prompt_tokens} prompt, {event.completion_tokens} generated"
+                    f"tokens: {event.usage.prompt_tokens} prompt, "
+                    f"{event.usage.completion_tokens} generated"
                     f" (finish: {event.finish_reason})\n"
                 )
         if not text.strip():

@@ -9,54 +9,38 @@ one connection.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.usage import Timings, Usage
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
 Event = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one generation; ``cached_tokens`` of the prompt were reused from the
-    session's KV cache instead of being processed again."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        """JSON form, with ``total_tokens`` added."""
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "cached_tokens": self.cached_tokens,
-        }
+def usage_json(usage: Usage) -> dict[str, int]:
+    """The house protocol's form of :class:`Usage` (``cached_tokens`` flat beside the counts)."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens,
+    }
 
 
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """Latency figures of one generation, in milliseconds (tokens/s for the rate)."""
+def timings_json(timings: Timings) -> dict[str, float | None]:
+    """The house protocol's form of :class:`Timings`, rounded for humans."""
 
-    queue_ms: float
-    ttft_ms: float | None
-    tokens_per_second: float | None
-    total_ms: float
+    def r(value: float | None) -> float | None:
+        return None if value is None else round(value, 2)
 
-    def to_dict(self) -> dict[str, float | None]:
-        """JSON form, rounded for humans."""
-        return {
-            "queue_ms": round(self.queue_ms, 2),
-            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 2),
-            "tokens_per_second": (
-                None if self.tokens_per_second is None else round(self.tokens_per_second, 2)
-            ),
-            "total_ms": round(self.total_ms, 2),
-        }
+    return {
+        "queue_ms": r(timings.queue_ms),
+        "ttft_ms": r(timings.ttft_ms),
+        "tokens_per_second": r(timings.tokens_per_second),
+        "total_ms": r(timings.total_ms),
+    }
 
 
 def session_event(session_id: str, request_id: str, *, new: bool, turns: int) -> Event:
@@ -99,8 +83,8 @@ def result_event(
         "session_id": session_id,
         "request_id": request_id,
         "finish_reason": finish_reason,
-        "usage": usage.to_dict(),
-        "timings": timings.to_dict(),
+        "usage": usage_json(usage),
+        "timings": timings_json(timings),
     }
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.response_format import ResponseFormat
 
 PromptFormat = Literal["auto", "plain", "chat"]
 
@@ -84,6 +85,15 @@ class GenerationRequest(BaseModel):
     stream: Annotated[
         bool, Field(default=False, description="REST only: answer with an ND-JSON stream.")
     ] = False
+    response_format: Annotated[
+        ResponseFormat | None,
+        Field(
+            default=None,
+            description='OpenAI\'s shape: {"type": "text"}, {"type": "json_object"} or '
+            '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; the answer '
+            "is then constrained by a grammar to valid JSON (matching the schema).",
+        ),
+    ] = None
 
     @field_validator("input")
     @classmethod
@@ -127,6 +137,14 @@ class SamplingParams:
     top_k: int
     seed: int | None
     stop: tuple[str, ...]
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: (token id, bias added to its logit) pairs; ``-inf`` bans the token.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: When true, ``max_tokens`` is lowered to what the context leaves after the prompt instead
+    #: of the request being refused (for a request that did not ask for a length).
+    fit_context: bool = False
 
 
 @dataclass(frozen=True, slots=True)

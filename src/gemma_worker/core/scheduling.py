@@ -9,7 +9,7 @@ no larger than ``prefill_chunk`` so a long prompt never freezes the running stre
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -96,19 +96,39 @@ class AdmissionQueue(Generic[T]):
         return True
 
 
-class SlotPool:
-    """Which of ``n`` slots are free, and whose KV cache a free slot still holds.
+@dataclass(frozen=True, slots=True)
+class CachedPrefix:
+    """What a free slot's KV cache holds: ``tokens`` (positions 0..n-1), computed for a request
+    in ``scope`` (an API key id; ``None`` when keys are off), of ``session`` if it was a turn."""
 
-    A slot released with a ``key`` (a session id) keeps that conversation's cache. ``acquire``
-    hands a request the slot holding its own key when that slot is free ("warm"); otherwise
-    the lowest empty slot; otherwise the free slot whose cache has been unused longest, whose
-    cache is then given up.
+    scope: str | None
+    tokens: tuple[int, ...]
+    session: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """A slot handed out. ``cache`` is what it held (``None``: empty); ``warm`` says the request
+    reuses a prefix of it, else the cache is given up."""
+
+    slot: int
+    cache: CachedPrefix | None
+    warm: bool
+
+
+class SlotPool:
+    """The one owner of which slots are free and what each free slot's KV cache holds.
+
+    Every request leaves its cache behind when it releases its slot (automatic prefix caching).
+    ``acquire`` is given how many tokens of each same-scope cache the new prompt can reuse; it
+    hands out the slot with the longest match, ties going to the least recently used; with no
+    match, the lowest empty slot, else the least recently used cache is evicted.
     """
 
     def __init__(self, n: int) -> None:
         self.size = n
         self._free: set[int] = set(range(n))
-        self._keys: dict[int, str] = {}  # free slot -> key of the cache it holds
+        self._caches: dict[int, CachedPrefix] = {}  # free slot -> its cache
         self._released: dict[int, int] = {}  # free slot -> when it was released
         self._clock = 0
 
@@ -117,40 +137,48 @@ class SlotPool:
         """Number of free slots."""
         return len(self._free)
 
-    def holder(self, key: str) -> int | None:
-        """The free slot holding ``key``'s cache, if any."""
-        return next((s for s, k in self._keys.items() if k == key), None)
+    def cached(self, scope: str | None) -> list[tuple[int, CachedPrefix]]:
+        """The free slots holding a cache of ``scope``, with what they hold."""
+        return [(s, c) for s, c in self._caches.items() if c.scope == scope]
 
-    def acquire(self, key: str | None = None) -> tuple[int, bool] | None:
-        """A free slot and whether it holds ``key``'s cache; ``None`` when all are busy."""
+    def caches(self) -> list[tuple[int, CachedPrefix]]:
+        """Every free slot's cache."""
+        return list(self._caches.items())
+
+    def holder(self, session: str) -> int | None:
+        """The free slot holding ``session``'s most recent cache, if any."""
+        slots = [s for s, c in self._caches.items() if c.session == session]
+        return max(slots, key=self._released.__getitem__) if slots else None
+
+    def acquire(self, matches: Mapping[int, int] | None = None) -> Acquired | None:
+        """A free slot (``None`` when all are busy). ``matches`` maps free slots whose cache the
+        request may reuse to the number of reusable tokens."""
         if not self._free:
             return None
-        warm = None if key is None else self.holder(key)
-        if warm is not None:
-            slot = warm
+        usable = {s: n for s, n in (matches or {}).items() if n > 0 and s in self._caches}
+        if usable:
+            slot = max(usable, key=lambda s: (usable[s], -self._released[s]))
         else:
-            empty = [s for s in self._free if s not in self._keys]
+            empty = [s for s in self._free if s not in self._caches]
             slot = min(empty) if empty else min(self._free, key=self._released.__getitem__)
         self._free.remove(slot)
-        self._keys.pop(slot, None)
+        cache = self._caches.pop(slot, None)
         self._released.pop(slot, None)
-        return slot, warm is not None
+        return Acquired(slot, cache, warm=bool(usable))
 
-    def release(self, slot: int, key: str | None = None) -> None:
-        """Give ``slot`` back, noting that it keeps ``key``'s cache (if a key is given)."""
+    def release(self, slot: int, cache: CachedPrefix | None = None) -> None:
+        """Give ``slot`` back, holding ``cache`` (``None``: its KV cache was cleared)."""
         if slot in self._free or not 0 <= slot < self.size:
             raise ValueError(f"slot {slot} is not in use")
         self._free.add(slot)
         self._clock += 1
         self._released[slot] = self._clock
-        if key is not None:
-            for other in [s for s, k in self._keys.items() if k == key]:
-                del self._keys[other]  # one cache per key: the newest wins
-            self._keys[slot] = key
+        if cache is not None:
+            self._caches[slot] = cache
 
-    def forget(self, key: str) -> int | None:
-        """Stop treating ``key``'s cache as reusable; the slot that held it, if any."""
-        slot = self.holder(key)
-        if slot is not None:
-            del self._keys[slot]
-        return slot
+    def forget(self, session: str) -> list[int]:
+        """Drop every cache of ``session`` (it was deleted); the slots that held one."""
+        slots = [s for s, c in self._caches.items() if c.session == session]
+        for slot in slots:
+            del self._caches[slot]
+        return slots

@@ -11,21 +11,50 @@ from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.messages import EngineEvent, Failed, Finished
+from gemma_worker.engine.prompt import Prompt
+from gemma_worker.engine.sampler import Grammar
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class GenerationSpec:
+    """What to generate: the engine's one input type, whatever API the request came through.
+
+    ``prompt`` is a conversation (rendered by the engine, oldest turns left out if it does not
+    fit) or a prompt already rendered. The KV cache a request leaves behind may be reused by any
+    later request of the same ``scope`` (an API key id; ``None`` when keys are off) whose prompt
+    starts with the same tokens. ``session`` names a session whose cache may also be saved to
+    disk when its slot is taken, and is dropped with :meth:`Engine.forget`. ``grammar``
+    constrains the output; ``top_logprobs`` (0-20) asks for log-probabilities of each token.
+    """
+
+    request_id: str
+    prompt: Conversation | Prompt
+    params: SamplingParams
+    scope: str | None = None
+    session: str | None = None
+    grammar: Grammar | None = None
+    top_logprobs: int | None = None
 
 
 @dataclass(eq=False)
 class Job:
     """Shared between threads: the loop sets ``cancelled``; the engine reads it between steps
-    and reports through ``channel``. ``cache_key`` names the conversation (a session id) whose
-    KV cache the engine may keep after the job and reuse for the next job with the same key."""
+    and reports through ``channel``."""
 
-    request_id: str
-    conversation: Conversation
-    params: SamplingParams
+    spec: GenerationSpec
     channel: EventChannel[EngineEvent]
-    cache_key: str | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
+    #: The spec's parameters, with ``max_tokens`` fitted to the context once the prompt is known.
+    params: SamplingParams = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.params = self.spec.params
+
+    @property
+    def request_id(self) -> str:
+        """The request's id."""
+        return self.spec.request_id
 
 
 def _abandon(job: Job, wake: Callable[[], None]) -> None:

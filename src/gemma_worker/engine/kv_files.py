@@ -86,6 +86,24 @@ class KVFiles:
         tokens = list(struct.unpack_from(f"<{n_tokens}i", data, _HEAD.size))
         return KVEntry(tokens, data[end:])
 
+    def tokens(self, key: str) -> list[int] | None:
+        """The tokens of ``key``'s saved cache (read from its header, the state stays on
+        disk); ``None`` if there is none that fits this model."""
+        try:
+            with self._path(key).open("rb") as f:
+                head = f.read(_HEAD.size)
+                if len(head) < _HEAD.size:
+                    return None
+                magic, version, fingerprint, n_tokens = _HEAD.unpack(head)
+                if (magic, version, fingerprint) != (_MAGIC, _VERSION, self._fingerprint):
+                    return None
+                data = f.read(4 * n_tokens)
+        except OSError:
+            return None
+        if len(data) < 4 * n_tokens:
+            return None
+        return list(struct.unpack(f"<{n_tokens}i", data))
+
     def forget(self, key: str) -> None:
         """Delete ``key``'s saved cache, if any."""
         with contextlib.suppress(FileNotFoundError):

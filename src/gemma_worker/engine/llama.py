@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
-import numpy as np
-
-from gemma_worker.core.request import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -118,41 +115,6 @@ class Batch:
         lc.llama_batch_free(self._batch)
 
 
-class Sampler:
-    """One request's sampler: greedy argmax at temperature 0, else a llama.cpp chain of
-    top-k, top-p, temperature and a seeded distribution."""
-
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
-        self._n_vocab = n_vocab
-        self._chain = None
-        if params.temperature > 0.0:
-            self._chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-            add = lc.llama_sampler_chain_add
-            if params.top_k > 0:
-                add(self._chain, lc.llama_sampler_init_top_k(params.top_k))
-            if params.top_p < 1.0:
-                add(self._chain, lc.llama_sampler_init_top_p(params.top_p, 1))
-            add(self._chain, lc.llama_sampler_init_temp(params.temperature))
-            seed = lc.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
-            add(self._chain, lc.llama_sampler_init_dist(seed))
-
-    def sample(self, ctx: Any, index: int) -> int:
-        """Sample (and accept) a token from the logits at batch ``index``."""
-        if self._chain is None:
-            # llama.cpp's greedy sampler first copies all 262k candidates: argmax is ~6x faster.
-            logits = np.ctypeslib.as_array(
-                lc.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,)
-            )
-            return int(logits.argmax())
-        return int(lc.llama_sampler_sample(self._chain, ctx, index))
-
-    def free(self) -> None:
-        """Release the chain and its samplers."""
-        if self._chain is not None:
-            lc.llama_sampler_free(self._chain)
-            self._chain = None
-
-
 class LlamaModel:
     """A loaded GGUF model with one context of ``n_seq`` sequences of ``n_ctx_seq`` tokens each."""
 
@@ -211,7 +173,6 @@ class LlamaModel:
         self.n_swa = int(lc.llama_model_n_swa(self.model))
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
         self.info = self._read_info()
         self.bos_head = self.tokenize("", add_special=True, parse_special=False)
 
@@ -288,8 +249,7 @@ class LlamaModel:
         """The bytes a generated token stands for (special tokens render as nothing)."""
         cached = self._pieces.get(token)
         if cached is None:
-            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
-            cached = self._piece_buf.raw[: max(n, 0)]
+            cached = self._token_to_piece(token, special=False)
             self._pieces[token] = cached
         return cached
 
@@ -298,10 +258,15 @@ class LlamaModel:
         text that tokenises back to it when special tokens are parsed."""
         cached = self._special_pieces.get(token)
         if cached is None:
-            n = lc.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, True)
-            cached = self._piece_buf.raw[: max(n, 0)]
+            cached = self._token_to_piece(token, special=True)
             self._special_pieces[token] = cached
         return cached
+
+    def _token_to_piece(self, token: int, *, special: bool) -> bytes:
+        # A buffer per call: pieces are cached, and the vocabulary thread calls this too.
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
+        return buf.raw[: max(n, 0)]
 
     def is_control(self, token: int) -> bool:
         """Whether ``token`` is a control token (BOS, turn markers...)."""

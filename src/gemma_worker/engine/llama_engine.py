@@ -8,43 +8,50 @@ disconnected ones leave at once and their KV cells are freed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.events import FinishReason
-from gemma_worker.core.prefix import match_prefix, token_boundaries
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
 from gemma_worker.core.scheduling import (
     AdmissionQueue,
+    CachedPrefix,
     QueueFullError,
     SlotPool,
     SlotView,
     StepEntry,
     plan_step,
 )
+from gemma_worker.core.usage import Timings, Usage
 from gemma_worker.engine.channel import EventChannel
-from gemma_worker.engine.job import GenerationHandle, Job
+from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
 from gemma_worker.engine.kv_files import KVFiles
-from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError, Sampler
+from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError
 from gemma_worker.engine.messages import (
     EngineEvent,
     Failed,
     Finished,
     Queued,
     Started,
-    Text,
     Trimmed,
 )
 from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.prompt import Prompt, PromptRenderer
 from gemma_worker.engine.protocol import EngineState, EngineStats
+from gemma_worker.engine.sampler import Grammar, GrammarError, Sampler, compile_grammar
 from gemma_worker.engine.sequence import SequenceState
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +100,20 @@ class _Forget:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False)
 class _Prepared:
     """An accepted job with its rendered, tokenised prompt."""
 
     job: Job
     prompt: Prompt
     tokens: list[int]
+    #: Byte offsets of the prompt text where its tokens break (worked out when first needed).
+    boundaries: set[int] | None = None
+
+    @property
+    def text(self) -> bytes:
+        """The prompt text as UTF-8."""
+        return self.prompt.text.encode("utf-8")
 
 
 _Message = Job | _Stop | _Wake | _Forget
@@ -125,11 +139,12 @@ class LlamaEngine:
             config.max_queue + config.parallel
         )
         self._seqs: dict[int, SequenceState] = {}
-        # free slot -> (session key, tokens) of the cache it keeps
-        self._kv: dict[int, tuple[str, list[int]]] = {}
         self._kv_files: KVFiles | None = None
         self._samplers: dict[int, Sampler] = {}
         self._order = 0
+        # Vocabulary-only work (grammar compilation, /tokenize) runs here, beside the engine
+        # thread, so decoding never waits for it; it never touches the context.
+        self._vocab_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-vocab")
 
     # --- Engine protocol (event loop side) --------------------------------------------------
     @property
@@ -164,18 +179,8 @@ class LlamaEngine:
         self._thread.start()
         await loaded
 
-    def submit(
-        self,
-        conversation: Conversation,
-        params: SamplingParams,
-        request_id: str,
-        cache_key: str | None = None,
-    ) -> GenerationHandle:
-        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full.
-
-        With a ``cache_key`` (a session id) the KV cache is kept after the generation, and the
-        next generation with that key reuses whatever prefix of it its prompt shares.
-        """
+    def submit(self, spec: GenerationSpec) -> GenerationHandle:
+        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full."""
         if self._state is not EngineState.READY:
             raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
         with self._pending_lock:
@@ -186,15 +191,41 @@ class LlamaEngine:
                     ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
                 )
             self._pending += 1
-        job = Job(
-            request_id=request_id,
-            conversation=conversation,
-            params=params,
-            channel=EventChannel(asyncio.get_running_loop(), self.config.stream_buffer),
-            cache_key=cache_key,
-        )
+        job = Job(spec, EventChannel(asyncio.get_running_loop(), self.config.stream_buffer))
         self._inbox.put(job)
         return GenerationHandle(job, self._wake)
+
+    async def _on_vocab_thread(self, fn: Callable[[LlamaModel], T]) -> T:
+        model = self._model
+        if model is None or self._state is not EngineState.READY:
+            raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready", retry_after=1)
+        return await asyncio.get_running_loop().run_in_executor(self._vocab_thread, fn, model)
+
+    async def compile_grammar(self, gbnf: str) -> Grammar:
+        """Compile a GBNF grammar (root rule ``root``) off the decode loop;
+        ``INVALID_REQUEST`` if llama.cpp refuses it."""
+        try:
+            return await self._on_vocab_thread(lambda m: compile_grammar(m.vocab, gbnf))
+        except GrammarError as exc:
+            raise WorkerError(ErrorCode.INVALID_REQUEST, "the output grammar is invalid") from exc
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """``text`` as token ids."""
+        return await self._on_vocab_thread(
+            lambda m: m.tokenize(text, add_special=add_special, parse_special=parse_special)
+        )
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes (special tokens spelled out); ``INVALID_REQUEST`` for an id
+        outside the vocabulary."""
+        n_vocab = self.info.n_vocab if self.info is not None else 0
+        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"token id {bad} is not in the vocabulary (0-{n_vocab - 1})",
+            )
+        return await self._on_vocab_thread(lambda m: [m.special_piece(t) for t in tokens])
 
     def stats(self) -> EngineStats:
         """Current load (a racy snapshot, fine for reporting)."""
@@ -210,11 +241,12 @@ class LlamaEngine:
         if self._thread is not None and self._thread.is_alive():
             self._inbox.put(_Stop())
             await asyncio.to_thread(self._thread.join)
+        self._vocab_thread.shutdown(wait=True)
         self._state = EngineState.CLOSED
 
-    def forget(self, cache_key: str) -> None:
-        """Drop the KV cache kept for ``cache_key`` (its session is gone)."""
-        self._inbox.put(_Forget(cache_key))
+    def forget(self, session: str) -> None:
+        """Drop the KV caches kept for ``session`` (it is gone)."""
+        self._inbox.put(_Forget(session))
 
     def _wake(self) -> None:
         self._inbox.put(_Wake())
@@ -346,14 +378,15 @@ class LlamaEngine:
             job.channel.put(Queued(position - self._slots.n_free))
 
     def _prepare(self, job: Job) -> _Prepared:
-        """Render and tokenise the prompt, leaving out the oldest turns if the history does
-        not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not."""
+        """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
+        history does not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not."""
         model, renderer = self._model, self._renderer
         assert model is not None and renderer is not None
-        conv = job.conversation
+        source = job.spec.prompt
         limit = self.config.max_input_tokens
         if limit is not None:
-            n_input = len(model.tokenize(conv.input, add_special=False, parse_special=False))
+            text = source.input if isinstance(source, Conversation) else source.text
+            n_input = len(model.tokenize(text, add_special=False, parse_special=False))
             if n_input > limit:
                 raise WorkerError(
                     ErrorCode.INVALID_REQUEST,
@@ -362,91 +395,163 @@ class LlamaEngine:
                     max_input_tokens=limit,
                 )
         n_ctx = model.n_ctx_seq
-        budget = n_ctx - job.params.max_tokens
+        params = job.params
+        # A request that fits its answer to the context needs room for one token at least.
+        budget = n_ctx - (1 if params.fit_context else params.max_tokens)
         built: dict[int, tuple[Prompt, list[int]]] = {}
 
         def build(drop: int) -> tuple[Prompt, list[int]]:
             if drop not in built:
-                prompt = renderer.render(conv.without_oldest(drop))
+                prompt = (
+                    renderer.render(source.without_oldest(drop))
+                    if isinstance(source, Conversation)
+                    else source
+                )
                 tokens = model.tokenize(
                     prompt.text, add_special=prompt.add_special, parse_special=prompt.parse_special
                 )
                 built[drop] = (prompt, tokens)
             return built[drop]
 
-        n_history = len(conv.history)
+        n_history = len(source.history) if isinstance(source, Conversation) else 0
         drop = turns_to_drop(n_history, lambda d: len(build(d)[1]) <= budget)
         if drop is None:
             n_prompt = len(build(n_history)[1])
             what = "the input alone" if n_history else "prompt"
             raise WorkerError(
                 ErrorCode.CONTEXT_OVERFLOW,
-                f"{what} ({n_prompt} tokens) + max_tokens ({job.params.max_tokens}) "
+                f"{what} ({n_prompt} tokens) + max_tokens ({params.max_tokens}) "
                 f"exceeds the context of {n_ctx} tokens",
                 n_prompt_tokens=n_prompt,
-                max_tokens=job.params.max_tokens,
+                max_tokens=params.max_tokens,
                 n_ctx=n_ctx,
             )
         if drop:
             job.channel.put(Trimmed(dropped_turns=drop, kept_turns=n_history - drop))
         prompt, tokens = build(drop)
+        if params.fit_context:
+            job.params = dataclasses.replace(
+                params, max_tokens=min(params.max_tokens, n_ctx - len(tokens))
+            )
         return _Prepared(job, prompt, tokens)
 
     def _admit(self) -> None:
         assert self._model is not None
         admitted = False
-        while len(self._waiting) > 0:
-            acquired = self._slots.acquire(self._waiting.peek().job.cache_key)
-            if acquired is None:
-                break
-            slot, warm = acquired
-            prepared = self._waiting.pop()
-            job = prepared.job
+        while len(self._waiting) > 0 and self._slots.n_free > 0:
+            prepared = self._waiting.peek()
+            spec = prepared.job.spec
+            matches = {
+                slot: self._match(prepared, cache.tokens)
+                for slot, cache in self._slots.cached(spec.scope)
+            }
+            scores = {s: self._useful(prepared, m) for s, m in matches.items()}
+            # A session whose latest cache went to disk gets it back when it beats every slot.
+            saved = self._saved_match(prepared)
+            if saved and saved > max(scores.values(), default=0):
+                scores = {}
+            acquired = self._slots.acquire(scores)
+            assert acquired is not None
+            self._waiting.pop()
+            slot, old = acquired.slot, acquired.cache
             tokens, n_cached = prepared.tokens, 0
-            kept = self._kv.pop(slot, None)
-            if not warm and kept is not None:
-                self._stash(slot, *kept)  # another session's cache: keep it on disk
-            cached = kept[1] if warm and kept else self._restore(slot, job.cache_key)
-            if cached:
-                tokens, n_cached = self._reuse(slot, prepared, cached)
+            if (
+                old is not None
+                and old.session not in {None, spec.session}
+                and self._slots.holder(old.session or "") is None
+            ):
+                self._stash(slot, old)  # another session's latest cache: keep it on disk
+            if acquired.warm and old is not None:
+                tokens, n_cached = self._reuse(slot, prepared, old.tokens, matches[slot])
+            elif saved and (restored := self._restore(slot, spec.session)) is not None:
+                match = self._match(prepared, restored)
+                tokens, n_cached = self._reuse(slot, prepared, restored, match)
             else:
                 self._model.clear_sequence(slot)
-            self._order += 1
-            seq = SequenceState(
-                job, slot, self._order, tokens, self._model.n_ctx_seq, n_cached=n_cached
-            )
-            self._seqs[slot] = seq
-            self._samplers[slot] = Sampler(job.params, self._model.info.n_vocab)
-            job.channel.put(Started(len(tokens), n_cached))
+            self._start(prepared, slot, tokens, n_cached)
             admitted = True
         if admitted:  # everyone still waiting moved up
             for position, waiting in enumerate(self._waiting, start=1):
                 waiting.job.channel.put(Queued(position))
 
-    def _reuse(self, slot: int, prepared: _Prepared, cached: list[int]) -> tuple[list[int], int]:
-        """The prompt tokens for ``prepared`` in a slot whose KV cache holds ``cached``, and how
-        many of them are already there. Falls back to a cold start (the whole prompt, nothing
-        cached) when too little matches or the cache cannot continue."""
+    def _start(self, prepared: _Prepared, slot: int, tokens: list[int], n_cached: int) -> None:
+        model = self._model
+        assert model is not None
+        job = prepared.job
+        try:
+            sampler = Sampler(
+                job.params,
+                model.info.n_vocab,
+                grammar=job.spec.grammar,
+                piece=model.piece,
+                top_logprobs=job.spec.top_logprobs,
+            )
+        except Exception:
+            log.exception("sampler setup failed", extra={"request_id": job.request_id})
+            model.clear_sequence(slot)
+            self._slots.release(slot)
+            self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "sampling setup failed"))
+            return
+        self._order += 1
+        self._seqs[slot] = SequenceState(
+            job, slot, self._order, tokens, model.n_ctx_seq, n_cached=n_cached
+        )
+        self._samplers[slot] = sampler
+        job.channel.put(Started(len(tokens), n_cached))
+
+    def _match(self, prepared: _Prepared, cached: tuple[int, ...] | list[int]) -> PrefixMatch:
+        """How much of ``cached`` the prepared prompt can reuse (matched on text: a session's
+        next prompt is rendered from stored text, whose tokens may differ from those the model
+        generated)."""
         model = self._model
         assert model is not None
         prompt = prepared.prompt
-        text = prompt.text.encode("utf-8")
         head = model.bos_head if prompt.add_special else []
-        match = match_prefix(
+        if prepared.boundaries is None:
+            prepared.boundaries = token_boundaries(prepared.tokens, len(head), model.special_piece)
+        return match_prefix(
             cached,
             head,
-            text,
+            prepared.text,
             model.special_piece,
             (lambda _t: True) if prompt.parse_special else (lambda t: not model.is_control(t)),
-            boundaries=token_boundaries(prepared.tokens, len(head), model.special_piece),
+            boundaries=prepared.boundaries,
         )
+
+    def _useful(self, prepared: _Prepared, match: PrefixMatch) -> int:
+        """How many cached tokens a match saves (a match of the BOS alone saves nothing)."""
+        assert self._model is not None
+        head = len(self._model.bos_head) if prepared.prompt.add_special else 0
+        return match.n_tokens if match.n_tokens > head else 0
+
+    def _saved_match(self, prepared: _Prepared) -> int:
+        """How many tokens of the request's session cache saved on disk it could reuse."""
+        key = prepared.job.spec.session
+        if key is None or self._kv_files is None:
+            return 0
+        tokens = self._kv_files.tokens(key)
+        return 0 if tokens is None else self._useful(prepared, self._match(prepared, tokens))
+
+    def _reuse(
+        self,
+        slot: int,
+        prepared: _Prepared,
+        cached: tuple[int, ...] | list[int],
+        match: PrefixMatch,
+    ) -> tuple[list[int], int]:
+        """The prompt tokens for ``prepared`` in a slot whose KV cache starts with the
+        ``match``ed tokens, and how many of them are already there. Falls back to a cold start
+        (the whole prompt, nothing cached) when nothing matches or the cache cannot continue."""
+        model = self._model
+        assert model is not None
+        prompt = prepared.prompt
         if match.n_tokens > 0:
             rest = model.tokenize(
-                text[match.n_bytes :].decode("utf-8"),
+                prepared.text[match.n_bytes :].decode("utf-8"),
                 add_special=False,
                 parse_special=prompt.parse_special,
             )
-            tokens = cached[: match.n_tokens] + rest
+            tokens = list(cached[: match.n_tokens]) + rest
             # At least one prompt token must be decoded to get the logits of the next one.
             n_cached = min(match.n_tokens, len(tokens) - 1)
             fits = len(tokens) + prepared.job.params.max_tokens <= model.n_ctx_seq
@@ -455,15 +560,21 @@ class LlamaEngine:
         model.clear_sequence(slot)
         return prepared.tokens, 0
 
-    def _stash(self, slot: int, key: str, tokens: list[int]) -> None:
-        """Save the cache ``slot`` holds for session ``key`` to disk (when enabled)."""
-        if self._kv_files is None or self._model is None or len(tokens) < KV_DISK_MIN_TOKENS:
+    def _stash(self, slot: int, cache: CachedPrefix) -> None:
+        """Save the session cache that ``slot`` holds to disk (when enabled)."""
+        key = cache.session
+        if (
+            key is None
+            or self._kv_files is None
+            or self._model is None
+            or len(cache.tokens) < KV_DISK_MIN_TOKENS
+        ):
             return
         t0 = time.perf_counter()
-        self._kv_files.save(key, tokens, self._model.save_sequence(slot))
+        self._kv_files.save(key, list(cache.tokens), self._model.save_sequence(slot))
         log.debug(
             "session cache saved",
-            extra={"tokens": len(tokens), "ms": round((time.perf_counter() - t0) * 1e3, 1)},
+            extra={"tokens": len(cache.tokens), "ms": round((time.perf_counter() - t0) * 1e3, 1)},
         )
 
     def _restore(self, slot: int, key: str | None) -> list[int] | None:
@@ -491,13 +602,11 @@ class LlamaEngine:
     def _forget(self, key: str) -> None:
         assert self._model is not None
         for seq in self._seqs.values():  # running now: do not keep its cache when it ends
-            if seq.job.cache_key == key:
+            if seq.job.spec.session == key:
                 seq.keep_cache = False
         if self._kv_files is not None:
             self._kv_files.forget(key)
-        slot = self._slots.forget(key)
-        if slot is not None:
-            self._kv.pop(slot, None)
+        for slot in self._slots.forget(key):
             self._model.clear_sequence(slot)
 
     def _reap_cancelled(self) -> None:
@@ -552,28 +661,30 @@ class LlamaEngine:
                 self._fail(seq.job, error)
             return
         for seq, idx in outputs:
-            token = self._samplers[seq.slot].sample(model.ctx, idx)
-            text, reason = seq.on_token(model.piece(token), model.is_eog(token))
-            if text:
-                seq.job.channel.put(Text(text))
+            sampler = self._samplers[seq.slot]
+            token = sampler.sample(model.ctx, idx)
+            eog = model.is_eog(token)
+            logprob = None if eog else sampler.logprob(model.ctx, idx, token)
+            text, reason = seq.on_token(model.piece(token), eog, logprob)
+            if text is not None:
+                seq.job.channel.put(text)
             if reason is not None:
                 self._finish(seq, reason)
             else:
                 seq.next_token = token
 
     def _release(self, seq: SequenceState, *, keep_cache: bool = False) -> None:
-        """Free the slot; with ``keep_cache`` a session's KV cache stays for its next turn."""
+        """Free the slot; with ``keep_cache`` its KV cache stays for later requests to reuse."""
         assert self._model is not None
         self._samplers.pop(seq.slot).free()
         del self._seqs[seq.slot]
-        key = seq.job.cache_key if keep_cache and seq.keep_cache else None
-        if key is None:
-            self._model.clear_sequence(seq.slot)
+        cache = None
+        if keep_cache and seq.keep_cache:
+            spec = seq.job.spec
+            cache = CachedPrefix(spec.scope, tuple(seq.kv_tokens()), spec.session)
         else:
-            for other in [s for s, (k, _) in self._kv.items() if k == key]:
-                del self._kv[other]  # an older copy: the pool no longer hands it out
-            self._kv[seq.slot] = (key, seq.kv_tokens())
-        self._slots.release(seq.slot, key)
+            self._model.clear_sequence(seq.slot)
+        self._slots.release(seq.slot, cache)
 
     def _finish(self, seq: SequenceState, reason: FinishReason) -> None:
         self._release(seq, keep_cache=True)
@@ -587,15 +698,17 @@ class LlamaEngine:
         with self._pending_lock:
             self._pending -= 1
         if isinstance(event, Finished):
+            ttft = event.timings.ttft_ms
             log.info(
                 "generation finished",
                 extra={
                     "request_id": job.request_id,
                     "finish_reason": event.finish_reason,
-                    "prompt_tokens": event.prompt_tokens,
-                    "completion_tokens": event.completion_tokens,
-                    "ttft_ms": None if event.ttft_ms is None else round(event.ttft_ms, 1),
-                    "total_ms": round(event.total_ms, 1),
+                    "prompt_tokens": event.usage.prompt_tokens,
+                    "cached_tokens": event.usage.cached_tokens,
+                    "completion_tokens": event.usage.completion_tokens,
+                    "ttft_ms": None if ttft is None else round(ttft, 1),
+                    "total_ms": round(event.timings.total_ms, 1),
                 },
             )
         elif isinstance(event, Failed):
@@ -628,8 +741,9 @@ class LlamaEngine:
             else:
                 self._fail(job, crash)
         if crash is None:  # keep idle sessions' caches for the next start
-            for slot, (key, tokens) in list(self._kv.items()):
-                self._stash(slot, key, tokens)
+            for slot, cache in self._slots.caches():
+                if cache.session is not None and self._slots.holder(cache.session) == slot:
+                    self._stash(slot, cache)
         self._batch.free()
         if self._model is not None:
             self._model.close()
@@ -641,10 +755,6 @@ def _cancelled_before_start(job: Job, n_prompt_tokens: int) -> Finished:
     waited = (time.perf_counter() - job.submitted_at) * 1e3
     return Finished(
         finish_reason="cancelled",
-        prompt_tokens=n_prompt_tokens,
-        completion_tokens=0,
-        queue_ms=waited,
-        ttft_ms=None,
-        tokens_per_second=None,
-        total_ms=waited,
+        usage=Usage(n_prompt_tokens, 0),
+        timings=Timings(queue_ms=waited, ttft_ms=None, tokens_per_second=None, total_ms=waited),
     )

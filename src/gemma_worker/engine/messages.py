@@ -1,6 +1,7 @@
 """What the engine reports about one generation, in order: ``Trimmed``? ``Queued``*
 ``Started`` ``Text``* then ``Finished`` or ``Failed``. (A request rejected before it starts
-gets ``Failed`` only.)"""
+gets ``Failed`` only.) These typed events are the one generation core every API dialect encodes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.core.events import FinishReason
+from gemma_worker.core.usage import Timings, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +31,39 @@ class Queued:
 @dataclass(frozen=True, slots=True)
 class Started:
     """The request has a slot; of its ``n_prompt_tokens`` prompt tokens, ``n_cached_tokens``
-    are reused from the session's KV cache and the rest are being processed."""
+    are reused from a KV cache and the rest are being processed."""
 
     n_prompt_tokens: int
     n_cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One candidate token and its log-probability under the model."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token, its log-probability under the model (softmax of the raw logits, before
+    any sampling transform) and the ``top`` most likely alternatives at its position."""
+
+    token: str
+    logprob: float
+    bytes: bytes
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Text:
-    """Generated text, as soon as it is complete UTF-8 and cannot be part of a stop string."""
+    """Generated text, as soon as it is complete UTF-8 and cannot be part of a stop string;
+    ``logprobs`` holds the tokens it came from when the request asked for them."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +71,8 @@ class Finished:
     """Generation ended normally or was cancelled."""
 
     finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    queue_ms: float
-    ttft_ms: float | None
-    tokens_per_second: float | None
-    total_ms: float
-    cached_tokens: int = 0
+    usage: Usage
+    timings: Timings
 
 
 @dataclass(frozen=True, slots=True)

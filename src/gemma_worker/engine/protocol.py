@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from gemma_worker.core.conversation import Conversation
-from gemma_worker.core.request import SamplingParams
-from gemma_worker.engine.job import GenerationHandle
+from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.llama import ModelInfo
 from gemma_worker.engine.prompt import PromptRenderer
+from gemma_worker.engine.sampler import Grammar
 
 
 class EngineState(StrEnum):
@@ -59,23 +58,29 @@ class Engine(Protocol):
         """Load the model (on the engine thread); raise if that fails."""
         ...
 
-    def submit(
-        self,
-        conversation: Conversation,
-        params: SamplingParams,
-        request_id: str,
-        cache_key: str | None = None,
-    ) -> GenerationHandle:
+    def submit(self, spec: GenerationSpec) -> GenerationHandle:
         """Queue a generation; raise ``WorkerError(OVERLOADED)`` at once when full.
 
-        The engine renders the prompt, leaving out the oldest turns that do not fit. With a
-        ``cache_key`` it may keep the KV cache afterwards and reuse it for the next generation
-        with the same key.
+        The engine renders a conversation's prompt, leaving out the oldest turns that do not
+        fit, and reuses any cached prefix of the spec's scope (automatic prefix caching).
         """
         ...
 
-    def forget(self, cache_key: str) -> None:
-        """Drop any KV cache kept for ``cache_key``."""
+    def forget(self, session: str) -> None:
+        """Drop every KV cache kept for ``session`` (memory and disk)."""
+        ...
+
+    async def compile_grammar(self, gbnf: str) -> Grammar:
+        """A grammar for one request, compiled off the decode loop; ``INVALID_REQUEST`` if
+        it does not compile."""
+        ...
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """``text`` as token ids."""
+        ...
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """Each token's bytes; ``INVALID_REQUEST`` for an id outside the vocabulary."""
         ...
 
     def stats(self) -> EngineStats:

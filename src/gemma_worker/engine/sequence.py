@@ -11,8 +11,9 @@ import time
 
 from gemma_worker.core.events import FinishReason
 from gemma_worker.core.stops import StopMatcher
+from gemma_worker.core.usage import Timings, Usage
 from gemma_worker.engine.job import Job
-from gemma_worker.engine.messages import Finished
+from gemma_worker.engine.messages import Finished, Text, TokenLogprob
 
 
 class SequenceState:
@@ -47,6 +48,7 @@ class SequenceState:
         self.last_token_at: float | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopMatcher(job.params.stop)
+        self._logprobs: list[TokenLogprob] = []
 
     @property
     def prefill_remaining(self) -> int:
@@ -61,22 +63,34 @@ class SequenceState:
         """The tokens in this sequence's KV cache (positions 0 .. n_past-1)."""
         return self.prompt_tokens[: self.n_past] + self.decoded
 
-    def on_token(self, piece: bytes, eog: bool) -> tuple[str, FinishReason | None]:
-        """Account for a sampled token: return (text to emit now, finish reason or ``None``)."""
+    def on_token(
+        self, piece: bytes, eog: bool, logprob: TokenLogprob | None = None
+    ) -> tuple[Text | None, FinishReason | None]:
+        """Account for a sampled token: return (text to emit now, finish reason or ``None``).
+        Log-probabilities of tokens whose text is held back (a possible stop string, an
+        incomplete character) go out with the next text."""
         now = time.perf_counter()
         if self.first_token_at is None:
             self.first_token_at = now
         if eog:
-            return self._flush(), "stop"
+            return self._emit(self._flush()), "stop"
         self.n_generated += 1
         self.last_token_at = now
+        if logprob is not None:
+            self._logprobs.append(logprob)
         text = self._stops.feed(self._decoder.decode(piece))
         if self._stops.stopped:
-            return text, "stop"
+            return self._emit(text), "stop"
         at_limit = self.n_generated >= self.job.params.max_tokens
         if at_limit or self.n_past + 1 >= self.n_ctx:
-            return text + self._flush(), "length"
-        return text, None
+            return self._emit(text + self._flush()), "length"
+        return self._emit(text), None
+
+    def _emit(self, text: str) -> Text | None:
+        if not text:
+            return None
+        logprobs, self._logprobs = tuple(self._logprobs), []
+        return Text(text, logprobs)
 
     def _flush(self) -> str:
         return self._stops.feed(self._decoder.decode(b"", final=True)) + self._stops.flush()
@@ -93,11 +107,11 @@ class SequenceState:
                 tps = (self.n_generated - 1) / span
         return Finished(
             finish_reason=reason,
-            prompt_tokens=len(self.prompt_tokens),
-            completion_tokens=self.n_generated,
-            queue_ms=(self.started_at - submitted) * 1e3,
-            ttft_ms=ttft,
-            tokens_per_second=tps,
-            total_ms=(end - submitted) * 1e3,
-            cached_tokens=self.n_cached,
+            usage=Usage(len(self.prompt_tokens), self.n_generated, self.n_cached),
+            timings=Timings(
+                queue_ms=(self.started_at - submitted) * 1e3,
+                ttft_ms=ttft,
+                tokens_per_second=tps,
+                total_ms=(end - submitted) * 1e3,
+            ),
         )

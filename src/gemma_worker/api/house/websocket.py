@@ -17,7 +17,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.errors import internal_error
-from gemma_worker.api.generation import Generation, protocol_events, start_generation
+from gemma_worker.api.house.generation import (
+    HouseGeneration,
+    house_events,
+    start_house_generation,
+)
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.auth import origin_allowed
@@ -51,7 +55,7 @@ class Connection:
         self.ws = ws
         self.state = state
         self._send_lock = asyncio.Lock()
-        self._requests: dict[str, tuple[asyncio.Task[None], Generation]] = {}
+        self._requests: dict[str, tuple[asyncio.Task[None], HouseGeneration]] = {}
         self._closing = asyncio.Event()
         self.principal: str | None = principal_of(ws.scope)
         self._last_activity = time.monotonic()
@@ -213,7 +217,7 @@ class Connection:
             )
             await self.send(ev.error_event(error, request_id))
             return
-        entry[1].handle.cancel()
+        entry[1].gen.handle.cancel()
 
     async def _execute(self, message: ExecuteMessage) -> None:
         req = message.request
@@ -226,7 +230,7 @@ class Connection:
                 raise WorkerError(
                     ErrorCode.OVERLOADED, "too many requests in flight on this connection"
                 )
-            gen = await start_generation(
+            gen = await start_house_generation(
                 self.state,
                 req,
                 owner=self.principal,
@@ -239,9 +243,9 @@ class Connection:
         task = asyncio.create_task(self._stream(gen))
         self._requests[gen.request_id] = (task, gen)
 
-    async def _stream(self, gen: Generation) -> None:
+    async def _stream(self, gen: HouseGeneration) -> None:
         try:
-            async with contextlib.aclosing(protocol_events(self.state, gen)) as events:
+            async with contextlib.aclosing(house_events(self.state, gen)) as events:
                 async for event in events:
                     await self.send(event)
         except ClientGoneError:

@@ -1,0 +1,2 @@
+"""The OpenAI-compatible API: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
+and llama-server's ``/tokenize`` and ``/detokenize``."""

@@ -2,7 +2,8 @@
 #   make run    set up .venv (first time: compiles llama.cpp, ~5 min on 2 cores) and serve
 #   make test   set up .venv and run the whole test suite (real model)
 #   make lint   ruff + mypy (strict)
-#   make bench  benchmarks: single stream vs raw llama-cpp-python; N clients vs llama_cpp.server
+#   make bench  benchmarks: single stream vs raw llama-cpp-python; N clients vs llama_cpp.server;
+#               sessions; the OpenAI API against /ws, grammars, prefix caching
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -40,6 +41,7 @@ bench: install
 	$(PY) bench/concurrency.py
 	$(PY) bench/concurrency.py --idle 1000
 	$(PY) bench/sessions.py
+	$(PY) bench/openai_api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

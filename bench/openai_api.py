@@ -114,16 +114,18 @@ def rate(result: tuple[int, float]) -> float:
 
 def protocol_rounds(base: str, rounds: int, tokens: int) -> None:
     print("\n1. streaming chat: /v1/chat/completions vs /ws (aggregate tokens/s)")
+    runners: dict[str, Callable[[int], tuple[int, float]]] = {
+        "ws": lambda _i: ws_chat(base, tokens),
+        "openai": lambda _i: sse_chat(base, chat_body(tokens))[:2],
+    }
     for clients in (1, 8):
         ratios = []
-        for _ in range(rounds):
+        for r in range(rounds):
             figures = {}
-            for name, one in (
-                ("ws", lambda _i: ws_chat(base, tokens)),
-                ("openai", lambda _i: sse_chat(base, chat_body(tokens))[:2]),
-            ):
+            # the two take turns going first, so drift hits both alike
+            for name in ("ws", "openai") if r % 2 == 0 else ("openai", "ws"):
                 t0 = time.perf_counter()
-                results = run_clients(clients, one)
+                results = run_clients(clients, runners[name])
                 figures[name] = aggregate(results, time.perf_counter() - t0)
             ratios.append(figures["openai"] / figures["ws"])
             print(
@@ -144,18 +146,26 @@ def grammar_rounds(base: str, rounds: int, tokens: int) -> None:
     free = chat_body(tokens, frequency_penalty=0.6, temperature=0.7, seed=1)
     print("\n2. one stream: json_schema vs unconstrained (tokens/s)")
     ratios = []
-    for _ in range(rounds):
-        plain = rate(sse_chat(base, free)[:2])
-        schema = rate(sse_chat(base, constrained)[:2])
+    for r in range(rounds):
+        if r % 2:
+            schema = rate(sse_chat(base, constrained)[:2])
+            plain = rate(sse_chat(base, free)[:2])
+        else:
+            plain = rate(sse_chat(base, free)[:2])
+            schema = rate(sse_chat(base, constrained)[:2])
         ratios.append(schema / plain)
         print(f"  unconstrained {plain:5.1f}, json_schema {schema:5.1f}, ratio {ratios[-1]:.3f}")
     print(f"  median ratio json_schema / unconstrained = {statistics.median(ratios):.3f}")
 
     print("\n3. eight streams, one constrained: the other seven's tokens/s")
     ratios = []
-    for _ in range(rounds):
-        all_free = run_clients(8, lambda _i: sse_chat(base, free)[:2])
-        mixed = run_clients(8, lambda i: sse_chat(base, constrained if i == 0 else free)[:2])
+    for r in range(rounds):
+        runs = {
+            "free": lambda _i: sse_chat(base, free)[:2],
+            "mixed": lambda i: sse_chat(base, constrained if i == 0 else free)[:2],
+        }
+        results = {n: run_clients(8, runs[n]) for n in (("free", "mixed")[:: 1 - 2 * (r % 2)])}
+        all_free, mixed = results["free"], results["mixed"]
         free_rate = statistics.median(rate(r) for r in all_free[1:])
         mixed_rate = statistics.median(rate(r) for r in mixed[1:])
         ratios.append(mixed_rate / free_rate)
@@ -203,12 +213,13 @@ def prefix_rounds(base: str, rounds: int, n_slots: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
     slots = 8
     env = {"GEMMA_PARALLEL": str(slots), "GEMMA_N_CTX": "4096"}
     with worker_process(free_port(), env) as base:
+        run_clients(8, lambda _i: sse_chat(base, chat_body(args.tokens)))  # warm-up
         protocol_rounds(base, args.rounds, args.tokens)
         grammar_rounds(base, args.rounds, args.tokens)
         prefix_rounds(base, args.rounds, slots)

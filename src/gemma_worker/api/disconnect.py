@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -65,3 +65,16 @@ async def first_decisive(
         gen.close()
         return None
     return task.result(), events
+
+
+async def replay(
+    taken: Sequence[GenerationEvent], rest: AsyncGenerator[GenerationEvent, None]
+) -> AsyncGenerator[GenerationEvent, None]:
+    """The events :func:`first_decisive` took, then the rest (closing ``rest`` at the end)."""
+    try:
+        for event in taken:
+            yield event
+        async for event in rest:
+            yield event
+    finally:
+        await rest.aclose()

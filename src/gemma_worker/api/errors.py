@@ -93,7 +93,7 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             request, WorkerError(ErrorCode.INVALID_JSON, "body is not valid JSON")
         )
-    if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+    if any(tuple(e.get("loc", ())) == ("body",) and e.get("type") != "value_error" for e in errors):
         return error_response(
             request, WorkerError(ErrorCode.INVALID_JSON, "body must be a JSON object")
         )

@@ -40,6 +40,8 @@ async def info(state: State) -> dict[str, Any]:
             "execute": "POST /v1/execute",
             "sessions": "GET /v1/sessions, GET|DELETE /v1/sessions/{id}",
             "websocket": "WS /ws",
+            "openai": "GET /v1/models, POST /v1/chat/completions, POST /v1/completions",
+            "tokenizer": "POST /tokenize, POST /detokenize",
             "docs": "GET /docs",
             "openapi": "GET /openapi.json",
         },

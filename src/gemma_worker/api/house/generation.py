@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
+from gemma_worker.api.disconnect import replay
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.request import GenerationRequest, new_id
@@ -132,10 +133,10 @@ async def turn_events(
     gen, turn = hg.gen, hg.turn
     parts: list[str] = []
     writing: asyncio.Future[None] | None = None
-    source = rest if rest is not None else gen.events()
+    source = replay(taken, rest) if rest is not None else gen.events()
     try:
         async with contextlib.aclosing(source) as stream:
-            async for event in _achain(taken, stream):
+            async for event in stream:
                 if isinstance(event, Text):
                     parts.append(event.text)
                 if isinstance(event, Finished) and event.finish_reason != "cancelled":
@@ -155,15 +156,6 @@ async def turn_events(
             writing.add_done_callback(lambda _: gen.close())
         else:
             gen.close()
-
-
-async def _achain(
-    taken: Sequence[GenerationEvent], rest: AsyncGenerator[GenerationEvent, None]
-) -> AsyncGenerator[GenerationEvent, None]:
-    for event in taken:
-        yield event
-    async for event in rest:
-        yield event
 
 
 async def house_events(

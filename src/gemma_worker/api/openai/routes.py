@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
-from gemma_worker.api.disconnect import first_decisive, unless_disconnected
+from gemma_worker.api.disconnect import first_decisive, replay, unless_disconnected
 from gemma_worker.api.errors import error_response, internal_error
 from gemma_worker.api.openai.chat import content_text, to_conversation, tools_instructions
 from gemma_worker.api.openai.encode import ChatEncoder, CompletionEncoder, sse
@@ -313,15 +313,9 @@ async def _stream(gen: Generation, request: Request, state: WorkerState, chunks:
         gen.close()
         return error_response(request, taken[-1].error)
 
-    async def events() -> AsyncGenerator[GenerationEvent, None]:
-        for event in taken:
-            yield event
-        async for event in rest:
-            yield event
-
     async def body() -> AsyncIterator[str]:
         try:
-            async with contextlib.aclosing(events()) as stream:
+            async with contextlib.aclosing(replay(taken, rest)) as stream:
                 async for event in stream:
                     if isinstance(event, Failed) or (
                         isinstance(event, Finished) and event.finish_reason == "cancelled"
@@ -338,7 +332,6 @@ async def _stream(gen: Generation, request: Request, state: WorkerState, chunks:
             state.metrics.error(str(error.code))
             yield sse({"error": openai_error(error)})
         finally:
-            await rest.aclose()
             gen.close()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)

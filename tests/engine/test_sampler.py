@@ -14,9 +14,10 @@ from gemma_worker.core.request import SamplingParams
 from gemma_worker.engine import sampler
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.llama_engine import LlamaEngine
-from gemma_worker.engine.messages import Finished, Text
+from gemma_worker.engine.messages import Finished
 from gemma_worker.engine.prompt import Prompt
 from tests.conftest import make_settings
+from tests.engine.test_llama_engine import collect
 
 SCHEMA = {
     "type": "object",
@@ -40,14 +41,7 @@ async def engine() -> AsyncIterator[LlamaEngine]:
 
 async def generate(eng: LlamaEngine, params: SamplingParams) -> tuple[str, Finished]:
     grammar = await eng.compile_grammar(schema_to_gbnf(SCHEMA))
-    handle = eng.submit(GenerationSpec("s", PROMPT, params, grammar=grammar))
-    text = ""
-    async for event in handle.events():
-        if isinstance(event, Text):
-            text += event.text
-        if isinstance(event, Finished):
-            return text, event
-    raise AssertionError("no final event")
+    return await collect(eng.submit(GenerationSpec("s", PROMPT, params, grammar=grammar)))
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])

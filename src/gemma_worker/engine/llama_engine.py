@@ -455,11 +455,8 @@ class LlamaEngine:
             self._waiting.pop()
             slot, old = acquired.slot, acquired.cache
             tokens, n_cached = prepared.tokens, 0
-            if (
-                old is not None
-                and old.session not in {None, spec.session}
-                and self._slots.holder(old.session or "") is None
-            ):
+            other = None if old is None or old.session == spec.session else old.session
+            if old is not None and other is not None and self._slots.holder(other) is None:
                 self._stash(slot, old)  # another session's latest cache: keep it on disk
             if acquired.warm and old is not None:
                 tokens, n_cached = self._reuse(slot, prepared, old.tokens, matches[slot])

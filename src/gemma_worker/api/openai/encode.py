@@ -28,7 +28,11 @@ def usage_json(usage: Usage) -> dict[str, Any]:
 
 def sse(payload: dict[str, Any] | str) -> str:
     """One server-sent event."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    data = (
+        payload
+        if isinstance(payload, str)
+        else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    )
     return f"data: {data}\n\n"
 
 

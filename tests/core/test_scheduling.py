@@ -79,8 +79,10 @@ def test_longest_match_wins_even_over_a_lower_empty_slot() -> None:
     pool.release(0)
     pool.release(2, a)
     pool.release(3, b)
-    assert pool.cached("k") == [(2, a), (3, b)]
-    assert pool.cached("other") == []
+    assert pool.cached("k", special=False) == [(2, a), (3, b)]
+    assert pool.cached("k", special=True) == []
+    assert pool.cached("other", special=False) == []
+    assert pool.n_empty == 1
     assert pool.acquire({2: 3, 3: 5}) == Acquired(3, b, warm=True)
 
 

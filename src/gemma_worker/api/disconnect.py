@@ -57,6 +57,8 @@ async def first_decisive(
         finished = await unless_disconnected(request, task)
     except asyncio.CancelledError:
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # it must stop iterating before the generator can be closed
         await events.aclose()
         gen.close()
         raise

@@ -104,6 +104,9 @@ class CachedPrefix:
     scope: str | None
     tokens: tuple[int, ...]
     session: str | None = None
+    #: Whether the prompt parsed special tokens out of its text (a chat prompt): a cache of
+    #: the other kind holds other tokens for the same text.
+    special: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +140,16 @@ class SlotPool:
         """Number of free slots."""
         return len(self._free)
 
-    def cached(self, scope: str | None) -> list[tuple[int, CachedPrefix]]:
-        """The free slots holding a cache of ``scope``, with what they hold."""
-        return [(s, c) for s, c in self._caches.items() if c.scope == scope]
+    @property
+    def n_empty(self) -> int:
+        """Free slots that hold no cache."""
+        return len(self._free) - len(self._caches)
+
+    def cached(self, scope: str | None, special: bool) -> list[tuple[int, CachedPrefix]]:
+        """The free slots holding a cache of ``scope`` (and of that tokenisation)."""
+        return [
+            (s, c) for s, c in self._caches.items() if c.scope == scope and c.special == special
+        ]
 
     def caches(self) -> list[tuple[int, CachedPrefix]]:
         """Every free slot's cache."""

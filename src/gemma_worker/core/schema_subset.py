@@ -182,8 +182,9 @@ class SchemaSubset:
     def _resolve(self, path: Path, where: str) -> Any:
         target: Any = self._doc
         for seg in path:
-            if isinstance(target, list) and seg.isdigit() and int(seg) < len(target):
-                target = target[int(seg)]
+            index = int(seg) if re.fullmatch(r"[0-9]{1,9}", seg) else None
+            if isinstance(target, list) and index is not None and index < len(target):
+                target = target[index]
             elif isinstance(target, dict) and seg in target:
                 target = target[seg]
             else:

@@ -47,6 +47,8 @@ class Job:
     cancelled: bool = False
     #: The spec's parameters, with ``max_tokens`` fitted to the context once the prompt is known.
     params: SamplingParams = field(init=False)
+    #: Whether the rendered prompt parses special tokens (a chat prompt); set when prepared.
+    parse_special: bool = False
 
     def __post_init__(self) -> None:
         self.params = self.spec.params

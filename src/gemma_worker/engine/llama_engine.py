@@ -48,7 +48,13 @@ from gemma_worker.engine.messages import (
 from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.prompt import Prompt, PromptRenderer
 from gemma_worker.engine.protocol import EngineState, EngineStats
-from gemma_worker.engine.sampler import Grammar, GrammarError, Sampler, compile_grammar
+from gemma_worker.engine.sampler import (
+    Grammar,
+    GrammarError,
+    Sampler,
+    SamplingError,
+    compile_grammar,
+)
 from gemma_worker.engine.sequence import SequenceState
 
 T = TypeVar("T")
@@ -61,6 +67,10 @@ _PAUSE_POLL_S = 0.005
 #: Shorter caches are not saved to disk: processing them again takes well under half a
 #: second, less than the disk churn of saving every one-shot request's cache is worth.
 KV_DISK_MIN_TOKENS = 256
+
+#: While an empty slot is free, another conversation's cache is reused only for a shared prefix
+#: of at least this many tokens (beyond the BOS).
+MIN_SHARED_PREFIX = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +207,21 @@ class LlamaEngine:
 
     async def _on_vocab_thread(self, fn: Callable[[LlamaModel], T]) -> T:
         model = self._model
+        not_ready = WorkerError(ErrorCode.OVERLOADED, "the model is not ready", retry_after=1)
         if model is None or self._state is not EngineState.READY:
-            raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready", retry_after=1)
-        return await asyncio.get_running_loop().run_in_executor(self._vocab_thread, fn, model)
+            raise not_ready
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._vocab_thread, fn, model)
+        except RuntimeError as exc:  # the executor was shut down: the model is going away
+            raise not_ready from exc
+        except UnicodeEncodeError as exc:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST, "the text is not valid Unicode (a lone surrogate)"
+            ) from exc
+
+    def _close_vocab_thread(self) -> None:
+        """Finish vocabulary work and refuse more: done before the model is freed."""
+        self._vocab_thread.shutdown(wait=True, cancel_futures=True)
 
     async def compile_grammar(self, gbnf: str) -> Grammar:
         """Compile a GBNF grammar (root rule ``root``) off the decode loop;
@@ -238,10 +260,10 @@ class LlamaEngine:
 
     async def close(self) -> None:
         """Cancel everything, stop the thread and free the model."""
+        await asyncio.to_thread(self._close_vocab_thread)
         if self._thread is not None and self._thread.is_alive():
             self._inbox.put(_Stop())
             await asyncio.to_thread(self._thread.join)
-        self._vocab_thread.shutdown(wait=True)
         self._state = EngineState.CLOSED
 
     def forget(self, session: str) -> None:
@@ -363,6 +385,10 @@ class LlamaEngine:
         except WorkerError as exc:
             self._fail(job, exc)
             return
+        except UnicodeEncodeError:
+            error = "the text is not valid Unicode (a lone surrogate)"
+            self._fail(job, WorkerError(ErrorCode.INVALID_REQUEST, error))
+            return
         except Exception:
             log.exception("prompt preparation failed", extra={"request_id": job.request_id})
             self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "tokenization failed"))
@@ -429,6 +455,7 @@ class LlamaEngine:
         if drop:
             job.channel.put(Trimmed(dropped_turns=drop, kept_turns=n_history - drop))
         prompt, tokens = build(drop)
+        job.parse_special = prompt.parse_special
         if params.fit_context:
             job.params = dataclasses.replace(
                 params, max_tokens=min(params.max_tokens, n_ctx - len(tokens))
@@ -441,11 +468,9 @@ class LlamaEngine:
         while len(self._waiting) > 0 and self._slots.n_free > 0:
             prepared = self._waiting.peek()
             spec = prepared.job.spec
-            matches = {
-                slot: self._match(prepared, cache.tokens)
-                for slot, cache in self._slots.cached(spec.scope)
-            }
-            scores = {s: self._useful(prepared, m) for s, m in matches.items()}
+            caches = dict(self._slots.cached(spec.scope, prepared.prompt.parse_special))
+            matches = {slot: self._match(prepared, cache.tokens) for slot, cache in caches.items()}
+            scores = {s: self._useful(prepared, m, caches[s]) for s, m in matches.items()}
             # A session whose latest cache went to disk gets it back when it beats every slot.
             saved = self._saved_match(prepared)
             if saved and saved > max(scores.values(), default=0):
@@ -515,11 +540,25 @@ class LlamaEngine:
             boundaries=prepared.boundaries,
         )
 
-    def _useful(self, prepared: _Prepared, match: PrefixMatch) -> int:
-        """How many cached tokens a match saves (a match of the BOS alone saves nothing)."""
-        assert self._model is not None
-        head = len(self._model.bos_head) if prepared.prompt.add_special else 0
-        return match.n_tokens if match.n_tokens > head else 0
+    def _useful(
+        self, prepared: _Prepared, match: PrefixMatch, cache: CachedPrefix | None = None
+    ) -> int:
+        """How many cached tokens a match saves: nothing for the BOS alone; nothing when
+        sliding-window layers have already dropped what the prompt would continue from; and,
+        while an empty slot is free, nothing for a short match of another conversation's cache
+        (a shared template head is not worth destroying that cache)."""
+        model = self._model
+        assert model is not None
+        head = len(model.bos_head) if prepared.prompt.add_special else 0
+        n = match.n_tokens
+        if n <= head or cache is None:
+            return n if n > head else 0
+        if model.n_swa and len(cache.tokens) - n > model.n_swa:
+            return 0
+        own = cache.session is not None and cache.session == prepared.job.spec.session
+        if not own and self._slots.n_empty > 0 and n < head + MIN_SHARED_PREFIX:
+            return 0
+        return n
 
     def _saved_match(self, prepared: _Prepared) -> int:
         """How many tokens of the request's session cache saved on disk it could reuse."""
@@ -551,8 +590,16 @@ class LlamaEngine:
             tokens = list(cached[: match.n_tokens]) + rest
             # At least one prompt token must be decoded to get the logits of the next one.
             n_cached = min(match.n_tokens, len(tokens) - 1)
-            fits = len(tokens) + prepared.job.params.max_tokens <= model.n_ctx_seq
+            job = prepared.job
+            room = model.n_ctx_seq - len(tokens)
+            params = job.params
+            if params.fit_context and room >= 1:
+                params = dataclasses.replace(
+                    params, max_tokens=min(job.spec.params.max_tokens, room)
+                )
+            fits = params.max_tokens <= room
             if fits and n_cached > 0 and model.keep_prefix(slot, n_cached):
+                job.params = params
                 return tokens, n_cached
         model.clear_sequence(slot)
         return prepared.tokens, 0
@@ -659,7 +706,13 @@ class LlamaEngine:
             return
         for seq, idx in outputs:
             sampler = self._samplers[seq.slot]
-            token = sampler.sample(model.ctx, idx)
+            try:
+                token = sampler.sample(model.ctx, idx)
+            except SamplingError as exc:
+                log.info("sampling dead end", extra={"request_id": seq.job.request_id})
+                self._release(seq)
+                self._fail(seq.job, WorkerError(ErrorCode.INVALID_REQUEST, str(exc)))
+                continue
             eog = model.is_eog(token)
             logprob = None if eog else sampler.logprob(model.ctx, idx, token)
             text, reason = seq.on_token(model.piece(token), eog, logprob)
@@ -678,7 +731,9 @@ class LlamaEngine:
         cache = None
         if keep_cache and seq.keep_cache:
             spec = seq.job.spec
-            cache = CachedPrefix(spec.scope, tuple(seq.kv_tokens()), spec.session)
+            cache = CachedPrefix(
+                spec.scope, tuple(seq.kv_tokens()), spec.session, seq.job.parse_special
+            )
         else:
             self._model.clear_sequence(seq.slot)
         self._slots.release(seq.slot, cache)
@@ -742,6 +797,7 @@ class LlamaEngine:
                 if cache.session is not None and self._slots.holder(cache.session) == slot:
                     self._stash(slot, cache)
         self._batch.free()
+        self._close_vocab_thread()  # after a crash it may still be using the model
         if self._model is not None:
             self._model.close()
         if crash is None:

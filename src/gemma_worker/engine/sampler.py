@@ -23,6 +23,11 @@ class GrammarError(ValueError):
     """llama.cpp refused the grammar text."""
 
 
+class SamplingError(RuntimeError):
+    """No token can be sampled (e.g. every token the grammar allows is banned by the logit
+    bias); the request ends, the others go on."""
+
+
 class Grammar:
     """A compiled grammar sampler waiting for its request. The sampler that runs the request
     takes it over (:meth:`take`); one never taken is freed when it is garbage-collected."""
@@ -42,7 +47,11 @@ class Grammar:
 
 def compile_grammar(vocab: Any, gbnf: str) -> Grammar:
     """Parse ``gbnf`` (root rule ``root``) for ``vocab``; :class:`GrammarError` if it is invalid."""
-    ptr = lc.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    try:
+        text = gbnf.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in a schema's strings
+        raise GrammarError("the grammar is not valid Unicode") from exc
+    ptr = lc.llama_sampler_init_grammar(vocab, text, b"root")
     if not ptr:
         raise GrammarError("the grammar could not be compiled")
     return Grammar(ptr)
@@ -197,6 +206,8 @@ class Sampler:
                 ):
                     return self._choose(_as_array(allowed), allowed)
         lc.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        if not np.isfinite(self._cand["logit"][: arr.size]).any():
+            raise SamplingError("no token the grammar allows may be sampled")
         return self._choose(arr, self._cand)
 
     def _nucleus_settled(self, found: np.ndarray[Any, Any], floor: float) -> bool:
@@ -226,6 +237,8 @@ class Sampler:
         if self._grammar is not None:
             if not self._grammar_allows(token):
                 token = self._choose_allowed(logits)
+                if not self._grammar_allows(token):  # accepting it would abort the process
+                    raise SamplingError("the sampled token breaks the grammar")
             lc.llama_sampler_accept(self._grammar, token)
         if self._pre is not None:
             lc.llama_sampler_accept(self._pre, token)

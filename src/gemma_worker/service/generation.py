@@ -48,7 +48,8 @@ GenerationEvent = (
 @dataclass(eq=False)
 class Generation:
     """A submitted generation: its events, its rate-limit lease, and what to release when it
-    is over (``cleanups``, e.g. a session's claim)."""
+    is over (``cleanups``, e.g. a session's claim). The drain waits for it until it is
+    released."""
 
     state: WorkerState
     handle: GenerationHandle
@@ -63,21 +64,17 @@ class Generation:
         """Every event up to ``Finished``/``Failed``. A finished generation's tokens are
         charged to the client's limits and counted in the metrics before it is yielded."""
         parser = ToolCallStream(enabled=self.tools)
-        self.state.request_started(self.handle)
-        try:
-            while not self.handle.done:
-                event = await self.handle.next_event()
-                if isinstance(event, Text) and self.tools:
-                    for delta in _deltas(parser.feed(event.text), event.logprobs):
-                        yield delta
-                    continue
-                if isinstance(event, Finished):
-                    self._account(event)
-                    for delta in _deltas(parser.finish(), ()):
-                        yield delta
-                yield event
-        finally:
-            self.state.request_ended(self.handle)
+        while not self.handle.done:
+            event = await self.handle.next_event()
+            if isinstance(event, Text) and self.tools:
+                for delta in _deltas(parser.feed(event.text), event.logprobs):
+                    yield delta
+                continue
+            if isinstance(event, Finished):
+                self._account(event)
+                for delta in _deltas(parser.finish(), ()):
+                    yield delta
+            yield event
 
     def close(self) -> None:
         """The caller is done with the events. A generation still running (its client left)
@@ -97,6 +94,7 @@ class Generation:
         for cleanup in self.cleanups:
             cleanup()
         self.lease.release()
+        self.state.request_ended(self.handle)
 
     async def _settle(self) -> None:
         try:
@@ -179,4 +177,6 @@ async def start_generation(
             "grammar": spec.grammar is not None,
         },
     )
+    # The drain waits for it from now on, until it is released.
+    state.request_started(handle)
     return Generation(state, handle, spec.request_id, lease, transport, tools, cleanups)

@@ -165,3 +165,43 @@ def test_sse_stream_ends_with_done(worker: RunningWorker) -> None:
     chunks = [json.loads(line[6:]) for line in lines[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks).startswith(" Paris")
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_grammar_dead_end_fails_only_that_request(worker: RunningWorker) -> None:
+    # Once the object is complete the grammar allows only end-of-generation tokens, which the
+    # bias bans: the request ends with a 400, and the worker carries on.
+    eog = [
+        post(worker, "/tokenize", {"content": t}).json()["tokens"]
+        for t in ("<eos>", "<end_of_turn>", "</s>")
+    ]
+    body = {
+        "prompt": 'Reply with JSON like {"capital": "..."}\nAnswer:',
+        "max_tokens": 200,
+        "temperature": 0,
+        "response_format": {"type": "json_object"},
+        "logit_bias": {str(t[0]): -100 for t in eog},
+        "messages": [{"role": "user", "content": 'Reply with JSON like {"capital": "..."}'}],
+    }
+    r = post(worker, "/v1/chat/completions", body)
+    assert r.status_code == 400, r.text
+    assert "grammar" in r.json()["error"]["message"]
+    ok = post(worker, "/v1/completions", {"prompt": PARIS_PROMPT, "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_lone_surrogates_are_400_not_500(worker: RunningWorker) -> None:
+    cases = [
+        ("/tokenize", b'{"content": "a\\ud800b"}'),
+        ("/v1/completions", b'{"prompt": "a\\ud800b", "max_tokens": 2}'),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}'),
+    ]
+    for path, raw in cases:
+        r = httpx.post(
+            f"{worker.http}{path}",
+            content=raw,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 400, (path, r.text)
+    digits = post(worker, "/v1/completions", {"prompt": "x", "logit_bias": {"²": 1}})
+    assert digits.status_code == 400

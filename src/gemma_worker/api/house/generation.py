@@ -164,12 +164,24 @@ async def house_events(
     taken: Sequence[GenerationEvent] = (),
     rest: AsyncGenerator[GenerationEvent, None] | None = None,
 ) -> AsyncGenerator[ev.Event, None]:
-    """``session`` then every protocol event up to ``result``/``error``."""
-    yield ev.session_event(
-        hg.session_id, hg.request_id, new=hg.turn.is_new, turns=len(hg.turn.conversation.history)
-    )
+    """``session`` then every protocol event up to ``result``/``error``. Closed at any point
+    (client gone), the generation is cancelled and released."""
+    turn = turn_events(state, hg, taken, rest)
+    try:
+        yield ev.session_event(
+            hg.session_id,
+            hg.request_id,
+            new=hg.turn.is_new,
+            turns=len(hg.turn.conversation.history),
+        )
+    except BaseException:
+        # turn_events never started, so its own cleanup will not run
+        if rest is not None:
+            await rest.aclose()
+        hg.gen.close()
+        raise
     parts: list[str] = []
-    async with contextlib.aclosing(turn_events(state, hg, taken, rest)) as events:
+    async with contextlib.aclosing(turn) as events:
         async for event in events:
             if isinstance(event, Text):
                 parts.append(event.text)

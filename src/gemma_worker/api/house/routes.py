@@ -79,6 +79,7 @@ async def _stream(hg: HouseGeneration, state: WorkerState, request: Request) -> 
         return client_left()
     taken, rest = head
     if isinstance(taken[-1], Failed):
+        await rest.aclose()
         hg.gen.close()
         return error_response(request, taken[-1].error, hg.request_id)
 

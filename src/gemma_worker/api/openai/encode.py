@@ -54,6 +54,13 @@ class _ToolCallOut:
     arguments: list[str] = field(default_factory=list)
 
 
+def _complete(call: _ToolCallOut) -> bool:
+    try:
+        return isinstance(json.loads("".join(call.arguments)), dict)
+    except ValueError:
+        return False
+
+
 @dataclass
 class ChatEncoder:
     """Builds ``chat.completion`` answers and ``chat.completion.chunk`` events for one request."""
@@ -99,8 +106,8 @@ class ChatEncoder:
         return {"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]}
 
     def finish_reason(self, finished: Finished) -> str:
-        """OpenAI's finish reason (``tool_calls`` when the answer is a call)."""
-        if self.calls and finished.finish_reason == "stop":
+        """OpenAI's finish reason (``tool_calls`` when the answer is complete calls)."""
+        if self.calls and finished.finish_reason == "stop" and all(map(_complete, self.calls)):
             return "tool_calls"
         return finished.finish_reason
 

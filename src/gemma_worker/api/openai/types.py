@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,6 +12,7 @@ from gemma_worker.core.response_format import ResponseFormat
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 _FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+_TOKEN_ID = re.compile(r"[0-9]{1,9}")
 
 Stop = Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
 
@@ -156,7 +158,7 @@ class SamplingFields(BaseModel):
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.isdigit() or len(key) > 9:
+            if not _TOKEN_ID.fullmatch(key):
                 raise ValueError(f"keys must be token ids, not {key[:16]!r}")
         return value
 

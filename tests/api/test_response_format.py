@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import jsonschema
@@ -27,17 +28,18 @@ JSON_PROMPT = (
 )
 
 
+def execute_json(worker: RunningWorker, response_format: dict[str, Any]) -> httpx.Response:
+    body = {
+        "input": JSON_PROMPT,
+        "max_tokens": 120,
+        "temperature": 0,
+        "response_format": response_format,
+    }
+    return httpx.post(f"{worker.http}/v1/execute", json=body, timeout=60)
+
+
 def test_rest_json_schema_answer_validates(worker: RunningWorker) -> None:
-    r = httpx.post(
-        f"{worker.http}/v1/execute",
-        json={
-            "input": JSON_PROMPT,
-            "max_tokens": 120,
-            "temperature": 0,
-            "response_format": SCHEMA_FORMAT,
-        },
-        timeout=60,
-    )
+    r = execute_json(worker, SCHEMA_FORMAT)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["finish_reason"] == "stop"
@@ -45,16 +47,7 @@ def test_rest_json_schema_answer_validates(worker: RunningWorker) -> None:
 
 
 def test_rest_json_object(worker: RunningWorker) -> None:
-    r = httpx.post(
-        f"{worker.http}/v1/execute",
-        json={
-            "input": JSON_PROMPT,
-            "max_tokens": 120,
-            "temperature": 0,
-            "response_format": {"type": "json_object"},
-        },
-        timeout=60,
-    )
+    r = execute_json(worker, {"type": "json_object"})
     assert r.status_code == 200, r.text
     assert r.json()["finish_reason"] == "stop"
     assert isinstance(json.loads(r.json()["result"]), dict)

@@ -17,6 +17,14 @@ def test_decoders_each_get_one_token() -> None:
     assert plan == [StepEntry(0, 1, False), StepEntry(1, 1, False)]
 
 
+def test_decoders_go_in_slot_order_whatever_their_admission_order() -> None:
+    # llama.cpp runs one forward pass per run of consecutive sequence ids in batch order
+    slots = [SlotView(2, 1, 0), SlotView(0, 2, 0), SlotView(1, 3, 0), SlotView(3, 4, 50)]
+    plan = plan_step(slots, n_batch=512, prefill_chunk=64)
+    assert [e.slot for e in plan] == [0, 1, 2, 3]
+    assert plan[-1] == StepEntry(3, 50, True)
+
+
 def test_paused_decoder_sits_out() -> None:
     plan = plan_step([SlotView(0, 1, 0, paused=True), SlotView(1, 2, 0)], 512, 64)
     assert plan == [StepEntry(1, 1, False)]

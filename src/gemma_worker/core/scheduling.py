@@ -39,10 +39,17 @@ class StepEntry:
 
 
 def plan_step(slots: Sequence[SlotView], n_batch: int, prefill_chunk: int) -> list[StepEntry]:
-    """Choose this step's batch: all unpaused decoders, then prefill chunks within budget."""
+    """Choose this step's batch: all unpaused decoders, in slot order, then prefill chunks
+    within budget.
+
+    Slot order matters: with a KV buffer per slot, llama.cpp splits a batch into micro-batches
+    of *consecutive* sequence ids in the order their tokens appear, and runs the whole model
+    once per micro-batch. Decoders listed in admission order (which prefix caching scatters
+    across slots) would cost several forward passes per step instead of one.
+    """
     plan = [
         StepEntry(s.slot, 1, prefill=False)
-        for s in slots
+        for s in sorted(slots, key=lambda s: s.slot)
         if s.prefill_remaining == 0 and not s.paused
     ]
     budget = min(n_batch - len(plan), prefill_chunk)

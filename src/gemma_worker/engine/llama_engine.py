@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -120,9 +121,9 @@ class _Prepared:
     #: Byte offsets of the prompt text where its tokens break (worked out when first needed).
     boundaries: set[int] | None = None
 
-    @property
+    @functools.cached_property
     def text(self) -> bytes:
-        """The prompt text as UTF-8."""
+        """The prompt text as UTF-8 (encoded once: every cached slot's match reads it)."""
         return self.prompt.text.encode("utf-8")
 
 

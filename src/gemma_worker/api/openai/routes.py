@@ -229,6 +229,11 @@ async def _start(
     )
 
 
+def _client_left() -> JSONResponse:
+    """What a request whose client has left "answers" (nobody reads it; logs show 499)."""
+    return JSONResponse({"error": openai_error(_CANCELLED)}, status_code=499)
+
+
 _CANCELLED = WorkerError(
     ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
 )
@@ -255,7 +260,7 @@ async def _collect(
 
     runner = asyncio.ensure_future(run())
     if not await unless_disconnected(request, runner):
-        return JSONResponse({"error": openai_error(_CANCELLED)}, status_code=499)
+        return _client_left()
     final = runner.result()
     if isinstance(final, Failed):
         return error_response(request, final.error)
@@ -306,7 +311,7 @@ def _completion_chunks(encoder: CompletionEncoder) -> ChunkMaker:
 async def _stream(gen: Generation, request: Request, state: WorkerState, chunks: ChunkMaker) -> Any:
     head = await first_decisive(gen, request)
     if head is None:
-        return JSONResponse({"error": openai_error(_CANCELLED)}, status_code=499)
+        return _client_left()
     taken, rest = head
     if isinstance(taken[-1], Failed):
         await rest.aclose()

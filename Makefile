@@ -11,10 +11,12 @@ STAMP := $(VENV)/.gemma-worker-installed
 
 .PHONY: install run test lint format bench clean
 
-$(STAMP): pyproject.toml scripts/build-llama.sh
+$(STAMP): pyproject.toml scripts/build-llama.sh scripts/llama-flags.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$$(scripts/build-llama.sh $(PY))"
+	# Reinstalled even when the version is unchanged: a new patch or new flags make a new wheel.
+	wheel=$$(scripts/build-llama.sh $(PY)) && $(PY) -m pip install --quiet "$$wheel" \
+		&& $(PY) -m pip install --quiet --force-reinstall --no-deps "$$wheel"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -11,29 +11,15 @@
 set -euo pipefail
 PY=${1:?usage: build-llama.sh PYTHON}
 VERSION=${LLAMA_CPP_VERSION:-0.3.36}
-flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
-has() { [[ " $flags " == *" $1 "* ]]; }
-args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-args+=" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
-if [[ "$(uname -m)" == x86_64 ]]; then
-  has avx && args+=" -DGGML_AVX=ON"
-  has avx2 && args+=" -DGGML_AVX2=ON"
-  has fma && args+=" -DGGML_FMA=ON"
-  has f16c && args+=" -DGGML_F16C=ON"
-  has bmi2 && args+=" -DGGML_BMI2=ON"
-  has avx_vnni && args+=" -DGGML_AVX_VNNI=ON"
-  if has avx512f && has avx512bw && has avx512vl && has avx512dq; then
-    args+=" -DGGML_AVX512=ON"
-    has avx512vbmi && args+=" -DGGML_AVX512_VBMI=ON"
-    has avx512_vnni && args+=" -DGGML_AVX512_VNNI=ON"
-    has avx512_bf16 && args+=" -DGGML_AVX512_BF16=ON"
-  fi
-fi
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/llama-flags.sh"
+args="$LLAMA_CMAKE_ARGS -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
 # One source patch: llamafile's sgemm serves only batches of 2+ rows and leaves a lone
 # decoding sequence to ggml's vec_dot; the two round differently, so a request's greedy output
 # would change when others are batched beside it. Patched, sgemm serves every batch size
-# (measured here: 8 sequences decode ~25% faster than with llamafile off; 1 sequence ~8% slower).
-PATCH_ID="sgemm-all-n-v1"
+# (measured here: 8 sequences decode ~25% faster than with llamafile off; 1 sequence ~8% slower)
+# unless GEMMA_SGEMM_ONE_ROW=0 is in the environment (the worker's fast mode sets it).
+PATCH_ID="sgemm-all-n-v2"
 key=$(printf '%s %s %s' "$VERSION" "$args" "$PATCH_ID" | sha256sum | cut -c1-12)
 house=${GEMMA_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/gemma-worker/wheels}/$key
 wheel=$(ls "$house"/llama_cpp_python-"$VERSION"-*.whl 2>/dev/null | head -n1 || true)
@@ -54,9 +40,19 @@ old = """    // only enable sgemm for prompt processing
         return false;
 #endif
 """
+new = """    // gemma-worker: sgemm for every batch size (batch-invariant), unless GEMMA_SGEMM_ONE_ROW=0
+#if !defined(__MMA__)
+    static const bool one_row = [] {
+        const char * env = getenv("GEMMA_SGEMM_ONE_ROW");
+        return env == NULL || atoi(env) != 0;
+    }();
+    if (n < 2 && !one_row)
+        return false;
+#endif
+"""
 if text.count(old) != 1:
     sys.exit("build-llama.sh: sgemm.cpp is not the expected version; cannot patch")
-open(path, "w").write(text.replace(old, "    // gemma-worker: sgemm for every batch size (batch-invariant)\n"))
+open(path, "w").write("#include <cstdlib>\n" + text.replace(old, new))
 PATCH
   CMAKE_ARGS="$args" "$PY" -m pip wheel --no-deps --no-cache-dir -w "$tmp/out" "$src" >&2
   mkdir -p "$house"

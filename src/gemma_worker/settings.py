@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from gemma_worker.core.request import RequestLimits
+from gemma_worker.engine.kernels import KernelChoices
 
 
 def _default_data_dir() -> Path:
@@ -55,18 +56,37 @@ class Settings(BaseSettings):
     n_gpu_layers: int = Field(
         default=0, ge=-1, description="Layers to offload to a GPU (-1 = all; 0 on CPU builds)."
     )
-    flash_attn: bool = Field(
-        default=False,
-        description="Flash attention. Off by default: with it, llama.cpp's attention kernels "
-        "depend on the batch's shape, so a greedy output could change with the other requests "
-        "batched beside it.",
+    deterministic: bool = Field(
+        default=True,
+        description="Batch-invariant kernels: a request's greedy (or seeded) output does not "
+        "depend on the other requests batched beside it, on prefix-cache hits or on restarts. "
+        "false turns on llama.cpp's fast paths (the five settings below, unless set one by "
+        "one); see docs/PERFORMANCE.md for what each costs and gives.",
     )
-    kv_unified: bool = Field(
-        default=False,
-        description="One KV buffer shared by all slots. Faster prompt processing when several "
-        "requests start at once, but a request's cells then interleave with its neighbours' "
-        "and greedy outputs can change with the batch; off (the default) gives each slot its "
-        "own buffer and batch-independent outputs.",
+    sgemm_single_rows: bool | None = Field(
+        default=None,
+        description="llamafile's sgemm serves one-sequence batches too (batch-invariant; "
+        "default: on in deterministic mode, off in fast mode).",
+    )
+    repack_weights: bool | None = Field(
+        default=None,
+        description="Repack weights for the CPU's SIMD width (faster; not batch-invariant; "
+        "default: off in deterministic mode, on in fast mode).",
+    )
+    tiled_matmul: bool | None = Field(
+        default=None,
+        description="ggml's tiled K-quant matmul for batches of 8+ rows (not batch-invariant; "
+        "default: off in deterministic mode, on in fast mode).",
+    )
+    flash_attn: bool | None = Field(
+        default=None,
+        description="Flash attention (its kernels depend on the batch's shape; default: off in "
+        "deterministic mode, on in fast mode).",
+    )
+    kv_unified: bool | None = Field(
+        default=None,
+        description="One KV buffer shared by all slots (a request's cells interleave with its "
+        "neighbours'; default: off in deterministic mode, on in fast mode).",
     )
     n_batch: int = Field(
         default=512, ge=8, le=65_536, description="Most tokens in one llama_decode batch."
@@ -81,7 +101,16 @@ class Settings(BaseSettings):
         default=256,
         ge=8,
         le=65_536,
-        description="Most prompt tokens processed per step, so running streams keep flowing.",
+        description="Most prompt tokens processed in a step beside decoding streams (a prompt "
+        "alone gets the whole batch).",
+    )
+    prefill_gap_factor: float = Field(
+        default=2.0,
+        ge=1.1,
+        le=100.0,
+        description="Beside decoding streams, a step carrying prompt tokens may take at most "
+        "this many times a decode-only step: the streams' token gap while a long prompt is "
+        "processed.",
     )
     max_queue: int = Field(
         default=64,
@@ -301,6 +330,17 @@ class Settings(BaseSettings):
     def session_db_path(self) -> Path:
         """The session database file."""
         return self.session_db or self.data_dir / "sessions.db"
+
+    def kernel_choices(self) -> KernelChoices:
+        """The compute paths: the mode's, with the settings given one by one applied."""
+        return KernelChoices.for_mode(
+            self.deterministic,
+            sgemm_single_rows=self.sgemm_single_rows,
+            repack_weights=self.repack_weights,
+            tiled_matmul=self.tiled_matmul,
+            flash_attn=self.flash_attn,
+            kv_unified=self.kv_unified,
+        )
 
     def request_limits(self) -> RequestLimits:
         """The limits and defaults requests are checked against."""

@@ -13,38 +13,53 @@ from gemma_worker.core.scheduling import (
 
 
 def test_decoders_each_get_one_token() -> None:
-    plan = plan_step([SlotView(0, 1, 0), SlotView(1, 2, 0)], n_batch=512, prefill_chunk=64)
+    plan = plan_step(
+        [SlotView(0, 1, 0), SlotView(1, 2, 0)], n_batch=512, prefill_beside=lambda n: 64
+    )
     assert plan == [StepEntry(0, 1, False), StepEntry(1, 1, False)]
 
 
 def test_decoders_go_in_slot_order_whatever_their_admission_order() -> None:
     # llama.cpp runs one forward pass per run of consecutive sequence ids in batch order
     slots = [SlotView(2, 1, 0), SlotView(0, 2, 0), SlotView(1, 3, 0), SlotView(3, 4, 50)]
-    plan = plan_step(slots, n_batch=512, prefill_chunk=64)
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 64)
     assert [e.slot for e in plan] == [0, 1, 2, 3]
     assert plan[-1] == StepEntry(3, 50, True)
 
 
 def test_paused_decoder_sits_out() -> None:
-    plan = plan_step([SlotView(0, 1, 0, paused=True), SlotView(1, 2, 0)], 512, 64)
+    plan = plan_step([SlotView(0, 1, 0, paused=True), SlotView(1, 2, 0)], 512, lambda n: 64)
     assert plan == [StepEntry(1, 1, False)]
 
 
 def test_prefill_is_chunked_so_decoders_keep_flowing() -> None:
     slots = [SlotView(0, 1, 0), SlotView(1, 2, 1000)]
-    plan = plan_step(slots, n_batch=512, prefill_chunk=64)
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 64)
     assert plan == [StepEntry(0, 1, False), StepEntry(1, 64, True)]
 
 
 def test_prefill_oldest_first_within_budget() -> None:
-    slots = [SlotView(0, 5, 30), SlotView(1, 3, 50)]
-    plan = plan_step(slots, n_batch=512, prefill_chunk=64)
-    assert plan == [StepEntry(1, 50, True), StepEntry(0, 14, True)]
+    slots = [SlotView(0, 5, 30), SlotView(1, 3, 50), SlotView(2, 1, 0)]
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 64)
+    assert plan == [StepEntry(2, 1, False), StepEntry(1, 50, True), StepEntry(0, 14, True)]
+
+
+def test_prompt_alone_gets_the_whole_batch() -> None:
+    asked: list[int] = []
+    plan = plan_step([SlotView(0, 1, 2000)], n_batch=512, prefill_beside=asked.append)
+    assert plan == [StepEntry(0, 512, True)]
+    assert asked == []  # the pacer only rules beside decoding streams
+
+
+def test_prompt_beside_streams_gets_the_pacers_budget() -> None:
+    slots = [SlotView(0, 1, 0), SlotView(1, 2, 0, paused=True), SlotView(2, 3, 2000)]
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 10 * n)
+    assert plan == [StepEntry(0, 1, False), StepEntry(2, 10, True)]
 
 
 def test_batch_size_bounds_everything() -> None:
     slots = [SlotView(i, i, 0) for i in range(4)] + [SlotView(9, 9, 100)]
-    plan = plan_step(slots, n_batch=6, prefill_chunk=64)
+    plan = plan_step(slots, n_batch=6, prefill_beside=lambda n: 64)
     assert sum(e.n_tokens for e in plan) == 6
     assert plan[-1] == StepEntry(9, 2, True)
 
@@ -117,6 +132,51 @@ def test_a_match_for_a_slot_without_cache_is_ignored() -> None:
     pool = _busy(2)
     pool.release(1)
     assert pool.acquire({1: 5}) == Acquired(1, None, warm=False)
+
+
+def _pool(n: int, busy: set[int], caches: dict[int, CachedPrefix]) -> SlotPool:
+    """A compacting pool of ``n`` slots: ``busy`` in use, the rest free with ``caches``."""
+    pool = SlotPool(n, compact=True)
+    for _ in range(n):
+        pool.acquire()
+    for slot in sorted(set(range(n)) - busy):
+        pool.release(slot, caches.get(slot))
+    return pool
+
+
+def test_compact_placement_closes_a_gap_between_busy_slots() -> None:
+    # busy 0, 1, 3: slot 2 joins the two runs into one
+    pool = _pool(6, {0, 1, 3}, {})
+    assert pool.acquire() == Acquired(2, None, warm=False)
+
+
+def test_compact_placement_copies_a_distant_cache_next_to_the_busy_slots() -> None:
+    hit, other = CachedPrefix(None, (1, 2, 3)), CachedPrefix(None, (9,))
+    pool = _pool(8, {0, 1}, {2: other, 6: hit})
+    got = pool.acquire({6: 3})
+    assert got == Acquired(2, other, warm=True, source=6)
+    assert got.reused == 6
+    # the copied-from slot keeps its cache for later requests
+    assert pool.cached(None, special=False) == [(6, hit)]
+
+
+def test_compact_placement_reuses_in_place_when_that_adds_no_run() -> None:
+    hit = CachedPrefix(None, (1, 2, 3))
+    pool = _pool(8, {0, 1}, {2: CachedPrefix(None, (9,)), 3: hit})
+    # slot 3 is not next to a busy slot, 2 is: the cache is copied
+    assert pool.acquire({3: 3}).source == 3
+    pool = _pool(8, {0, 1, 4}, {2: CachedPrefix(None, (9,)), 3: hit})
+    # slots 2 and 3 each touch one busy slot: the cache stays where it is
+    got = pool.acquire({3: 3})
+    assert got == Acquired(3, hit, warm=True)
+    assert got.reused == 3
+
+
+def test_compact_placement_with_nothing_busy_behaves_as_plain() -> None:
+    hit = CachedPrefix(None, (1, 2, 3))
+    pool = _pool(4, set(), {3: hit})
+    assert pool.acquire({3: 3}) == Acquired(3, hit, warm=True)
+    assert pool.acquire() == Acquired(2, None, warm=False)  # beside the busy slot 3
 
 
 def test_sessions_latest_cache_and_forget() -> None:

@@ -155,6 +155,21 @@ async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None
         await eng.close()
 
 
+async def test_a_prompt_alone_takes_whole_batches() -> None:
+    settings = make_settings(parallel=2, prefill_chunk=64, n_batch=256, n_ctx=2048)
+    eng = RecordingEngine(engine_config(settings))
+    await eng.start()
+    try:
+        long_text = "The quick brown fox jumps over the lazy dog. " * 90  # ~900 tokens
+        _, finished = await collect(submit(eng, settings, long_text, 2))
+        n_prompt = finished.usage.prompt_tokens
+        chunks = [e.n_tokens for p in eng.plans for e in p if e.prefill]
+        # prefill_chunk only limits prompt tokens beside decoding streams
+        assert chunks == [256] * (n_prompt // 256) + [n_prompt % 256]
+    finally:
+        await eng.close()
+
+
 async def test_a_dropped_handle_frees_its_slot(engine: LlamaEngine) -> None:
     settings = make_settings()
     running = submit(engine, settings, PARIS_PROMPT, 500)
@@ -165,3 +180,36 @@ async def test_a_dropped_handle_frees_its_slot(engine: LlamaEngine) -> None:
     while engine.stats().active or engine.stats().queued:
         assert time.monotonic() < deadline, "an abandoned generation kept its slot"
         await asyncio.sleep(0.01)
+
+
+async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
+    # One KV buffer per slot: llama.cpp runs the model once per run of consecutive busy
+    # slots, so a reused cache is copied next to the busy ones, and must give the same output.
+    settings = make_settings(parallel=4, n_ctx=1024)
+    eng = RecordingEngine(engine_config(settings))
+    await eng.start()
+    try:
+        question = (
+            "Question: Which river flows through the city of Paris, the capital of France, "
+            "and into which sea does it finally empty?\nAnswer:"
+        )
+        cold_text, _ = await collect(submit(eng, settings, question, 12))  # slot 0
+        a = submit(eng, settings, "Once upon a time", 4)  # slot 1
+        b = submit(eng, settings, "The history of Rome", 4)  # slot 2, beside the busy 1
+        await collect(a)
+        await collect(b)
+        running = submit(eng, settings, "def fibonacci(n):", 300)  # slot 3, the empty one
+        assert isinstance(await running.next_event(), Started)
+        again = submit(eng, settings, question, 12)
+        started = await again.next_event()
+        assert isinstance(started, Started)
+        assert started.n_cached_tokens > 20
+        first_plan = len(eng.plans)
+        warm_text, _ = await collect(again)
+        slots = {e.slot for p in eng.plans[first_plan:] for e in p}
+        assert slots == {2, 3}  # ran in slot 2, beside 3, with slot 0's cache copied there
+        assert warm_text == cold_text
+        running.cancel()
+        await collect(running)
+    finally:
+        await eng.close()

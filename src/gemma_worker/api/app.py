@@ -43,6 +43,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         parallel=settings.parallel,
         n_batch=settings.n_batch,
         prefill_chunk=settings.prefill_chunk,
+        prefill_gap_factor=settings.prefill_gap_factor,
         max_queue=settings.max_queue,
         n_threads=settings.n_threads,
         n_gpu_layers=settings.n_gpu_layers,
@@ -50,8 +51,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_input_tokens=settings.max_input_tokens,
         kv_dir=settings.data_dir / "kv",
         kv_disk_bytes=settings.kv_disk_cache_mb * 1024 * 1024,
-        flash_attn=settings.flash_attn,
-        kv_unified=settings.kv_unified,
+        kernels=settings.kernel_choices(),
     )
 
 

@@ -34,6 +34,7 @@ async def info(state: State) -> dict[str, Any]:
         "version": __version__,
         "status": state.phase.value,
         "model": None if model is None else model.to_dict(),
+        "kernels": state.settings.kernel_choices().to_dict(),
         "endpoints": {
             "health": "GET /health",
             "ready": "GET /ready",

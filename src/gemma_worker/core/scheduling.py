@@ -3,13 +3,14 @@
 The engine runs in steps. Before each step it asks :func:`plan_step` which sequences contribute
 tokens to the next ``llama_decode`` batch: every decoding sequence that is not paused gives one
 token; the rest of the batch goes to prompt processing (prefill), oldest request first, in chunks
-no larger than ``prefill_chunk`` so a long prompt never freezes the running streams for long.
+small enough that a long prompt never freezes the running streams for long (see
+:mod:`gemma_worker.core.pacing`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -38,9 +39,13 @@ class StepEntry:
     prefill: bool
 
 
-def plan_step(slots: Sequence[SlotView], n_batch: int, prefill_chunk: int) -> list[StepEntry]:
-    """Choose this step's batch: all unpaused decoders, in slot order, then prefill chunks
-    within budget.
+def plan_step(
+    slots: Sequence[SlotView], n_batch: int, prefill_beside: Callable[[int], int]
+) -> list[StepEntry]:
+    """Choose this step's batch: all unpaused decoders, in slot order, then prefill chunks.
+
+    A prompt alone gets the whole batch. Beside ``n`` decoding streams, prefill gets at most
+    ``prefill_beside(n)`` tokens, so the streams keep flowing.
 
     Slot order matters: with a KV buffer per slot, llama.cpp splits a batch into micro-batches
     of *consecutive* sequence ids in the order their tokens appear, and runs the whole model
@@ -52,7 +57,9 @@ def plan_step(slots: Sequence[SlotView], n_batch: int, prefill_chunk: int) -> li
         for s in sorted(slots, key=lambda s: s.slot)
         if s.prefill_remaining == 0 and not s.paused
     ]
-    budget = min(n_batch - len(plan), prefill_chunk)
+    budget = n_batch - len(plan)
+    if plan:
+        budget = min(budget, prefill_beside(len(plan)))
     for s in sorted((s for s in slots if s.prefill_remaining > 0), key=lambda s: s.order):
         if budget <= 0:
             break
@@ -118,12 +125,22 @@ class CachedPrefix:
 
 @dataclass(frozen=True, slots=True)
 class Acquired:
-    """A slot handed out. ``cache`` is what it held (``None``: empty); ``warm`` says the request
-    reuses a prefix of it, else the cache is given up."""
+    """A slot handed out. ``cache`` is what the slot held (``None``: empty); it is given up
+    unless the request continues from it. ``warm`` says the request reuses a prefix of the
+    cache in slot ``source``: the slot itself, or (when placement moved the request) another
+    free slot, whose cache must first be copied into ``slot``."""
 
     slot: int
     cache: CachedPrefix | None
     warm: bool
+    source: int | None = None
+
+    @property
+    def reused(self) -> int | None:
+        """The slot whose cache the request continues from (``None``: a cold start)."""
+        if not self.warm:
+            return None
+        return self.slot if self.source is None else self.source
 
 
 class SlotPool:
@@ -131,12 +148,20 @@ class SlotPool:
 
     Every request leaves its cache behind when it releases its slot (automatic prefix caching).
     ``acquire`` is given how many tokens of each same-scope cache the new prompt can reuse; it
-    hands out the slot with the longest match, ties going to the least recently used; with no
-    match, the lowest empty slot, else the least recently used cache is evicted.
+    picks the cache with the longest match, ties going to the least recently used.
+
+    Placement: without ``compact`` the request runs in that cache's slot; with no match, in
+    the lowest empty slot, else the least recently used one's cache is evicted. With
+    ``compact`` (a KV buffer per slot, where llama.cpp runs the model once per run of
+    consecutive busy slots in a batch), the request goes where it adds no new run of busy
+    slots if it can (best: a slot closing a gap), and a reused cache is copied there when it
+    sits elsewhere; among equals, the reused cache's own slot, then empty slots, then the
+    least recently used.
     """
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, compact: bool = False) -> None:
         self.size = n
+        self.compact = compact
         self._free: set[int] = set(range(n))
         self._caches: dict[int, CachedPrefix] = {}  # free slot -> its cache
         self._released: dict[int, int] = {}  # free slot -> when it was released
@@ -167,21 +192,35 @@ class SlotPool:
         slots = [s for s, c in self._caches.items() if c.session == session]
         return max(slots, key=self._released.__getitem__) if slots else None
 
+    def _busy_neighbours(self, slot: int) -> int:
+        return sum(0 <= n < self.size and n not in self._free for n in (slot - 1, slot + 1))
+
+    def _evict_order(self, slot: int) -> tuple[int, int, int]:
+        """Sort key among free slots: the lowest empty one, else the least recently used."""
+        if slot not in self._caches:
+            return (0, 0, slot)
+        return (1, self._released[slot], slot)
+
     def acquire(self, matches: Mapping[int, int] | None = None) -> Acquired | None:
         """A free slot (``None`` when all are busy). ``matches`` maps free slots whose cache the
         request may reuse to the number of reusable tokens."""
         if not self._free:
             return None
         usable = {s: n for s, n in (matches or {}).items() if n > 0 and s in self._caches}
-        if usable:
-            slot = max(usable, key=lambda s: (usable[s], -self._released[s]))
+        best = max(usable, key=lambda s: (usable[s], -self._released[s])) if usable else None
+        candidates = self._free
+        if self.compact:
+            most = max(self._busy_neighbours(s) for s in self._free)
+            candidates = {s for s in self._free if self._busy_neighbours(s) == most}
+        if best is not None and best in candidates:
+            slot = best
         else:
-            empty = [s for s in self._free if s not in self._caches]
-            slot = min(empty) if empty else min(self._free, key=self._released.__getitem__)
+            slot = min(candidates, key=self._evict_order)
         self._free.remove(slot)
         cache = self._caches.pop(slot, None)
         self._released.pop(slot, None)
-        return Acquired(slot, cache, warm=bool(usable))
+        source = None if best is None or best == slot else best
+        return Acquired(slot, cache, warm=best is not None, source=source)
 
     def release(self, slot: int, cache: CachedPrefix | None = None) -> None:
         """Give ``slot`` back, holding ``cache`` (``None``: its KV cache was cleared)."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import llama_cpp as lc
 
+from gemma_worker.engine.kernels import KernelChoices, KernelConflictError
+
 log = logging.getLogger(__name__)
 
 #: ggml log levels: WARN (mostly benign model-file remarks) becomes INFO, ERROR stays ERROR;
@@ -36,10 +38,6 @@ _backend_ready = False
 def _init_backend() -> None:
     global _backend_ready  # noqa: PLW0603 - process-wide llama.cpp initialisation, done once
     if not _backend_ready:
-        # ggml's tiled K-quant matmul takes over at 8+ batch rows and sums in another order
-        # than vec_dot, so a request's greedy output would depend on how many requests share
-        # its batch. It is read once per process, before the first decode.
-        os.environ.setdefault("GGML_CPU_TILED_MM", "0")
         lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _backend_ready = True
@@ -127,18 +125,18 @@ class LlamaModel:
         n_batch: int,
         n_threads: int | None,
         n_gpu_layers: int,
-        flash_attn: bool = False,
-        kv_unified: bool = False,
+        kernels: KernelChoices,
     ) -> None:
+        try:
+            kernels.apply_process_wide()
+        except KernelConflictError as exc:
+            raise ModelLoadError(str(exc)) from exc
         _init_backend()
         if not path.is_file() or not os.access(path, os.R_OK):
             raise ModelLoadError(f"model file not found or not readable: {path}")
         mparams = lc.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers if n_gpu_layers >= 0 else 999
-        # No repacked weights: their gemv (1 row) and gemm (4+ rows) kernels round differently,
-        # so a sequence's logits would depend on how many others share its batch. Measured here
-        # at no cost in speed.
-        mparams.use_extra_bufts = False
+        mparams.use_extra_bufts = kernels.repack_weights
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"not a loadable GGUF model: {path}")
@@ -154,10 +152,12 @@ class LlamaModel:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
-        cparams.kv_unified = kv_unified
+        cparams.kv_unified = kernels.kv_unified
         cparams.swa_full = False
         cparams.flash_attn_type = (
-            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if kernels.flash_attn
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -169,9 +169,11 @@ class LlamaModel:
         self.n_ctx_seq = n_ctx_seq
         self.n_seq = n_seq
         self.n_batch = n_batch
+        self.kernels = kernels
         #: Sliding-window size of the model's SWA layers (0 when it has none).
         self.n_swa = int(lc.llama_model_n_swa(self.model))
         self._pieces: dict[int, bytes] = {}
+        self._copying: set[int] = set()
         self._special_pieces: dict[int, bytes] = {}
         self.info = self._read_info()
         self.bos_head = self.tokenize("", add_special=True, parse_special=False)
@@ -279,11 +281,28 @@ class LlamaModel:
     # --- decoding ---------------------------------------------------------------------------
     def decode(self, batch: Batch) -> int:
         """Run the model over ``batch``; 0 on success (llama.cpp's return code otherwise)."""
-        return int(lc.llama_decode(self.ctx, batch.raw))
+        rc = int(lc.llama_decode(self.ctx, batch.raw))
+        if rc == 0:
+            self._copying.clear()  # llama_decode applies pending copies first
+        return rc
 
     def clear_sequence(self, seq: int) -> None:
         """Forget the KV cache of sequence ``seq``."""
         lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence ``dst``'s KV cache a copy of ``src``'s (which keeps its own), cell for
+        cell. Across per-slot KV buffers llama.cpp copies the whole buffer at the next decode;
+        until then both are :meth:`copy_pending`."""
+        self.clear_sequence(dst)
+        lc.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        self._copying.update((src, dst))
+
+    def copy_pending(self, seq: int) -> bool:
+        """Whether a copy from or to ``seq`` waits for the next decode: its bytes must then
+        be neither saved (not there yet) nor overwritten by a load (the copy would read or
+        clobber them)."""
+        return seq in self._copying
 
     def keep_prefix(self, seq: int, n: int) -> bool:
         """Keep only positions ``0 .. n-1`` of sequence ``seq``; whether the cache can continue

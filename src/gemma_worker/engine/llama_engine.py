@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.events import FinishReason
+from gemma_worker.core.pacing import PrefillPacer
 from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
 from gemma_worker.core.scheduling import (
     AdmissionQueue,
@@ -36,6 +37,7 @@ from gemma_worker.core.scheduling import (
 from gemma_worker.core.usage import Timings, Usage
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
+from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.kv_files import KVFiles
 from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError
 from gemma_worker.engine.messages import (
@@ -87,8 +89,8 @@ class EngineConfig:
     n_threads: int | None
     n_gpu_layers: int
     stream_buffer: int
-    flash_attn: bool = False
-    kv_unified: bool = False
+    kernels: KernelChoices = field(default_factory=KernelChoices.deterministic)
+    prefill_gap_factor: float = 2.0
     max_input_tokens: int | None = None
     #: Where idle sessions' KV caches are saved when their slot is taken or the worker stops
     #: (``None`` or a zero budget: never).
@@ -145,13 +147,17 @@ class LlamaEngine:
         self._renderer: PromptRenderer | None = None
         self.model_path: Path | None = None
         # Engine-thread state.
-        self._slots = SlotPool(config.parallel)
+        # With a KV buffer per slot, busy slots are kept together (see SlotPool).
+        self._slots = SlotPool(config.parallel, compact=not config.kernels.kv_unified)
         self._waiting: AdmissionQueue[_Prepared] = AdmissionQueue(
             config.max_queue + config.parallel
         )
         self._seqs: dict[int, SequenceState] = {}
         self._kv_files: KVFiles | None = None
         self._samplers: dict[int, Sampler] = {}
+        self._pacer = PrefillPacer(
+            gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
+        )
         self._order = 0
         # Vocabulary-only work (grammar compilation, /tokenize) runs here, beside the engine
         # thread, so decoding never waits for it; it never touches the context.
@@ -294,8 +300,7 @@ class LlamaEngine:
                 n_batch=self.config.n_batch,
                 n_threads=self.config.n_threads,
                 n_gpu_layers=self.config.n_gpu_layers,
-                flash_attn=self.config.flash_attn,
-                kv_unified=self.config.kv_unified,
+                kernels=self.config.kernels,
             )
             template = model.chat_template
             self._renderer = PromptRenderer(
@@ -347,7 +352,7 @@ class LlamaEngine:
                 return
             self._reap_cancelled()
             self._admit()
-            plan = plan_step(self._views(), self.config.n_batch, self.config.prefill_chunk)
+            plan = plan_step(self._views(), self.config.n_batch, self._pacer.budget)
             if plan:
                 self._step(plan)
             elif self._seqs:
@@ -484,8 +489,12 @@ class LlamaEngine:
             other = None if old is None or old.session == spec.session else old.session
             if old is not None and other is not None and self._slots.holder(other) is None:
                 self._stash(slot, old)  # another session's latest cache: keep it on disk
-            if acquired.warm and old is not None:
-                tokens, n_cached = self._reuse(slot, prepared, old.tokens, matches[slot])
+            reused = acquired.reused
+            if reused is not None:
+                source = caches[reused]
+                if reused != slot:
+                    self._model.copy_sequence(reused, slot)
+                tokens, n_cached = self._reuse(slot, prepared, source.tokens, matches[reused])
             elif saved and (restored := self._restore(slot, spec.session)) is not None:
                 match = self._match(prepared, restored)
                 tokens, n_cached = self._reuse(slot, prepared, restored, match)
@@ -613,6 +622,7 @@ class LlamaEngine:
             or self._kv_files is None
             or self._model is None
             or len(cache.tokens) < KV_DISK_MIN_TOKENS
+            or self._model.copy_pending(slot)
         ):
             return
         t0 = time.perf_counter()
@@ -624,7 +634,12 @@ class LlamaEngine:
 
     def _restore(self, slot: int, key: str | None) -> list[int] | None:
         """Load session ``key``'s saved cache into ``slot``; its tokens, or ``None``."""
-        if self._kv_files is None or self._model is None or key is None:
+        if (
+            self._kv_files is None
+            or self._model is None
+            or key is None
+            or self._model.copy_pending(slot)
+        ):
             return None
         entry = self._kv_files.take(key)
         if entry is None:
@@ -641,7 +656,7 @@ class LlamaEngine:
         size = self.model_path.stat().st_size
         return (
             f"{self.model_path.resolve()}|{size}|{self._model.n_ctx_seq}|{c.n_ctx}|"
-            f"{c.flash_attn}|{c.kv_unified}|{self._model.n_swa}"
+            f"{c.kernels.flash_attn}|{c.kernels.kv_unified}|{self._model.n_swa}"
         )
 
     def _forget(self, key: str) -> None:
@@ -673,6 +688,14 @@ class LlamaEngine:
         ]
 
     def _step(self, plan: list[StepEntry]) -> None:
+        t0 = time.perf_counter()
+        self._run_step(plan)
+        n_prefill = sum(e.n_tokens for e in plan if e.prefill)
+        self._pacer.observe(
+            len(plan) - sum(e.prefill for e in plan), n_prefill, time.perf_counter() - t0
+        )
+
+    def _run_step(self, plan: list[StepEntry]) -> None:
         model = self._model
         assert model is not None
         batch = self._batch

@@ -28,7 +28,8 @@ async def run(base: str, args: argparse.Namespace) -> None:
         worst = 1.0
         for i, n in enumerate(args.pattern):
             res = await closed_loop(http, base, n, args.per_client, args.max_tokens)
-            line = f"  run {i + 1:>2}: {n:>2} client{'s' if n > 1 else ' '} {res.aggregate_tps:7.1f} tok/s"
+            clients = f"{n:>2} client{'s' if n > 1 else ' '}"
+            line = f"  run {i + 1:>2}: {clients} {res.aggregate_tps:7.1f} tok/s"
             if n == max(args.pattern):
                 first = first or res.aggregate_tps
                 ratio = res.aggregate_tps / first
@@ -36,7 +37,9 @@ async def run(base: str, args: argparse.Namespace) -> None:
                 line += f"   {ratio:5.2f}x the first {n}-client run"
             print(line, flush=True)
         verdict = "PASS" if worst >= 0.95 else "FAIL"
-        print(f"slowest {max(args.pattern)}-client run: {worst:.2f}x the first  [{verdict}: >= 0.95]")
+        print(
+            f"slowest {max(args.pattern)}-client run: {worst:.2f}x the first  [{verdict}: >= 0.95]"
+        )
 
 
 def main() -> None:

@@ -189,3 +189,33 @@ def test_sessions_latest_cache_and_forget() -> None:
     assert sorted(pool.forget("s")) == [0, 1]
     assert pool.holder("s") is None
     assert [s for s, _ in pool.caches()] == [2]
+
+
+def test_gap_move_takes_the_highest_busy_slot_into_the_lowest_gap() -> None:
+    pool = _pool(8, {0, 2, 3, 6}, {1: CachedPrefix(None, (5,))})
+    assert pool.gap_move() == (6, 1)
+    assert pool.relocate(6, 1) == CachedPrefix(None, (5,))  # the gap's cache is given up
+    assert pool.gap_move() is None  # busy 0-3: one run
+    assert pool.n_free == 4
+    assert pool.acquire() == Acquired(4, None, warm=False)  # extends the run
+
+
+def test_gap_moves_end_with_one_run() -> None:
+    pool = _pool(10, {1, 4, 6, 9}, {})
+    moves = []
+    while (move := pool.gap_move()) is not None:
+        moves.append(move)
+        pool.relocate(*move)
+    assert moves == [(9, 2), (6, 3)]  # busy 1-4
+    with pytest.raises(ValueError, match="cannot move"):
+        pool.relocate(9, 2)
+
+
+def test_no_gap_move_for_one_run_or_without_compaction() -> None:
+    assert _pool(6, {2, 3, 4}, {}).gap_move() is None
+    assert _pool(6, set(), {}).gap_move() is None
+    plain = SlotPool(4)
+    for _ in range(4):
+        plain.acquire()
+    plain.release(1)
+    assert plain.gap_move() is None

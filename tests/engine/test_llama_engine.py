@@ -213,3 +213,29 @@ async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
         await collect(running)
     finally:
         await eng.close()
+
+
+async def test_a_gap_between_busy_slots_is_closed_by_moving_a_request() -> None:
+    settings = make_settings(parallel=4, n_ctx=1024)
+    prompt = "Once upon a time, in a small village by the sea,"
+    alone = LlamaEngine(engine_config(settings))
+    await alone.start()
+    try:
+        alone_text, _ = await collect(submit(alone, settings, prompt, 40))
+    finally:
+        await alone.close()
+    eng = RecordingEngine(engine_config(settings))
+    await eng.start()
+    try:
+        a = submit(eng, settings, "The history of the Roman Empire begins", 60)  # slot 0
+        b = submit(eng, settings, "def fibonacci(n):", 3)  # slot 1, soon done
+        c = submit(eng, settings, prompt, 40)  # slot 2, moves to 1 when b is done
+        (text, _), _, _ = await asyncio.gather(collect(c), collect(a), collect(b))
+        slots_seen = [sorted(e.slot for e in p if not e.prefill) for p in eng.plans]
+        assert [0, 1, 2] in slots_seen  # all three decoded together
+        assert [0, 2] not in slots_seen  # the gap b left never cost a step...
+        last_in_2 = max(i for i, s in enumerate(slots_seen) if 2 in s)
+        assert [0, 1] in slots_seen[last_in_2 + 1 :]  # ...c went on in slot 1
+        assert text == alone_text  # the moved KV cache gives the same output
+    finally:
+        await eng.close()

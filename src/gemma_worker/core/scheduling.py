@@ -222,6 +222,31 @@ class SlotPool:
         source = None if best is None or best == slot else best
         return Acquired(slot, cache, warm=best is not None, source=source)
 
+    def gap_move(self) -> tuple[int, int] | None:
+        """With ``compact``, when the busy slots form more than one run: (the highest busy
+        slot, the lowest free slot between busy ones). Moving that request there never adds
+        a run and shrinks the span, so repeated moves end with one run."""
+        if not self.compact:
+            return None
+        busy = sorted(set(range(self.size)) - self._free)
+        if not busy:
+            return None
+        gaps = [s for s in range(busy[0], busy[-1]) if s in self._free]
+        return (busy[-1], gaps[0]) if gaps else None
+
+    def relocate(self, src: int, dst: int) -> CachedPrefix | None:
+        """The request in busy slot ``src`` moves to free slot ``dst``; ``src`` becomes free and
+        empty. Returns the cache ``dst`` held, now given up."""
+        if src in self._free or dst not in self._free:
+            raise ValueError(f"cannot move slot {src} to slot {dst}")
+        self._free.remove(dst)
+        cache = self._caches.pop(dst, None)
+        self._released.pop(dst, None)
+        self._free.add(src)
+        self._clock += 1
+        self._released[src] = self._clock
+        return cache
+
     def release(self, slot: int, cache: CachedPrefix | None = None) -> None:
         """Give ``slot`` back, holding ``cache`` (``None``: its KV cache was cleared)."""
         if slot in self._free or not 0 <= slot < self.size:

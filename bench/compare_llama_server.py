@@ -69,7 +69,7 @@ Scenario = Callable[[httpx.AsyncClient, str], Awaitable[float]]
 def scenarios(args: argparse.Namespace, words: int) -> dict[str, tuple[Scenario, str]]:
     """name -> (measure, unit); a higher tok/s is better, a lower ms is better."""
     out: dict[str, tuple[Scenario, str]] = {}
-    for n in args.levels:
+    for n in args.levels if "load" in args.only else []:
 
         async def load(http: httpx.AsyncClient, base: str, n: int = n) -> float:
             res = await closed_loop(http, base, n, args.per_client, args.max_tokens)
@@ -80,8 +80,9 @@ def scenarios(args: argparse.Namespace, words: int) -> dict[str, tuple[Scenario,
     async def ttft(http: httpx.AsyncClient, base: str) -> float:
         return await long_prompt_ttft(http, base, words)
 
-    out[f"{args.long_tokens}-token prompt TTFT"] = (ttft, "ms")
-    if args.streams:
+    if "ttft" in args.only:
+        out[f"{args.long_tokens}-token prompt TTFT"] = (ttft, "ms")
+    if args.streams and "gaps" in args.only:
 
         async def gaps(http: httpx.AsyncClient, base: str) -> float:
             res = await interference(http, base, args.streams, words)
@@ -138,6 +139,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16]
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda s: set(s.split(",")),
+        default={"load", "ttft", "gaps"},
+        help="scenarios to run: load (N clients), ttft (long prompt), gaps (streams + prompt)",
     )
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)

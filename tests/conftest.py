@@ -34,8 +34,11 @@ def free_port() -> int:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Settings for tests: small context, greedy by default, nothing read from the env file."""
+    """Settings for tests: small context, greedy by default, nothing read from the env file.
+    Deterministic kernels: several tests compare outputs across batches and cache hits, and
+    ggml reads some kernel choices once per process (fast mode: tests/test_fast_mode.py)."""
     values: dict[str, Any] = {
+        "deterministic": True,
         "port": free_port(),
         "n_ctx": 1024,
         "parallel": 4,

@@ -3,7 +3,8 @@
 #   make test   set up .venv and run the whole test suite (real model)
 #   make lint   ruff + mypy (strict)
 #   make bench  benchmarks: single stream vs raw llama-cpp-python; N clients vs llama_cpp.server;
-#               sessions; the OpenAI API against /ws, grammars, prefix caching
+#               sessions; the OpenAI API against /ws, grammars, prefix caching; side by side
+#               with llama.cpp's llama-server; mixed traffic; sampling cost
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -44,6 +45,9 @@ bench: install
 	$(PY) bench/concurrency.py --idle 1000
 	$(PY) bench/sessions.py
 	$(PY) bench/openai_api.py
+	$(PY) bench/compare_llama_server.py
+	$(PY) bench/mixed_traffic.py
+	$(PY) bench/sampling.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -93,7 +93,10 @@ def scenarios(args: argparse.Namespace, words: int) -> dict[str, tuple[Scenario,
 
 
 async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
-    async with httpx.AsyncClient(timeout=600) as http:
+    # No keep-alive: a server may close a connection that sat idle while the others ran, and
+    # a reused dead connection would fail the request.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         first = next(iter(servers.values()))
         words = await calibrated_long_prompt(http, first, args.long_tokens)
         plan = scenarios(args, words)
@@ -107,7 +110,10 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
                 for name in order:
                     value = await measure(http, servers[name])
                     results[scenario, name].append(value)
-                    print(f"  round {r + 1} {scenario:<34} {name:<16} {value:8.2f} {unit}")
+                    print(
+                        f"  round {r + 1} {scenario:<34} {name:<20} {value:8.2f} {unit}",
+                        flush=True,
+                    )
         print_table(plan, names, results)
 
 

@@ -19,9 +19,7 @@ if [[ ! -x "$bin" ]]; then
   echo "building llama-server from llama-cpp-python $VERSION's llama.cpp (about 10 minutes)..." >&2
   echo "  cmake $args" >&2
   tmp=$(mktemp -d)
-  "$PY" -m pip download --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$VERSION" >&2
-  tar xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp"
-  src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
+  src=$(fetch_llama_source "$PY" "$VERSION" "$tmp")/vendor/llama.cpp
   # shellcheck disable=SC2086  # args is a list of flags
   cmake -S "$src" -B "$tmp/build" -G Ninja $args >&2
   cmake --build "$tmp/build" --target llama-server -j "$(nproc)" >&2

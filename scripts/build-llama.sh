@@ -27,9 +27,7 @@ if [[ -z "$wheel" ]]; then
   echo "building llama-cpp-python $VERSION from source (about 5 minutes on 2 cores)..." >&2
   echo "  CMAKE_ARGS=$args" >&2
   tmp=$(mktemp -d)
-  "$PY" -m pip download --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$VERSION" >&2
-  tar xzf "$tmp"/llama_cpp_python-"$VERSION".tar.gz -C "$tmp"
-  src="$tmp/llama_cpp_python-$VERSION"
+  src=$(fetch_llama_source "$PY" "$VERSION" "$tmp")
   "$PY" - "$src/vendor/llama.cpp/ggml/src/ggml-cpu/llamafile/sgemm.cpp" <<'PATCH'
 import sys
 path = sys.argv[1]

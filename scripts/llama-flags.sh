@@ -1,6 +1,7 @@
-# Sourced by build-llama.sh and build-llama-server.sh: the CMake flags for this CPU.
+# Sourced by build-llama.sh and build-llama-server.sh: the CMake flags for this CPU, and the
+# llama-cpp-python sdist both build from.
 # GGML_NATIVE=OFF and the CPU's AVX* features, never AMX (its kernels crash in these VMs).
-# Sets: LLAMA_CMAKE_ARGS
+# Sets: LLAMA_CMAKE_ARGS. Defines: fetch_llama_source PYTHON VERSION DIR (prints the source dir).
 _cpu_flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
 _has() { [[ " $_cpu_flags " == *" $1 "* ]]; }
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
@@ -41,3 +42,9 @@ case "$_build" in
     ;;
   *) echo "GEMMA_BUILD must be cpu, cuda or auto (got: $_build)" >&2; exit 2 ;;
 esac
+
+fetch_llama_source() {
+  "$1" -m pip download --no-deps --no-binary :all: -d "$3" "llama-cpp-python==$2" >&2
+  tar xzf "$3"/llama_cpp_python-"$2".tar.gz -C "$3"
+  echo "$3/llama_cpp_python-$2"
+}

@@ -42,6 +42,9 @@ def test_root_lists_endpoints(worker: RunningWorker) -> None:
     body = httpx.get(f"{worker.http}/").json()
     assert body["name"] == "FazAI Gemma Worker"
     assert body["endpoints"]["websocket"] == "WS /ws"
+    # the suite runs the deterministic kernels (tests/conftest.py)
+    assert body["kernels"]["batch_invariant"] is True
+    assert body["kernels"]["repack_weights"] is False
 
 
 def test_docs_and_openapi(worker: RunningWorker) -> None:

@@ -15,7 +15,7 @@ from gemma_worker.api.app import engine_config
 from gemma_worker.engine.kernels import KernelChoices, KernelConflictError
 from gemma_worker.engine.llama_engine import LlamaEngine
 from tests.conftest import PARIS_PROMPT, make_settings
-from tests.engine.test_llama_engine import PROMPTS, collect, submit
+from tests.engine.test_llama_engine import PROMPTS, collect, running_engine, submit
 
 _FAST_RUN = """
 import asyncio, json, sys
@@ -67,12 +67,8 @@ async def test_fast_mode_outputs_are_sane() -> None:
     assert proc.returncode == 0
     fast = json.loads(out.decode().strip().splitlines()[-1])
     settings = make_settings()
-    engine = LlamaEngine(engine_config(settings))
-    await engine.start()
-    try:
+    async with running_engine(LlamaEngine(engine_config(settings))) as engine:
         exact, _ = await collect(submit(engine, settings, PARIS_PROMPT, 16))
-    finally:
-        await engine.close()
     assert exact.split()[0] == "Paris", exact
     # fast kernels round differently, so late tokens may differ; the answer may not
     for text in (fast["alone"], fast["batched"]):

@@ -8,6 +8,8 @@ import itertools
 import statistics
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
 
@@ -29,12 +31,25 @@ PROMPTS = [
 ]
 
 
+E = TypeVar("E", bound=LlamaEngine)
+
+
+@asynccontextmanager
+async def running_engine(eng: E) -> AsyncIterator[E]:
+    """``eng`` started, closed on the way out."""
+    await eng.start()
+    try:
+        yield eng
+    finally:
+        await eng.close()
+
+
 @pytest.fixture
 async def engine() -> AsyncIterator[LlamaEngine]:
-    eng = LlamaEngine(engine_config(make_settings(parallel=4, stream_buffer=4)))
-    await eng.start()
-    yield eng
-    await eng.close()
+    async with running_engine(
+        LlamaEngine(engine_config(make_settings(parallel=4, stream_buffer=4)))
+    ) as eng:
+        yield eng
 
 
 def submit(eng: LlamaEngine, settings: Settings, text: str, max_tokens: int) -> GenerationHandle:
@@ -157,17 +172,13 @@ async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None
 
 async def test_a_prompt_alone_takes_whole_batches() -> None:
     settings = make_settings(parallel=2, prefill_chunk=64, n_batch=256, n_ctx=2048)
-    eng = RecordingEngine(engine_config(settings))
-    await eng.start()
-    try:
+    async with running_engine(RecordingEngine(engine_config(settings))) as eng:
         long_text = "The quick brown fox jumps over the lazy dog. " * 90  # ~900 tokens
         _, finished = await collect(submit(eng, settings, long_text, 2))
         n_prompt = finished.usage.prompt_tokens
         chunks = [e.n_tokens for p in eng.plans for e in p if e.prefill]
         # prefill_chunk only limits prompt tokens beside decoding streams
         assert chunks == [256] * (n_prompt // 256) + [n_prompt % 256]
-    finally:
-        await eng.close()
 
 
 async def test_a_dropped_handle_frees_its_slot(engine: LlamaEngine) -> None:
@@ -186,9 +197,7 @@ async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
     # One KV buffer per slot: llama.cpp runs the model once per run of consecutive busy
     # slots, so a reused cache is copied next to the busy ones, and must give the same output.
     settings = make_settings(parallel=4, n_ctx=1024)
-    eng = RecordingEngine(engine_config(settings))
-    await eng.start()
-    try:
+    async with running_engine(RecordingEngine(engine_config(settings))) as eng:
         question = (
             "Question: Which river flows through the city of Paris, the capital of France, "
             "and into which sea does it finally empty?\nAnswer:"
@@ -198,8 +207,8 @@ async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
         b = submit(eng, settings, "The history of Rome", 4)  # slot 2, beside the busy 1
         await collect(a)
         await collect(b)
-        running = submit(eng, settings, "def fibonacci(n):", 300)  # slot 3, the empty one
-        assert isinstance(await running.next_event(), Started)
+        busy = submit(eng, settings, "def fibonacci(n):", 300)  # slot 3, the empty one
+        assert isinstance(await busy.next_event(), Started)
         again = submit(eng, settings, question, 12)
         started = await again.next_event()
         assert isinstance(started, Started)
@@ -209,24 +218,16 @@ async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
         slots = {e.slot for p in eng.plans[first_plan:] for e in p}
         assert slots == {2, 3}  # ran in slot 2, beside 3, with slot 0's cache copied there
         assert warm_text == cold_text
-        running.cancel()
-        await collect(running)
-    finally:
-        await eng.close()
+        busy.cancel()
+        await collect(busy)
 
 
 async def test_a_gap_between_busy_slots_is_closed_by_moving_a_request() -> None:
     settings = make_settings(parallel=4, n_ctx=1024)
     prompt = "Once upon a time, in a small village by the sea,"
-    alone = LlamaEngine(engine_config(settings))
-    await alone.start()
-    try:
+    async with running_engine(LlamaEngine(engine_config(settings))) as alone:
         alone_text, _ = await collect(submit(alone, settings, prompt, 40))
-    finally:
-        await alone.close()
-    eng = RecordingEngine(engine_config(settings))
-    await eng.start()
-    try:
+    async with running_engine(RecordingEngine(engine_config(settings))) as eng:
         a = submit(eng, settings, "The history of the Roman Empire begins", 60)  # slot 0
         b = submit(eng, settings, "def fibonacci(n):", 3)  # slot 1, soon done
         c = submit(eng, settings, prompt, 40)  # slot 2, moves to 1 when b is done
@@ -237,5 +238,3 @@ async def test_a_gap_between_busy_slots_is_closed_by_moving_a_request() -> None:
         last_in_2 = max(i for i, s in enumerate(slots_seen) if 2 in s)
         assert [0, 1] in slots_seen[last_in_2 + 1 :]  # ...c went on in slot 1
         assert text == alone_text  # the moved KV cache gives the same output
-    finally:
-        await eng.close()

@@ -153,6 +153,12 @@ def rest_stream(url: str, prompt: str, max_tokens: int) -> StreamTiming:
     return clock.timing()
 
 
+def p95(values: list[float]) -> float:
+    """The 95th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
 def summarize(timings: list[StreamTiming]) -> tuple[float, float]:
     """(median tokens/s, median TTFT ms)."""
     return (

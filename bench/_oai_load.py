@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from _common import PROMPTS
+from _common import PROMPTS, p95
 
 
 @dataclass
@@ -161,11 +161,6 @@ class Interference:
         return self.p95_gap_ms / self.normal_gap_ms
 
 
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
 async def interference(
     http: httpx.AsyncClient, base: str, n_streams: int, words: int, settle_s: float = 2.0
 ) -> Interference:
@@ -187,4 +182,4 @@ async def interference(
     during = [g for d in done for g in d.gaps(t_send, t_first)]
     if not before or not during:
         raise RuntimeError("streams ended before the long prompt was processed; raise max_tokens")
-    return Interference(statistics.median(before) * 1e3, _p95(during) * 1e3, long.ttft_s * 1e3)
+    return Interference(statistics.median(before) * 1e3, p95(during) * 1e3, long.ttft_s * 1e3)

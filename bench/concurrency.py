@@ -33,6 +33,7 @@ from _common import (
     embedded_model_path,
     execute_body,
     free_port,
+    p95,
     server_process,
     worker_process,
 )
@@ -98,11 +99,6 @@ class LoadResult:
     stream_tps: float
 
 
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
 async def run_load(
     client: Client, n_clients: int, per_client: int, max_tokens: int, ramp_s: float
 ) -> LoadResult:
@@ -123,7 +119,7 @@ async def run_load(
         n_clients=n_clients,
         aggregate_tps=sum(s.n_tokens for s in samples) / wall,
         ttft_p50_ms=statistics.median(ttfts),
-        ttft_p95_ms=_p95(ttfts),
+        ttft_p95_ms=p95(ttfts),
         stream_tps=statistics.median(s.tokens_per_second for s in samples if s.decode_s > 0),
     )
 

@@ -210,8 +210,9 @@ class SlotPool:
         best = max(usable, key=lambda s: (usable[s], -self._released[s])) if usable else None
         candidates = self._free
         if self.compact:
-            most = max(self._busy_neighbours(s) for s in self._free)
-            candidates = {s for s in self._free if self._busy_neighbours(s) == most}
+            neighbours = {s: self._busy_neighbours(s) for s in self._free}
+            most = max(neighbours.values())
+            candidates = {s for s, n in neighbours.items() if n == most}
         if best is not None and best in candidates:
             slot = best
         else:

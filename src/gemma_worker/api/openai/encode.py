@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from gemma_worker import __version__
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
@@ -62,17 +62,22 @@ def _complete(call: _ToolCallOut) -> bool:
 
 
 @dataclass
-class ChatEncoder:
-    """Builds ``chat.completion`` answers and ``chat.completion.chunk`` events for one request."""
+class _Encoder:
+    """What both encoders share: the object head and the stream's usage fields."""
+
+    #: ``id`` prefix and the ``object`` of a stream chunk.
+    _ID_PREFIX: ClassVar[str]
+    _CHUNK_OBJECT: ClassVar[str]
 
     model: str
     logprobs: bool
     include_usage: bool
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-    content: list[str] = field(default_factory=list)
-    calls: list[_ToolCallOut] = field(default_factory=list)
-    tokens: list[TokenLogprob] = field(default_factory=list)
+    id: str = field(init=False)
+    created: int = field(init=False, default_factory=lambda: int(time.time()))
+    tokens: list[TokenLogprob] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.id = f"{self._ID_PREFIX}-{uuid.uuid4().hex}"
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {
@@ -82,6 +87,30 @@ class ChatEncoder:
             "model": self.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
+
+    def _streamed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A chunk before the last: ``usage: null`` when the usage comes in a chunk of its own."""
+        if self.include_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        """The last chunk, when ``stream_options.include_usage``: no choices, the usage."""
+        body = self._head(self._CHUNK_OBJECT)
+        body["choices"] = []
+        body["usage"] = usage_json(usage)
+        return body
+
+
+@dataclass
+class ChatEncoder(_Encoder):
+    """Builds ``chat.completion`` answers and ``chat.completion.chunk`` events for one request."""
+
+    _ID_PREFIX = "chatcmpl"
+    _CHUNK_OBJECT = "chat.completion.chunk"
+
+    content: list[str] = field(init=False, default_factory=list)
+    calls: list[_ToolCallOut] = field(init=False, default_factory=list)
 
     def add(self, event: Text | ToolCallStart | ToolCallArguments) -> dict[str, Any]:
         """Take one delta; the ``delta`` object that streams it."""
@@ -123,16 +152,7 @@ class ChatEncoder:
         body["choices"] = [
             {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
         ]
-        if self.include_usage:
-            body["usage"] = None
-        return body
-
-    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
-        """The last chunk, when ``stream_options.include_usage``: no choices, the usage."""
-        body = self._head("chat.completion.chunk")
-        body["choices"] = []
-        body["usage"] = usage_json(usage)
-        return body
+        return self._streamed(body)
 
     def response(self, finished: Finished) -> dict[str, Any]:
         """The whole ``chat.completion``."""
@@ -169,17 +189,14 @@ class ChatEncoder:
 
 
 @dataclass
-class CompletionEncoder:
+class CompletionEncoder(_Encoder):
     """Builds ``text_completion`` answers and stream chunks for one request."""
 
-    model: str
-    logprobs: bool
-    include_usage: bool
-    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-    text: list[str] = field(default_factory=list)
-    tokens: list[TokenLogprob] = field(default_factory=list)
-    _offset: int = 0
+    _ID_PREFIX = "cmpl"
+    _CHUNK_OBJECT = "text_completion"
+
+    text: list[str] = field(init=False, default_factory=list)
+    _offset: int = field(init=False, default=0)
 
     def _logprobs(self, tokens: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> Any:
         if not self.logprobs:
@@ -196,37 +213,19 @@ class CompletionEncoder:
         }
 
     def _body(self, text: str, logprobs: Any, finish_reason: str | None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [
-                {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
-            ],
-        }
+        body = self._head("text_completion")
+        body["choices"] = [
+            {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}
+        ]
+        return body
 
     def chunk(self, event: Text) -> dict[str, Any]:
         """A stream chunk for one piece of text."""
-        body = self._body(event.text, self._logprobs(event.logprobs), None)
-        if self.include_usage:
-            body["usage"] = None
-        return body
+        return self._streamed(self._body(event.text, self._logprobs(event.logprobs), None))
 
     def final_chunk(self, finished: Finished) -> dict[str, Any]:
         """The chunk that carries the finish reason."""
-        body = self._body("", None, finished.finish_reason)
-        if self.include_usage:
-            body["usage"] = None
-        return body
-
-    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
-        """The last chunk, when ``stream_options.include_usage``."""
-        body = self._body("", None, None)
-        body["choices"] = []
-        body["usage"] = usage_json(usage)
-        return body
+        return self._streamed(self._body("", None, finished.finish_reason))
 
     def add(self, event: Text) -> None:
         """Collect text for the whole answer."""

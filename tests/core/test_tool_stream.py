@@ -46,6 +46,11 @@ def random_split(text: str, rng: random.Random) -> list[str]:
     return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
 
 
+def splits(text: str, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """``text`` in one piece, one character at a time, and in random pieces."""
+    return [text], list(text), random_split(text, random.Random(seed))
+
+
 def summary(deltas: list[ToolDelta]) -> tuple[str, list[tuple[int, str]], dict[int, str]]:
     """Joined content, the starts in order, each call's joined arguments."""
     content = "".join(d.text for d in deltas if isinstance(d, ContentDelta))
@@ -188,7 +193,7 @@ def test_leading_whitespace_before_a_call_is_dropped(lead: str) -> None:
     ],
 )
 def test_plain_text_answers_are_content(text: str) -> None:
-    for pieces in ([text], list(text), random_split(text, random.Random(7))):
+    for pieces in splits(text, 7):
         stream, deltas = run(pieces)
         assert all(isinstance(d, ContentDelta) and d.text for d in deltas)
         assert summary(deltas) == (text, [], {})
@@ -269,7 +274,7 @@ def test_truncated_parallel_answer_keeps_the_finished_calls() -> None:
     ],
 )
 def test_malformed_call_text_falls_back_to_content_without_loss(text: str) -> None:
-    for pieces in ([text], list(text), random_split(text, random.Random(3))):
+    for pieces in splits(text, 3):
         stream, deltas = run(pieces)
         contents = [d for d in deltas if isinstance(d, ContentDelta)]
         assert "".join(d.text for d in contents) == text

@@ -78,12 +78,12 @@ def test_admission_queue_is_fifo_and_bounded() -> None:
 def test_slot_pool_hands_out_lowest_free() -> None:
     pool = SlotPool(3)
     assert [pool.acquire(), pool.acquire()] == [
-        Acquired(0, None, warm=False),
-        Acquired(1, None, warm=False),
+        Acquired(0, None),
+        Acquired(1, None),
     ]
     pool.release(0)
-    assert pool.acquire() == Acquired(0, None, warm=False)
-    assert pool.acquire() == Acquired(2, None, warm=False)
+    assert pool.acquire() == Acquired(0, None)
+    assert pool.acquire() == Acquired(2, None)
     assert pool.acquire() is None
     with pytest.raises(ValueError, match="not in use"):
         pool.release(7)
@@ -106,7 +106,7 @@ def test_longest_match_wins_even_over_a_lower_empty_slot() -> None:
     assert pool.cached("k", special=True) == []
     assert pool.cached("other", special=False) == []
     assert pool.n_empty == 1
-    assert pool.acquire({2: 3, 3: 5}) == Acquired(3, b, warm=True)
+    assert pool.acquire({2: 3, 3: 5}) == Acquired(3, b, reused=3)
 
 
 def test_equal_matches_go_to_the_least_recently_used() -> None:
@@ -114,7 +114,7 @@ def test_equal_matches_go_to_the_least_recently_used() -> None:
     older, newer = CachedPrefix(None, (1, 2)), CachedPrefix(None, (1, 2, 9))
     pool.release(1, older)
     pool.release(2, newer)
-    assert pool.acquire({1: 2, 2: 2}) == Acquired(1, older, warm=True)
+    assert pool.acquire({1: 2, 2: 2}) == Acquired(1, older, reused=1)
 
 
 def test_without_a_match_an_empty_slot_then_the_lru_cache_is_evicted() -> None:
@@ -123,15 +123,15 @@ def test_without_a_match_an_empty_slot_then_the_lru_cache_is_evicted() -> None:
     pool.release(1, old)
     pool.release(2, new)
     pool.release(0)
-    assert pool.acquire({1: 0, 2: 0}) == Acquired(0, None, warm=False)
-    assert pool.acquire() == Acquired(1, old, warm=False)
-    assert pool.acquire() == Acquired(2, new, warm=False)
+    assert pool.acquire({1: 0, 2: 0}) == Acquired(0, None)
+    assert pool.acquire() == Acquired(1, old)
+    assert pool.acquire() == Acquired(2, new)
 
 
 def test_a_match_for_a_slot_without_cache_is_ignored() -> None:
     pool = _busy(2)
     pool.release(1)
-    assert pool.acquire({1: 5}) == Acquired(1, None, warm=False)
+    assert pool.acquire({1: 5}) == Acquired(1, None)
 
 
 def _pool(n: int, busy: set[int], caches: dict[int, CachedPrefix]) -> SlotPool:
@@ -147,14 +147,14 @@ def _pool(n: int, busy: set[int], caches: dict[int, CachedPrefix]) -> SlotPool:
 def test_compact_placement_closes_a_gap_between_busy_slots() -> None:
     # busy 0, 1, 3: slot 2 joins the two runs into one
     pool = _pool(6, {0, 1, 3}, {})
-    assert pool.acquire() == Acquired(2, None, warm=False)
+    assert pool.acquire() == Acquired(2, None)
 
 
 def test_compact_placement_copies_a_distant_cache_next_to_the_busy_slots() -> None:
     hit, other = CachedPrefix(None, (1, 2, 3)), CachedPrefix(None, (9,))
     pool = _pool(8, {0, 1}, {2: other, 6: hit})
     got = pool.acquire({6: 3})
-    assert got == Acquired(2, other, warm=True, source=6)
+    assert got == Acquired(2, other, reused=6)
     assert got.reused == 6
     # the copied-from slot keeps its cache for later requests
     assert pool.cached(None, special=False) == [(6, hit)]
@@ -164,19 +164,19 @@ def test_compact_placement_reuses_in_place_when_that_adds_no_run() -> None:
     hit = CachedPrefix(None, (1, 2, 3))
     pool = _pool(8, {0, 1}, {2: CachedPrefix(None, (9,)), 3: hit})
     # slot 3 is not next to a busy slot, 2 is: the cache is copied
-    assert pool.acquire({3: 3}).source == 3
+    assert pool.acquire({3: 3}).reused == 3
     pool = _pool(8, {0, 1, 4}, {2: CachedPrefix(None, (9,)), 3: hit})
     # slots 2 and 3 each touch one busy slot: the cache stays where it is
     got = pool.acquire({3: 3})
-    assert got == Acquired(3, hit, warm=True)
+    assert got == Acquired(3, hit, reused=3)
     assert got.reused == 3
 
 
 def test_compact_placement_with_nothing_busy_behaves_as_plain() -> None:
     hit = CachedPrefix(None, (1, 2, 3))
     pool = _pool(4, set(), {3: hit})
-    assert pool.acquire({3: 3}) == Acquired(3, hit, warm=True)
-    assert pool.acquire() == Acquired(2, None, warm=False)  # beside the busy slot 3
+    assert pool.acquire({3: 3}) == Acquired(3, hit, reused=3)
+    assert pool.acquire() == Acquired(2, None)  # beside the busy slot 3
 
 
 def test_sessions_latest_cache_and_forget() -> None:
@@ -197,7 +197,7 @@ def test_gap_move_takes_the_highest_busy_slot_into_the_lowest_gap() -> None:
     assert pool.relocate(6, 1) == CachedPrefix(None, (5,))  # the gap's cache is given up
     assert pool.gap_move() is None  # busy 0-3: one run
     assert pool.n_free == 4
-    assert pool.acquire() == Acquired(4, None, warm=False)  # extends the run
+    assert pool.acquire() == Acquired(4, None)  # extends the run
 
 
 def test_gap_moves_end_with_one_run() -> None:

@@ -126,21 +126,13 @@ class CachedPrefix:
 @dataclass(frozen=True, slots=True)
 class Acquired:
     """A slot handed out. ``cache`` is what the slot held (``None``: empty); it is given up
-    unless the request continues from it. ``warm`` says the request reuses a prefix of the
-    cache in slot ``source``: the slot itself, or (when placement moved the request) another
-    free slot, whose cache must first be copied into ``slot``."""
+    unless the request continues from it. ``reused`` is the slot whose cache the request
+    continues from (``None``: a cold start): ``slot`` itself, or, when placement put the
+    request elsewhere, another free slot whose cache must first be copied into ``slot``."""
 
     slot: int
     cache: CachedPrefix | None
-    warm: bool
-    source: int | None = None
-
-    @property
-    def reused(self) -> int | None:
-        """The slot whose cache the request continues from (``None``: a cold start)."""
-        if not self.warm:
-            return None
-        return self.slot if self.source is None else self.source
+    reused: int | None = None
 
 
 class SlotPool:
@@ -220,8 +212,7 @@ class SlotPool:
         self._free.remove(slot)
         cache = self._caches.pop(slot, None)
         self._released.pop(slot, None)
-        source = None if best is None or best == slot else best
-        return Acquired(slot, cache, warm=best is not None, source=source)
+        return Acquired(slot, cache, reused=best)
 
     def gap_move(self) -> tuple[int, int] | None:
         """With ``compact``, when the busy slots form more than one run: (the highest busy

@@ -7,6 +7,7 @@ the TOML config file, the defaults below. Environment names are ``GEMMA_<FIELD>`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -334,14 +335,8 @@ class Settings(BaseSettings):
 
     def kernel_choices(self) -> KernelChoices:
         """The compute paths: the mode's, with the settings given one by one applied."""
-        return KernelChoices.for_mode(
-            self.deterministic,
-            sgemm_single_rows=self.sgemm_single_rows,
-            repack_weights=self.repack_weights,
-            tiled_matmul=self.tiled_matmul,
-            flash_attn=self.flash_attn,
-            kv_unified=self.kv_unified,
-        )
+        overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(KernelChoices)}
+        return KernelChoices.for_mode(self.deterministic, **overrides)
 
     def request_limits(self) -> RequestLimits:
         """The limits and defaults requests are checked against."""

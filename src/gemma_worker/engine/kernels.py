@@ -20,7 +20,7 @@ every model in a process must agree on those.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 _TILED_ENV = "GGML_CPU_TILED_MM"
@@ -78,14 +78,7 @@ class KernelChoices:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``GET /``)."""
-        return {
-            "sgemm_single_rows": self.sgemm_single_rows,
-            "repack_weights": self.repack_weights,
-            "tiled_matmul": self.tiled_matmul,
-            "flash_attn": self.flash_attn,
-            "kv_unified": self.kv_unified,
-            "batch_invariant": self.batch_invariant,
-        }
+        return {**asdict(self), "batch_invariant": self.batch_invariant}
 
     def apply_process_wide(self) -> None:
         """Put the process-wide choices into the environment, before ggml first reads them;

@@ -22,6 +22,7 @@ from gemma_worker.cli.daemon import server_config
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
+from tests.programs import RedisServer
 
 PARIS_PROMPT = "Question: What is the capital of France?\nAnswer:"
 
@@ -157,3 +158,11 @@ def _wait_engine_idle(worker: RunningWorker, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"worker still busy: {body}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (from the OS packages) for the tests that share state."""
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -148,6 +149,11 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (none by default)."
     )
+    worker_id: str | None = Field(
+        default=None,
+        description="This replica's name, sent as X-Worker-Id on every response. Default: "
+        "the host name and port.",
+    )
     drain_grace_seconds: float = Field(
         default=30.0,
         ge=0.0,
@@ -195,8 +201,9 @@ class Settings(BaseSettings):
     )
     rate_limit_storage: str = Field(
         default="memory://",
-        description="Storage of the rate-limit counters (limits library URI), e.g. "
-        "'redis://host:6379' to share them between replicas.",
+        description="Storage of the rate-limit counters (limits library URI). The default "
+        "'memory://' means: redis_url when it is set (shared by the replicas), else this "
+        "process's memory.",
     )
 
     # --- resource limits ----------------------------------------------------------------------
@@ -259,6 +266,26 @@ class Settings(BaseSettings):
         default=10_000,
         ge=1,
         description="Most sessions kept; beyond it the least recently used are deleted.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for state shared by several replicas (e.g. "
+        "'redis://127.0.0.1:6379/0'): sessions, the one-turn-at-a-time claim of a session, "
+        "rate limits and the per-key concurrency cap. Unset: SQLite and this process's memory.",
+    )
+    redis_prefix: str = Field(
+        default="gemma:",
+        min_length=1,
+        description="Prefix of every Redis key the worker writes (several deployments may "
+        "share one Redis).",
+    )
+    lease_ttl_seconds: float = Field(
+        default=30.0,
+        ge=3.0,
+        le=3600.0,
+        description="With Redis: a replica renews its claims (a session's running turn, a "
+        "key's running generations) every third of this; a replica that dies frees them "
+        "after at most this long.",
     )
     kv_disk_cache_mb: int = Field(
         default=2048,
@@ -327,6 +354,26 @@ class Settings(BaseSettings):
                     "(e.g. redis) is not installed"
                 ) from exc
         return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def rate_limit_storage_uri(self) -> str:
+        """Where rate-limit counters live: ``rate_limit_storage`` when set, else Redis when
+        ``redis_url`` is set, else memory."""
+        if self.rate_limit_storage.startswith("memory://") and self.redis_url is not None:
+            return self.redis_url
+        return self.rate_limit_storage
+
+    @property
+    def replica_name(self) -> str:
+        """``worker_id``, or the host name and port."""
+        return self.worker_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def session_db_path(self) -> Path:

@@ -23,14 +23,19 @@ from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
 from gemma_worker.api.state import Phase, WorkerState
+from gemma_worker.api.worker_id import WorkerIdMiddleware
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
+from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
 from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
+from gemma_worker.shared.leases import LeaseTable, LocalLeases, RedisLeases
+from gemma_worker.shared.redis_client import connect
+from gemma_worker.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +66,12 @@ async def _load(state: WorkerState) -> None:
     except Exception as exc:
         state.phase = Phase.FAILED
         state.load_error = str(exc)
+        state.notifier.notify("STATUS=model load failed")
         log.error("model load failed: %s", exc)
         return
     if state.phase is Phase.LOADING:
         state.phase = Phase.READY
+        state.notifier.notify("READY=1", "STATUS=ready")
         log.info("ready")
 
 
@@ -80,11 +87,31 @@ def load_keys(settings: Settings) -> KeyRing:
 
 
 def open_store(settings: Settings) -> SessionStore:
-    """The session store the settings name (SQLite at ``session_db_path``)."""
+    """The session store the settings name: Redis when ``redis_url`` is set, else SQLite at
+    ``session_db_path``."""
+    if settings.redis_url is not None:
+        return RedisSessionStore(
+            connect(settings.redis_url),
+            prefix=settings.redis_prefix,
+            ttl_seconds=settings.session_ttl_seconds,
+            max_sessions=settings.max_sessions,
+        )
     return SQLiteSessionStore(
         settings.session_db_path,
         ttl_seconds=settings.session_ttl_seconds,
         max_sessions=settings.max_sessions,
+    )
+
+
+def open_leases(settings: Settings) -> LeaseTable:
+    """Where running turns and generations are counted: Redis when ``redis_url`` is set (every
+    replica sees them), else this process."""
+    if settings.redis_url is None:
+        return LocalLeases()
+    return RedisLeases(
+        connect(settings.redis_url),
+        prefix=settings.redis_prefix,
+        ttl_seconds=settings.lease_ttl_seconds,
     )
 
 
@@ -100,36 +127,42 @@ def create_app(
     keys = load_keys(settings)  # before anything is opened: bad key config fails fast
     engine = engine or LlamaEngine(engine_config(settings))
     store = store or open_store(settings)
+    leases = open_leases(settings)
     metrics = Metrics()
     state = WorkerState(
         settings,
         engine,
-        SessionService(store, engine.forget),
+        SessionService(store, engine.forget, leases),
         keys=keys,
         limiter=RateLimiter(
             requests=settings.rate_limit_requests,
             tokens=settings.rate_limit_tokens,
             max_concurrent=settings.max_concurrent_per_key,
-            storage_uri=settings.rate_limit_storage,
+            storage_uri=settings.rate_limit_storage_uri,
+            leases=leases,
         ),
         metrics=metrics,
+        notifier=SystemdNotifier.from_env(),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(_load(state))
         sweeper = asyncio.create_task(state.sessions.sweep(settings.session_sweep_seconds))
+        renewer = asyncio.create_task(leases.keep_alive())
+        watchdog = asyncio.create_task(state.notifier.watchdog(state.alive))
         app.state.loader = loader
         try:
             yield
         finally:
             if state.phase is not Phase.DRAINING:
                 await state.drain(settings.drain_grace_seconds)
-            for task in (loader, sweeper):
+            for task in (loader, sweeper, renewer, watchdog):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.engine.close()
+            leases.close()
             store.close()
 
     app = FastAPI(
@@ -153,6 +186,7 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    app.add_middleware(WorkerIdMiddleware, worker_id=settings.replica_name)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(house_router)

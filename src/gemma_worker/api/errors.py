@@ -29,10 +29,11 @@ def error_response(
     """The REST form of a :class:`WorkerError`, counted in the app's metrics. 503, 409 and
     429 carry ``Retry-After``; 429 also the ``RateLimit-Limit/Remaining/Reset`` headers."""
     _count(request, exc.code)
-    return _response(request.url.path, exc, request_id)
+    return response_for(request.url.path, exc, request_id)
 
 
-def _response(path: str, exc: WorkerError, request_id: str | None = None) -> JSONResponse:
+def response_for(path: str, exc: WorkerError, request_id: str | None = None) -> JSONResponse:
+    """The REST form of ``exc`` for a request to ``path`` (uncounted: see error_response)."""
     headers = {}
     if exc.code in _RETRY_CODES:
         headers["Retry-After"] = str(exc.details.get("retry_after", 1))
@@ -124,7 +125,7 @@ async def _worker_error_handler(request: Request, exc: Exception) -> JSONRespons
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     error = internal_error("unexpected error", path=request.url.path)
     _count(request, error.code)
-    return _response(request.url.path, error)
+    return response_for(request.url.path, error)
 
 
 def install_error_handlers(app: FastAPI) -> None:

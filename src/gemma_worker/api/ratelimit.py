@@ -1,5 +1,6 @@
 """Per-client rate limits: requests and generated tokens per window (the ``limits`` library,
-in memory or shared through e.g. Redis) and concurrent generations (in this process)."""
+in memory or shared through e.g. Redis) and concurrent generations (leases: in this process,
+or across replicas through Redis)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 import math
 import time
 import weakref
-from collections import Counter
 from dataclasses import dataclass, field
 
 from limits import RateLimitItem, parse
@@ -16,6 +16,8 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.shared.errors import SharedStateError
+from gemma_worker.shared.leases import LeaseTable, LocalLeases
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,16 @@ class RateLimiter:
         tokens: str | None,
         max_concurrent: int | None,
         storage_uri: str = "memory://",
+        leases: LeaseTable | None = None,
     ) -> None:
+        """``leases`` holds the running generations (default: this process's own)."""
         self._requests: RateLimitItem | None = parse(requests) if requests else None
         self._tokens: RateLimitItem | None = parse(tokens) if tokens else None
         self._max_concurrent = max_concurrent
         self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri))
         # A shared store (Redis...) is network I/O: its calls run off the event loop.
         self._blocking = not storage_uri.startswith("memory://")
-        self._running: Counter[str] = Counter()
+        self._leases: LeaseTable = leases or LocalLeases()
 
     @property
     def enabled(self) -> bool:
@@ -66,7 +70,35 @@ class RateLimiter:
         if not self.enabled:
             lease.release = weakref.finalize(lease, lambda: None)
             return lease
-        if self._max_concurrent and self._running[identity] >= self._max_concurrent:
+        token = await self._take_place(identity)
+        try:
+            if self._blocking:
+                await asyncio.to_thread(self._check_windows, identity)
+            else:
+                self._check_windows(identity)
+        except BaseException:
+            if token is not None:
+                self._leases.release(_running_key(identity), token)
+            raise
+        lease.limiter = self
+        if token is None:
+            lease.release = weakref.finalize(lease, lambda: None)
+        else:
+            lease.release = weakref.finalize(
+                lease, self._leases.release, _running_key(identity), token
+            )
+        return lease
+
+    async def _take_place(self, identity: str) -> str | None:
+        """A place under the concurrency cap (``None``: no cap, or its store is down)."""
+        if not self._max_concurrent:
+            return None
+        try:
+            token = await self._leases.acquire(_running_key(identity), self._max_concurrent)
+        except SharedStateError:
+            log.exception("lease store failed; request allowed")
+            return None
+        if token is None:
             raise WorkerError(
                 ErrorCode.RATE_LIMITED,
                 f"at most {self._max_concurrent} generations may run at once for this client",
@@ -75,14 +107,7 @@ class RateLimiter:
                 remaining=0,
                 reset=1,
             )
-        if self._blocking:
-            await asyncio.to_thread(self._check_windows, identity)
-        else:
-            self._check_windows(identity)
-        self._running[identity] += 1
-        lease.limiter = self
-        lease.release = weakref.finalize(lease, self._done, identity)
-        return lease
+        return token
 
     def _check_windows(self, identity: str) -> None:
         if self._tokens is not None:
@@ -130,7 +155,6 @@ class RateLimiter:
         except Exception:
             log.exception("rate-limit storage failed; tokens not counted")
 
-    def _done(self, identity: str) -> None:
-        self._running[identity] -= 1
-        if self._running[identity] <= 0:
-            del self._running[identity]
+
+def _running_key(identity: str) -> str:
+    return f"running:{identity}"

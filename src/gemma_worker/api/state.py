@@ -15,9 +15,10 @@ from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import RequestLimits
 from gemma_worker.engine.job import GenerationHandle
-from gemma_worker.engine.protocol import Engine
+from gemma_worker.engine.protocol import Engine, EngineState
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.settings import Settings
+from gemma_worker.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class WorkerState:
         keys: KeyRing,
         limiter: RateLimiter,
         metrics: Metrics,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -50,6 +52,7 @@ class WorkerState:
         self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
+        self.notifier = notifier or SystemdNotifier(None)
         self.limits: RequestLimits = settings.request_limits()
         self.phase = Phase.LOADING
         self.load_error: str | None = None
@@ -66,6 +69,10 @@ class WorkerState:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def alive(self) -> bool:
+        """Whether the worker is healthy for the watchdog: loading, or its engine running."""
+        return self.phase is Phase.LOADING or self.engine.state is EngineState.READY
 
     def admit(self) -> None:
         """Raise ``OVERLOADED`` unless new work is accepted now."""
@@ -93,6 +100,7 @@ class WorkerState:
         time. Open WebSockets are then told to close (each closes with 1001 after its last event).
         """
         self.phase = Phase.DRAINING
+        self.notifier.notify("STOPPING=1", "STATUS=draining")
         log.info("draining", extra={"inflight": len(self.active), "grace_s": grace_seconds})
         finished = await self._wait_idle(grace_seconds)
         if not finished:

@@ -108,6 +108,27 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def route_session(req: GenerationRequest, routed: str | None, where: str) -> GenerationRequest:
+    """``req`` with the session a balancer routed it by (the ``X-Session-Id`` header, or the
+    WebSocket's ``session_id`` query parameter, named by ``where``).
+
+    A body that names no session takes the routed one; a body that names another one is
+    refused (``INVALID_REQUEST``): it would run away from its session's replica and cache.
+    """
+    if routed is None:
+        return req
+    if not is_valid_id(routed):
+        raise WorkerError(ErrorCode.INVALID_REQUEST, f"{where} is not a valid session id")
+    if req.session_id is None:
+        return req.model_copy(update={"session_id": routed})
+    if req.session_id != routed:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"the request names session {req.session_id} but {where} names {routed}",
+        )
+    return req
+
+
 def is_valid_id(value: object) -> bool:
     """Whether ``value`` is usable as a request or session id."""
     return isinstance(value, str) and _ID_RE.match(value) is not None

@@ -1,7 +1,9 @@
 """Sessions as the API uses them: start or continue a conversation, record finished turns,
 keep one turn at a time per session, and expire idle sessions.
 
-The store is blocking (SQLite); every call to it runs on a worker thread, off the event loop.
+The store is blocking (SQLite or Redis); every call to it runs on a worker thread, off the
+event loop. A session's running turn is a lease (cap 1): in this process, or in Redis when
+several replicas share the sessions.
 """
 
 from __future__ import annotations
@@ -11,13 +13,33 @@ import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import GenerationRequest, new_id
 from gemma_worker.sessions.store import SessionInfo, SessionStore
+from gemma_worker.shared.errors import SharedStateError
+from gemma_worker.shared.leases import LeaseTable, LocalLeases
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _unavailable() -> WorkerError:
+    return WorkerError(
+        ErrorCode.OVERLOADED, "the session store is unavailable; retry shortly", retry_after=2
+    )
+
+
+async def _off_loop(fn: Callable[[], T]) -> T:
+    """Run a store call on a thread; an unreachable shared store is ``OVERLOADED`` (503)."""
+    try:
+        return await asyncio.to_thread(fn)
+    except SharedStateError as exc:
+        log.error("session store unavailable: %s", exc)
+        raise _unavailable() from exc
 
 
 def _not_found(session_id: str) -> WorkerError:
@@ -44,23 +66,37 @@ class TurnPlan:
 class SessionService:
     """The API's view of sessions, over any :class:`SessionStore`."""
 
-    def __init__(self, store: SessionStore, forget: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        forget: Callable[[str], None],
+        leases: LeaseTable | None = None,
+    ) -> None:
         """``forget(session_id)`` is called for every session deleted or expired (to drop
-        its KV cache)."""
+        its KV cache); ``leases`` holds the running turns (default: this process's own)."""
         self.store = store
         self._forget = forget
-        self._busy: set[str] = set()
+        self._leases: LeaseTable = leases or LocalLeases()
 
-    def _claim(self, plan: TurnPlan) -> None:
-        if plan.session_id in self._busy:
+    async def _claim(self, plan: TurnPlan) -> None:
+        key = f"turn:{plan.session_id}"
+        try:
+            token = await self._leases.acquire(key, 1)
+        except SharedStateError as exc:
+            log.error("lease store unavailable: %s", exc)
+            raise _unavailable() from exc
+        if token is None:
             raise WorkerError(
                 ErrorCode.SESSION_BUSY,
                 "this session is answering another request; retry when it has finished",
                 session_id=plan.session_id,
                 retry_after=1,
             )
-        self._busy.add(plan.session_id)
-        plan.release = weakref.finalize(plan, self._busy.discard, plan.session_id)
+        plan.release = weakref.finalize(plan, self._leases.release, key, token)
+
+    def _running(self) -> frozenset[str]:
+        """Sessions answering a turn in this process (never expired under them)."""
+        return frozenset(k.removeprefix("turn:") for k in self._leases.held())
 
     async def begin(
         self, req: GenerationRequest, fmt: ConversationFormat, owner: str | None = None
@@ -74,16 +110,17 @@ class SessionService:
         if req.session_id is None:
             conv = Conversation(req.input, fmt, (), req.system)
             plan = TurnPlan(new_id(), owner, True, conv)
-            self._claim(plan)
+            await self._claim(plan)
             return plan
-        plan = TurnPlan(req.session_id, owner, False, Conversation(req.input, fmt))
-        self._claim(plan)
+        sid = req.session_id
+        plan = TurnPlan(sid, owner, False, Conversation(req.input, fmt))
+        await self._claim(plan)
         try:
-            info = await asyncio.to_thread(self.store.get, req.session_id, owner=owner)
+            info = await _off_loop(lambda: self.store.get(sid, owner=owner))
             if info is None:
-                raise _not_found(req.session_id)
+                raise _not_found(sid)
             _check_consistent(req, info)
-            turns = await asyncio.to_thread(self.store.turns, req.session_id, owner=owner)
+            turns = await _off_loop(lambda: self.store.turns(sid, owner=owner))
             if turns is None:
                 raise _not_found(req.session_id)
         except BaseException:
@@ -112,7 +149,7 @@ class SessionService:
                 plan.session_id, owner=plan.owner, system=conv.system, format=conv.format
             )
             # Keep to max_sessions as sessions are made; never drop one answering a turn.
-            for expired in self.store.expire(keep=frozenset(self._busy)):
+            for expired in self.store.expire(keep=self._running()):
                 self._forget(expired)
         self.store.append(plan.session_id, turn, owner=plan.owner)
 
@@ -126,25 +163,25 @@ class SessionService:
             turns = self.store.turns(session_id, owner=owner)
             return None if info is None or turns is None else (info, turns)
 
-        found = await asyncio.to_thread(read)
+        found = await _off_loop(read)
         if found is None:
             raise _not_found(session_id)
         return found
 
     async def list_sessions(self, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Sessions, most recently used first."""
-        return await asyncio.to_thread(self.store.list_sessions, owner=owner, limit=limit)
+        return await _off_loop(lambda: self.store.list_sessions(owner=owner, limit=limit))
 
     async def delete(self, session_id: str, owner: str | None = None) -> None:
         """Delete a session; ``SESSION_NOT_FOUND`` when unknown."""
-        if not await asyncio.to_thread(self.store.delete, session_id, owner=owner):
+        if not await _off_loop(lambda: self.store.delete(session_id, owner=owner)):
             raise _not_found(session_id)
         self._forget(session_id)
 
     async def expire(self) -> int:
         """Delete expired sessions now; how many went."""
-        busy = frozenset(self._busy)
-        expired = await asyncio.to_thread(lambda: self.store.expire(keep=busy))
+        busy = self._running()
+        expired = await _off_loop(lambda: self.store.expire(keep=busy))
         for session_id in expired:
             self._forget(session_id)
         if expired:

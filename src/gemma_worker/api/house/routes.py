@@ -25,12 +25,15 @@ from gemma_worker.api.schemas import ERROR_RESPONSES, ExecuteResponse, TimingsBo
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import GenerationRequest, route_session
 from gemma_worker.engine.messages import Failed, Finished, Text
 
 router = APIRouter()
 
 NDJSON = "application/x-ndjson"
+
+#: The header a balancer routes on; a body without ``session_id`` continues that session.
+SESSION_HEADER = "x-session-id"
 
 
 def client_left() -> JSONResponse:
@@ -54,8 +57,12 @@ def client_left() -> JSONResponse:
 )
 async def execute(body: GenerationRequest, request: Request, state: State) -> Any:
     """Run one generation. With ``"stream": true`` the answer is ``application/x-ndjson`` with
-    the WebSocket's events (``session``, ``reasoning``, ``token``..., ``result``/``error``)."""
+    the WebSocket's events (``session``, ``reasoning``, ``token``..., ``result``/``error``).
+
+    An ``X-Session-Id`` header (what a balancer routes on) names the session when the body
+    does not; a body that names another session gets 422."""
     try:
+        body = route_session(body, request.headers.get(SESSION_HEADER), "the X-Session-Id header")
         hg = await start_house_generation(
             state,
             body,

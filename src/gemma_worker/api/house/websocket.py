@@ -16,13 +16,13 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gemma_worker.api.auth import client_identity, principal_of
-from gemma_worker.api.errors import internal_error
+from gemma_worker.api.errors import internal_error, response_for
 from gemma_worker.api.house.generation import (
     HouseGeneration,
     house_events,
     start_house_generation,
 )
-from gemma_worker.api.state import WorkerState
+from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.auth import origin_allowed
 from gemma_worker.core.errors import ErrorCode, WorkerError
@@ -33,6 +33,7 @@ from gemma_worker.core.protocol import (
     parse_auth_message,
     parse_client_message,
 )
+from gemma_worker.core.request import route_session
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class Connection:
         self._requests: dict[str, tuple[asyncio.Task[None], HouseGeneration]] = {}
         self._closing = asyncio.Event()
         self.principal: str | None = principal_of(ws.scope)
+        #: ``/ws?session_id=...``: the session a balancer routed this connection by.
+        self.routed_session: str | None = ws.query_params.get("session_id")
         self._last_activity = time.monotonic()
 
     async def run(self) -> None:
@@ -222,6 +225,7 @@ class Connection:
     async def _execute(self, message: ExecuteMessage) -> None:
         req = message.request
         try:
+            req = route_session(req, self.routed_session, "the connection's session_id")
             if req.request_id is not None and req.request_id in self._requests:
                 raise WorkerError(
                     ErrorCode.INVALID_REQUEST, "a request with this request_id is in flight"
@@ -260,6 +264,14 @@ class Connection:
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
-    """The ``/ws`` route."""
+    """The ``/ws`` route. While the worker drains, the handshake is refused with 503 (a JSON
+    error body), so a balancer retries the connection on another replica."""
     state: WorkerState = ws.app.state.worker
+    if state.phase is Phase.DRAINING and "websocket.http.response" in ws.scope.get(
+        "extensions", {}
+    ):
+        error = WorkerError(ErrorCode.OVERLOADED, "the worker is shutting down", retry_after=5)
+        state.metrics.error(error.code)
+        await ws.send_denial_response(response_for(ws.url.path, error))
+        return
     await Connection(ws, state).run()

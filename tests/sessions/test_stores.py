@@ -1,21 +1,43 @@
+"""The session store contract, on both stores: SQLite (one host) and Redis (replicas)."""
+
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
-from gemma_worker.sessions.store import Turn
+from gemma_worker.sessions.store import SessionStore, Turn
+from gemma_worker.shared.redis_client import connect
+from tests.programs import RedisServer
+
+MakeStore = Callable[..., SessionStore]
 
 
-def make_store(tmp_path: Path, ttl: float = 3600, max_sessions: int = 100) -> SQLiteSessionStore:
-    return SQLiteSessionStore(
-        tmp_path / "data" / "sessions.db", ttl_seconds=ttl, max_sessions=max_sessions
-    )
+@pytest.fixture(params=["sqlite", "redis"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+    """A factory of stores; two stores made by one test share their data (a restart, or a
+    second replica)."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+
+    def make(ttl: float = 3600, max_sessions: int = 100) -> SessionStore:
+        if request.param == "sqlite":
+            return SQLiteSessionStore(
+                tmp_path / "data" / "sessions.db", ttl_seconds=ttl, max_sessions=max_sessions
+            )
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        return RedisSessionStore(
+            connect(redis.url), prefix=prefix, ttl_seconds=ttl, max_sessions=max_sessions
+        )
+
+    return make
 
 
-def test_turns_are_kept_in_order_and_counted(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_turns_are_kept_in_order_and_counted(make_store: MakeStore) -> None:
+    store = make_store()
     store.create("s1", system="Be brief.", format="chat")
     store.append("s1", Turn("hi", "hello", 3, 2))
     store.append("s1", Turn("and?", "that's all", 9, 3))
@@ -28,17 +50,17 @@ def test_turns_are_kept_in_order_and_counted(tmp_path: Path) -> None:
     assert (info.turns, info.tokens, info.system, info.format) == (2, 12, "Be brief.", "chat")
 
 
-def test_sessions_survive_a_restart(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_sessions_survive_a_restart(make_store: MakeStore) -> None:
+    store = make_store()
     store.create("keep")
     store.append("keep", Turn("remember me", "I will"))
     store.close()
-    again = make_store(tmp_path)
+    again = make_store()
     assert again.turns("keep") == [Turn("remember me", "I will", 0, 0)]
 
 
-def test_unknown_and_deleted_sessions(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_unknown_and_deleted_sessions(make_store: MakeStore) -> None:
+    store = make_store()
     assert store.get("nope") is None
     assert store.turns("nope") is None
     with pytest.raises(KeyError):
@@ -52,15 +74,15 @@ def test_unknown_and_deleted_sessions(tmp_path: Path) -> None:
         store.append("s", Turn("x", "y"))
 
 
-def test_duplicate_id_is_refused(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_duplicate_id_is_refused(make_store: MakeStore) -> None:
+    store = make_store()
     store.create("s")
     with pytest.raises(ValueError, match="exists"):
         store.create("s")
 
 
-def test_owners_do_not_see_each_others_sessions(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_owners_do_not_see_each_others_sessions(make_store: MakeStore) -> None:
+    store = make_store()
     store.create("a", owner="key-a")
     assert store.get("a", owner="key-b") is None
     assert store.turns("a", owner="key-b") is None
@@ -71,8 +93,8 @@ def test_owners_do_not_see_each_others_sessions(tmp_path: Path) -> None:
     assert store.list_sessions(owner="key-b") == []
 
 
-def test_expiry_by_idle_ttl_and_by_count(tmp_path: Path) -> None:
-    store = make_store(tmp_path, ttl=60, max_sessions=2)
+def test_expiry_by_idle_ttl_and_by_count(make_store: MakeStore) -> None:
+    store = make_store(ttl=60, max_sessions=2)
     for name in ("old", "mid", "new", "newest"):
         store.create(name)
         time.sleep(0.01)
@@ -89,8 +111,8 @@ def test_expiry_by_idle_ttl_and_by_count(tmp_path: Path) -> None:
     assert store.turns("new") is None
 
 
-def test_concurrent_appends_are_not_interleaved(tmp_path: Path) -> None:
-    store = make_store(tmp_path)
+def test_concurrent_appends_are_not_interleaved(make_store: MakeStore) -> None:
+    store = make_store()
     store.create("s")
 
     def writer(tag: str) -> None:
@@ -108,3 +130,19 @@ def test_concurrent_appends_are_not_interleaved(tmp_path: Path) -> None:
     # each writer's turns keep their own order
     for tag in "ab":
         assert [t.user for t in turns if t.user[0] == tag] == [f"{tag}{i}" for i in range(50)]
+
+
+def test_redis_expiry_is_the_ttl(redis_server: RedisServer) -> None:
+    """Sessions in Redis expire by themselves: no sweep is needed for them to go."""
+    store = RedisSessionStore(
+        connect(redis_server.url), prefix=f"ttl-{uuid.uuid4().hex[:8]}:", ttl_seconds=1.0,
+        max_sessions=10,
+    )  # fmt: skip
+    store.create("brief")
+    store.append("brief", Turn("x", "y"))
+    assert store.get("brief") is not None
+    time.sleep(1.3)
+    assert store.get("brief") is None
+    assert store.turns("brief") is None
+    assert store.count() == 0
+    assert store.expire() == ["brief"]  # the sweep only tidies the index

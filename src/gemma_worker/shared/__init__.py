@@ -1,0 +1,1 @@
+"""State shared between replicas: leases and the Redis connection."""

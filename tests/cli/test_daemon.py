@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.conftest import PARIS_PROMPT, spawn_daemon
@@ -44,6 +44,12 @@ def test_sigterm_lets_the_generation_finish(
         refused = httpx.post(f"{base}/v1/execute", json={"input": "hi"})
         assert refused.status_code == 503
         assert refused.json()["code"] == "OVERLOADED"
+        # a new WebSocket is refused at the handshake, so a balancer can retry it elsewhere
+        with pytest.raises(InvalidStatus) as denied:
+            connect(f"ws://127.0.0.1:{port}/ws").close()
+        assert denied.value.response.status_code == 503
+        assert json.loads(denied.value.response.body or b"{}")["code"] == "OVERLOADED"
+        assert denied.value.response.headers["Retry-After"] == "5"
         events = []
         with pytest.raises(ConnectionClosed) as closed:
             while True:

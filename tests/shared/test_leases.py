@@ -1,0 +1,84 @@
+"""Leases on a real Redis, as two replicas see them, and in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from gemma_worker.shared.errors import SharedStateError
+from gemma_worker.shared.leases import LeaseTable, LocalLeases, RedisLeases
+from gemma_worker.shared.redis_client import connect
+from tests.programs import RedisServer
+
+
+def pair(redis: RedisServer, ttl: float = 30.0) -> tuple[RedisLeases, RedisLeases]:
+    """Two replicas' lease tables on one Redis."""
+    prefix = f"leases-{uuid.uuid4().hex[:8]}:"
+    return (
+        RedisLeases(connect(redis.url), prefix=prefix, ttl_seconds=ttl),
+        RedisLeases(connect(redis.url), prefix=prefix, ttl_seconds=ttl),
+    )
+
+
+def test_the_cap_holds_across_replicas(redis_server: RedisServer) -> None:
+    a, b = pair(redis_server)
+
+    async def run() -> None:
+        first = await a.acquire("running:k", 2)
+        second = await b.acquire("running:k", 2)
+        assert first is not None and second is not None
+        assert await a.acquire("running:k", 2) is None
+        assert await b.acquire("running:k", 2) is None
+        assert await b.acquire("running:other", 2) is not None  # keys are independent
+        assert a.held() == frozenset({"running:k"})
+        a.release("running:k", first)
+        a.close()  # waits for the release to reach Redis
+        assert await b.acquire("running:k", 2) is not None
+
+    asyncio.run(run())
+    b.close()
+
+
+def test_a_dead_replicas_lease_expires_and_a_live_one_is_renewed(
+    redis_server: RedisServer,
+) -> None:
+    dead, live = pair(redis_server, ttl=3.0)
+
+    async def run() -> None:
+        assert await dead.acquire("turn:s1", 1) is not None  # never renewed: a dead replica
+        assert await live.acquire("turn:s2", 1) is not None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4.0:
+            assert live.renew() == 0
+            await asyncio.sleep(0.5)
+        assert await live.acquire("turn:s1", 1) is not None  # freed by expiry
+        assert await dead.acquire("turn:s2", 1) is None  # kept by renewal
+
+    asyncio.run(run())
+    live.close()
+
+
+def test_an_unreachable_redis_is_an_error_not_a_hang() -> None:
+    leases = RedisLeases(connect("redis://127.0.0.1:1/0"), prefix="x:", ttl_seconds=30)
+    with pytest.raises(SharedStateError):
+        asyncio.run(leases.acquire("turn:s", 1))
+    leases.close()
+
+
+def test_local_leases_count_per_key() -> None:
+    leases: LeaseTable = LocalLeases()
+
+    async def run() -> None:
+        token = await leases.acquire("turn:s", 1)
+        assert token is not None
+        assert await leases.acquire("turn:s", 1) is None
+        assert leases.held() == frozenset({"turn:s"})
+        leases.release("turn:s", token)
+        leases.release("turn:s", token)  # twice is harmless
+        assert leases.held() == frozenset()
+        assert await leases.acquire("turn:s", 1) is not None
+
+    asyncio.run(run())

@@ -27,6 +27,7 @@ run: install
 	$(VENV)/bin/gemma-worker --mode daemon
 
 test: install
+	scripts/test-deps.sh
 	$(PY) -m pytest
 
 lint: install

@@ -102,6 +102,9 @@ class Cluster:
                 "GEMMA_DATA_DIR": str(data),
                 "GEMMA_N_CTX": "2048",
                 "GEMMA_PARALLEL": "2",
+                # One core each: two processes with a thread per core each would fight over
+                # the cores (llama.cpp's threads spin at their barriers) and crawl.
+                "GEMMA_N_THREADS": str(max(1, (os.cpu_count() or 2) // 2)),
                 "GEMMA_TEMPERATURE": "0",
                 **env,
             }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,9 @@ from gemma_worker.cli.daemon import server_config
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
-from tests.programs import RedisServer
+from tests.programs import RedisServer, free_port
 
 PARIS_PROMPT = "Question: What is the capital of France?\nAnswer:"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_settings(**overrides: Any) -> Settings:

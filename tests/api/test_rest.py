@@ -42,6 +42,7 @@ def test_root_lists_endpoints(worker: RunningWorker) -> None:
     body = httpx.get(f"{worker.http}/").json()
     assert body["name"] == "FazAI Gemma Worker"
     assert body["endpoints"]["websocket"] == "WS /ws"
+    assert body["worker_id"] == worker.settings.replica_name
     # the suite runs the deterministic kernels (tests/conftest.py)
     assert body["kernels"]["batch_invariant"] is True
     assert body["kernels"]["repack_weights"] is False

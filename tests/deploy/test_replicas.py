@@ -26,6 +26,7 @@ KEYS = [
     "drain-key-0123456789",
     "busy-key-0123456789",
     "limit-key-0123456789",
+    "concurrent-key-0123456789",
 ]
 COUNTING = "Count from 1 to 100: 1, 2, 3, 4,"
 
@@ -35,6 +36,38 @@ def auth(key: str, session: str | None = None) -> dict[str, str]:
     if session is not None:
         headers["X-Session-Id"] = session
     return headers
+
+
+class BackgroundStream:
+    """A streamed ``/v1/execute`` read on a thread: its worker id, status and events."""
+
+    def __init__(self, base: str, key: str, max_tokens: int, session: str | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.worker_id = ""
+        self.status = 0
+        self.streaming = threading.Event()
+        self._args = (base, key, max_tokens, session)
+        self._thread = threading.Thread(target=self._read)
+        self._thread.start()
+        assert self.streaming.wait(30), "no token within 30 s"
+
+    def _read(self) -> None:
+        base, key, max_tokens, session = self._args
+        body = {"input": COUNTING, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+        with httpx.stream(
+            "POST", f"{base}/v1/execute", json=body, headers=auth(key, session), timeout=120
+        ) as r:
+            self.worker_id, self.status = r.headers["X-Worker-Id"], r.status_code
+            for line in r.iter_lines():
+                self.events.append(json.loads(line))
+                if self.events[-1]["type"] == "token":
+                    self.streaming.set()
+
+    def join(self) -> dict[str, Any]:
+        """Wait for the end; the last event."""
+        self._thread.join(60)
+        assert not self._thread.is_alive()
+        return self.events[-1]
 
 
 @pytest.fixture(scope="module")
@@ -161,28 +194,8 @@ def test_a_session_sticks_to_a_replica_and_survives_its_death(cluster: Cluster) 
 def test_a_draining_replica_finishes_its_stream_while_new_work_goes_elsewhere(
     cluster: Cluster,
 ) -> None:
-    events: list[dict[str, Any]] = []
-    started = threading.Event()
-    where: list[str] = []
-
-    def long_stream() -> None:
-        with httpx.stream(
-            "POST",
-            f"{cluster.http}/v1/execute",
-            json={"input": COUNTING, "max_tokens": 120, "temperature": 0, "stream": True},
-            headers=auth("drain-key-0123456789"),
-            timeout=120,
-        ) as r:
-            where.append(r.headers["X-Worker-Id"])
-            for line in r.iter_lines():
-                events.append(json.loads(line))
-                if events[-1]["type"] == "token":
-                    started.set()
-
-    streamer = threading.Thread(target=long_stream)
-    streamer.start()
-    assert started.wait(30)
-    draining = cluster.replica(where[0])
+    stream = BackgroundStream(cluster.http, "drain-key-0123456789", 120)
+    draining = cluster.replica(stream.worker_id)
     survivor = cluster.other(draining.name)
     draining.signal(signal.SIGTERM)
     time.sleep(0.3)
@@ -210,9 +223,9 @@ def test_a_draining_replica_finishes_its_stream_while_new_work_goes_elsewhere(
     for _ in range(2):
         assert asyncio.run(ws_turn()) == (survivor.name, "result")
 
-    streamer.join(60)
-    assert events[-1]["type"] == "result", events[-1]
-    assert events[-1]["finish_reason"] == "length"
+    last = stream.join()
+    assert last["type"] == "result", last
+    assert last["finish_reason"] == "length"
     assert draining.wait_exit(60) == 0
     cluster.restart()
 
@@ -227,25 +240,7 @@ def test_two_replicas_never_run_two_turns_of_one_session(cluster: Cluster) -> No
     )
     assert first.status_code == 200, first.text
     session = first.json()["session_id"]
-    running = threading.Event()
-    done: list[httpx.Response] = []
-
-    def long_turn() -> None:
-        with httpx.stream(
-            "POST",
-            f"{a.http}/v1/execute",
-            json={"input": COUNTING, "max_tokens": 80, "temperature": 0, "stream": True},
-            headers=auth("busy-key-0123456789", session),
-            timeout=120,
-        ) as r:
-            for line in r.iter_lines():
-                if json.loads(line)["type"] == "token":
-                    running.set()
-            done.append(r)
-
-    t = threading.Thread(target=long_turn)
-    t.start()
-    assert running.wait(30)
+    turn = BackgroundStream(a.http, "busy-key-0123456789", 80, session)
     clash = httpx.post(
         f"{b.http}/v1/execute",
         json={"input": "Question: And a vegetable?\nAnswer:", "max_tokens": 4},
@@ -255,8 +250,8 @@ def test_two_replicas_never_run_two_turns_of_one_session(cluster: Cluster) -> No
     assert clash.status_code == 409
     assert clash.json()["code"] == "SESSION_BUSY"
     assert clash.headers["X-Worker-Id"] == "b"
-    t.join(60)
-    assert done and done[0].status_code == 200
+    assert turn.join()["type"] == "result"
+    assert turn.status == 200
     # once the turn is over, the other replica may take the next one, with the history
     then = httpx.post(
         f"{b.http}/v1/execute",
@@ -265,10 +260,20 @@ def test_two_replicas_never_run_two_turns_of_one_session(cluster: Cluster) -> No
         timeout=60,
     )
     assert then.status_code == 200, then.text
+    # turns sent the moment the previous answer arrives, alternating replicas: never busy
+    for turn in range(6):
+        replica = (a, b)[turn % 2]
+        r = httpx.post(
+            f"{replica.http}/v1/execute",
+            json={"input": f"Question: {turn}?\nAnswer:", "max_tokens": 1},
+            headers=auth("busy-key-0123456789", session),
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
 
 
-def test_the_request_limit_holds_across_replicas(cluster: Cluster) -> None:
-    cluster.restart({"GEMMA_RATE_LIMIT_REQUESTS": "10/minute"})
+def test_the_limits_hold_across_replicas(cluster: Cluster) -> None:
+    cluster.restart({"GEMMA_RATE_LIMIT_REQUESTS": "10/minute", "GEMMA_MAX_CONCURRENT_PER_KEY": "1"})
     seen = set()
     for i in range(10):
         r = execute(

@@ -33,6 +33,7 @@ async def info(state: State) -> dict[str, Any]:
         "name": "FazAI Gemma Worker",
         "version": __version__,
         "status": state.phase.value,
+        "worker_id": state.settings.replica_name,
         "model": None if model is None else model.to_dict(),
         "kernels": state.settings.kernel_choices().to_dict(),
         "endpoints": {

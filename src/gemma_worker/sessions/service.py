@@ -61,6 +61,8 @@ class TurnPlan:
     is_new: bool
     conversation: Conversation
     release: Callable[[], object] = field(default=lambda: None, repr=False)
+    #: The lease behind the claim: (key, token).
+    claim: tuple[str, str] | None = field(default=None, repr=False)
 
 
 class SessionService:
@@ -92,7 +94,17 @@ class SessionService:
                 session_id=plan.session_id,
                 retry_after=1,
             )
+        plan.claim = (key, token)
         plan.release = weakref.finalize(plan, self._leases.release, key, token)
+
+    async def end_turn(self, plan: TurnPlan) -> None:
+        """Free the session for its next turn now, on every replica, so a client that sends
+        it as soon as this turn's last event arrives is not told ``SESSION_BUSY``."""
+        release = plan.release
+        if plan.claim is None or not isinstance(release, weakref.finalize):
+            return
+        if release.detach() is not None:
+            await self._leases.release_now(*plan.claim)
 
     def _running(self) -> frozenset[str]:
         """Sessions answering a turn in this process (never expired under them)."""
@@ -136,20 +148,20 @@ class SessionService:
         conv = plan.conversation
         turn = Turn(conv.input, answer, prompt_tokens, completion)
         try:
-            await asyncio.to_thread(self._write, plan, turn)
+            await asyncio.to_thread(self._write, plan, turn, self._running())
         except KeyError:
             log.info("session deleted during its turn", extra={"session_id": plan.session_id})
         except Exception:  # the answer still goes out; only its record is lost
             log.exception("could not store a turn", extra={"session_id": plan.session_id})
 
-    def _write(self, plan: TurnPlan, turn: Turn) -> None:
+    def _write(self, plan: TurnPlan, turn: Turn, running: frozenset[str]) -> None:
         if plan.is_new:
             conv = plan.conversation
             self.store.create(
                 plan.session_id, owner=plan.owner, system=conv.system, format=conv.format
             )
             # Keep to max_sessions as sessions are made; never drop one answering a turn.
-            for expired in self.store.expire(keep=self._running()):
+            for expired in self.store.expire(keep=running):
                 self._forget(expired)
         self.store.append(plan.session_id, turn, owner=plan.owner)
 

@@ -36,6 +36,10 @@ class LeaseTable(Protocol):
         """Give the place back (unknown tokens are ignored)."""
         ...
 
+    async def release_now(self, key: str, token: str) -> None:
+        """Give the place back and return once every replica sees it free."""
+        ...
+
     def held(self) -> frozenset[str]:
         """The keys this process holds a lease on."""
         ...
@@ -71,6 +75,10 @@ class LocalLeases:
             holders.discard(token)
             if not holders:
                 del self._holders[key]
+
+    async def release_now(self, key: str, token: str) -> None:
+        """See :class:`LeaseTable`."""
+        self.release(key, token)
 
     def held(self) -> frozenset[str]:
         """See :class:`LeaseTable`."""
@@ -158,6 +166,13 @@ class RedisLeases:
                 return
         with contextlib.suppress(RuntimeError):  # closed: the lease expires by itself
             self._releaser.submit(self._delete, key, token)
+
+    async def release_now(self, key: str, token: str) -> None:
+        """See :class:`LeaseTable`. A failure is logged: the lease then expires by itself."""
+        with self._lock:
+            if self._mine.pop((key, token), 0) == 0:
+                return
+        await asyncio.to_thread(self._delete, key, token)
 
     def _delete(self, key: str, token: str) -> None:
         try:

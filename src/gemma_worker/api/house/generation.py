@@ -128,8 +128,9 @@ async def turn_events(
 ) -> AsyncGenerator[GenerationEvent, None]:
     """The core's events for this turn (``taken`` first, when the caller already took some from
     the iterator ``rest``). A finished (not cancelled) turn is stored in its session before
-    ``Finished`` is yielded, so a client that sends its next turn on receipt sees it in the
-    history. Leaving early (client gone) cancels the generation."""
+    ``Finished`` is yielded, and the session's claim is released before the final event, so a
+    client that sends its next turn on receipt sees it in the history and finds the session
+    free. Leaving early (client gone) cancels the generation."""
     gen, turn = hg.gen, hg.turn
     parts: list[str] = []
     writing: asyncio.Future[None] | None = None
@@ -150,6 +151,8 @@ async def turn_events(
                     # written, so its next turn cannot read the history without it.
                     await asyncio.shield(writing)
                     writing = None
+                if isinstance(event, Finished | Failed):
+                    await state.sessions.end_turn(turn)
                 yield event
     finally:
         if writing is not None and not writing.done():

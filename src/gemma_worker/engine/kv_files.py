@@ -30,7 +30,7 @@ class KVEntry:
     """A saved session cache: its tokens and the llama.cpp sequence state."""
 
     tokens: list[int]
-    state: bytes
+    state: memoryview
 
 
 class KVFiles:
@@ -45,7 +45,7 @@ class KVFiles:
     def _path(self, key: str) -> Path:
         return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".kv")
 
-    def save(self, key: str, tokens: list[int], state: bytes) -> None:
+    def save(self, key: str, tokens: list[int], state: bytes | memoryview) -> None:
         """Store ``key``'s cache (replacing an older one), then keep within the size budget."""
         if len(state) + 4 * len(tokens) > self.max_bytes:
             return
@@ -68,7 +68,10 @@ class KVFiles:
         """Load and delete ``key``'s cache; ``None`` if there is none that fits this model."""
         path = self._path(key)
         try:
-            data = path.read_bytes()
+            # One buffer, read in place and never copied: states run to tens of MB.
+            with path.open("rb") as f:
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                f.readinto(data)
         except FileNotFoundError:
             return None
         except OSError:
@@ -84,7 +87,7 @@ class KVFiles:
         ) <= end:
             return None
         tokens = list(struct.unpack_from(f"<{n_tokens}i", data, _HEAD.size))
-        return KVEntry(tokens, data[end:])
+        return KVEntry(tokens, memoryview(data)[end:])
 
     def tokens(self, key: str) -> list[int] | None:
         """The tokens of ``key``'s saved cache (read from its header, the state stays on

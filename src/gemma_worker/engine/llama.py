@@ -315,17 +315,23 @@ class LlamaModel:
         pos_min = int(lc.llama_memory_seq_pos_min(self.memory, seq))
         return 0 <= pos_min <= max(0, n - self.n_swa)
 
-    def save_sequence(self, seq: int) -> bytes:
-        """The KV cache of sequence ``seq`` as bytes (llama.cpp's sequence state)."""
+    def save_sequence(self, seq: int) -> memoryview:
+        """The KV cache of sequence ``seq`` (llama.cpp's sequence state), in a buffer of its
+        own that is not copied again: states run to tens of MB."""
         size = int(lc.llama_state_seq_get_size(self.ctx, seq))
         buf = (ctypes.c_uint8 * size)()
         written = int(lc.llama_state_seq_get_data(self.ctx, buf, size, seq))
-        return bytes(buf)[:written]
+        return memoryview(buf).cast("B")[:written]
 
-    def load_sequence(self, seq: int, state: bytes) -> bool:
-        """Put a saved state into sequence ``seq`` (after clearing it); whether it loaded."""
+    def load_sequence(self, seq: int, state: bytes | memoryview) -> bool:
+        """Put a saved state into sequence ``seq`` (after clearing it); whether it loaded.
+        A writable buffer (as :class:`KVFiles` returns) is used in place, not copied."""
         self.clear_sequence(seq)
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        view = memoryview(state)
+        if view.readonly:
+            buf = (ctypes.c_uint8 * len(view)).from_buffer_copy(view)
+        else:
+            buf = (ctypes.c_uint8 * len(view)).from_buffer(view)
         if int(lc.llama_state_seq_set_data(self.ctx, buf, len(state), seq)) == 0:
             self.clear_sequence(seq)
             return False

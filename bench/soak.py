@@ -17,6 +17,7 @@ import argparse
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -123,6 +124,22 @@ def client(cluster: Cluster, seed: int, stop: float, tally: Tally) -> None:
             tally.add(action, False, repr(exc))
 
 
+def stacks(replica: Replica) -> str:
+    """Every thread's stack of a replica that stopped answering (py-spy, when installed)."""
+    assert replica.proc is not None
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return "(py-spy is not installed)"
+    done = subprocess.run(
+        [str(spy), "dump", "--pid", str(replica.proc.pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return done.stdout + done.stderr
+
+
 def ttft_ms(url: str) -> float:
     body = {"input": "Question: What is 2 + 2?\nAnswer:", "max_tokens": 2, "stream": True,
             "temperature": 0}  # fmt: skip
@@ -186,7 +203,13 @@ def main() -> None:
             verdicts.append((f"replica {name} RSS growth < 5%", growth < 5.0))
         time.sleep(1.0)
         for r in cluster.replicas:
-            ready = httpx.get(f"{r.http}/ready", timeout=10).json()
+            try:
+                ready = httpx.get(f"{r.http}/ready", timeout=10).json()
+            except httpx.HTTPError as exc:
+                print(f"replica {r.name}: /ready failed ({exc!r}); its threads:")
+                print(stacks(r))
+                verdicts.append((f"replica {r.name} answers at the end", False))
+                continue
             print(f"replica {r.name}: active {ready['active']}, queued {ready['queued']}")
             verdicts.append(
                 (f"replica {r.name} idle at the end", ready["active"] == 0 and ready["queued"] == 0)

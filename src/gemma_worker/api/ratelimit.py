@@ -8,7 +8,6 @@ import asyncio
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
 
 from limits import RateLimitItem, parse
@@ -17,7 +16,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.shared.errors import SharedStateError
-from gemma_worker.shared.leases import LeaseTable, LocalLeases
+from gemma_worker.shared.leases import Hold, LeaseTable, LocalLeases
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +24,27 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class Lease:
     """One admitted generation: report its tokens with :meth:`charge`, end it with
-    ``release()`` (also done when the lease is garbage-collected)."""
+    :meth:`end` (its place under the concurrency cap is free everywhere on return) or
+    :meth:`release` (soon; also done when the lease is garbage-collected)."""
 
     identity: str
     limiter: RateLimiter | None = None
-    release: weakref.finalize = field(init=False, repr=False)  # type: ignore[type-arg]
+    place: Hold | None = field(default=None, repr=False)
 
     def charge(self, tokens: int) -> None:
         """Count ``tokens`` generated tokens against the client's token limit."""
         if self.limiter is not None and tokens > 0:
             self.limiter.charge(self.identity, tokens)
+
+    def release(self) -> None:
+        """Give the place back soon (idempotent)."""
+        if self.place is not None:
+            self.place.release()
+
+    async def end(self) -> None:
+        """Give the place back now (idempotent)."""
+        if self.place is not None:
+            await self.place.end()
 
 
 class RateLimiter:
@@ -66,39 +76,30 @@ class RateLimiter:
     async def admit(self, identity: str) -> Lease:
         """Count one request for ``identity``; ``RATE_LIMITED`` (with ``retry_after`` and the
         limit's figures) when a limit is reached."""
-        lease = Lease(identity)
         if not self.enabled:
-            lease.release = weakref.finalize(lease, lambda: None)
-            return lease
-        token = await self._take_place(identity)
+            return Lease(identity)
+        place = await self._take_place(identity)
         try:
             if self._blocking:
                 await asyncio.to_thread(self._check_windows, identity)
             else:
                 self._check_windows(identity)
         except BaseException:
-            if token is not None:
-                self._leases.release(_running_key(identity), token)
+            if place is not None:
+                await place.end()
             raise
-        lease.limiter = self
-        if token is None:
-            lease.release = weakref.finalize(lease, lambda: None)
-        else:
-            lease.release = weakref.finalize(
-                lease, self._leases.release, _running_key(identity), token
-            )
-        return lease
+        return Lease(identity, self, place)
 
-    async def _take_place(self, identity: str) -> str | None:
+    async def _take_place(self, identity: str) -> Hold | None:
         """A place under the concurrency cap (``None``: no cap, or its store is down)."""
         if not self._max_concurrent:
             return None
         try:
-            token = await self._leases.acquire(_running_key(identity), self._max_concurrent)
+            place = await Hold.take(self._leases, f"running:{identity}", self._max_concurrent)
         except SharedStateError:
             log.exception("lease store failed; request allowed")
             return None
-        if token is None:
+        if place is None:
             raise WorkerError(
                 ErrorCode.RATE_LIMITED,
                 f"at most {self._max_concurrent} generations may run at once for this client",
@@ -107,7 +108,7 @@ class RateLimiter:
                 remaining=0,
                 reset=1,
             )
-        return token
+        return place
 
     def _check_windows(self, identity: str) -> None:
         if self._tokens is not None:
@@ -154,7 +155,3 @@ class RateLimiter:
                 self._windows.hit(self._tokens, identity, cost=min(tokens, left))
         except Exception:
             log.exception("rate-limit storage failed; tokens not counted")
-
-
-def _running_key(identity: str) -> str:
-    return f"running:{identity}"

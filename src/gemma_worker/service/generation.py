@@ -62,7 +62,8 @@ class Generation:
 
     async def events(self) -> AsyncGenerator[GenerationEvent, None]:
         """Every event up to ``Finished``/``Failed``. A finished generation's tokens are
-        charged to the client's limits and counted in the metrics before it is yielded."""
+        charged to the client's limits and counted in the metrics, and its place under the
+        client's concurrency cap given back, before it is yielded."""
         parser = ToolCallStream(enabled=self.tools)
         while not self.handle.done:
             event = await self.handle.next_event()
@@ -74,6 +75,10 @@ class Generation:
                 self._account(event)
                 for delta in _deltas(parser.finish(), ()):
                     yield delta
+            if isinstance(event, Finished | Failed):
+                # Free the client's place under its concurrency cap before it hears the end,
+                # so its next request is not refused on any replica.
+                await self.lease.end()
             yield event
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -20,7 +19,7 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import GenerationRequest, new_id
 from gemma_worker.sessions.store import SessionInfo, SessionStore
 from gemma_worker.shared.errors import SharedStateError
-from gemma_worker.shared.leases import LeaseTable, LocalLeases
+from gemma_worker.shared.leases import Hold, LeaseTable, LocalLeases
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,8 @@ class TurnPlan:
     is_new: bool
     conversation: Conversation
     release: Callable[[], object] = field(default=lambda: None, repr=False)
-    #: The lease behind the claim: (key, token).
-    claim: tuple[str, str] | None = field(default=None, repr=False)
+    #: The lease behind the claim.
+    claim: Hold | None = field(default=None, repr=False)
 
 
 class SessionService:
@@ -81,30 +80,26 @@ class SessionService:
         self._leases: LeaseTable = leases or LocalLeases()
 
     async def _claim(self, plan: TurnPlan) -> None:
-        key = f"turn:{plan.session_id}"
         try:
-            token = await self._leases.acquire(key, 1)
+            hold = await Hold.take(self._leases, f"turn:{plan.session_id}", 1)
         except SharedStateError as exc:
             log.error("lease store unavailable: %s", exc)
             raise _unavailable() from exc
-        if token is None:
+        if hold is None:
             raise WorkerError(
                 ErrorCode.SESSION_BUSY,
                 "this session is answering another request; retry when it has finished",
                 session_id=plan.session_id,
                 retry_after=1,
             )
-        plan.claim = (key, token)
-        plan.release = weakref.finalize(plan, self._leases.release, key, token)
+        plan.claim = hold
+        plan.release = hold.release
 
     async def end_turn(self, plan: TurnPlan) -> None:
         """Free the session for its next turn now, on every replica, so a client that sends
         it as soon as this turn's last event arrives is not told ``SESSION_BUSY``."""
-        release = plan.release
-        if plan.claim is None or not isinstance(release, weakref.finalize):
-            return
-        if release.detach() is not None:
-            await self._leases.release_now(*plan.claim)
+        if plan.claim is not None:
+            await plan.claim.end()
 
     def _running(self) -> frozenset[str]:
         """Sessions answering a turn in this process (never expired under them)."""

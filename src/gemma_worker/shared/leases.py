@@ -9,11 +9,10 @@ replica that dies free themselves after ``ttl_seconds``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
-import threading
 import uuid
+import weakref
+from collections import deque
 from typing import Protocol
 
 from redis import Redis, RedisError
@@ -24,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class LeaseTable(Protocol):
-    """Who holds what. ``acquire`` may do I/O; ``release`` never blocks (it may run from a
-    garbage-collection finalizer)."""
+    """Who holds what. Every method but :meth:`release` is called on the event loop.
+    ``release`` may be called from anywhere, a garbage-collection finalizer included: it only
+    records the release (no lock, no I/O), and the table applies it promptly."""
 
     async def acquire(self, key: str, cap: int) -> str | None:
         """A token for one of ``cap`` places on ``key``, or ``None`` when all are taken.
@@ -33,7 +33,7 @@ class LeaseTable(Protocol):
         ...
 
     def release(self, key: str, token: str) -> None:
-        """Give the place back (unknown tokens are ignored)."""
+        """Give the place back, soon (unknown tokens are ignored)."""
         ...
 
     async def release_now(self, key: str, token: str) -> None:
@@ -45,7 +45,7 @@ class LeaseTable(Protocol):
         ...
 
     async def keep_alive(self) -> None:
-        """Renew this process's leases until cancelled (shared tables only)."""
+        """Apply releases and renew this process's leases until cancelled."""
         ...
 
     def close(self) -> None:
@@ -54,13 +54,27 @@ class LeaseTable(Protocol):
 
 
 class LocalLeases:
-    """Leases of this process alone (one host, no Redis). Call from the event loop."""
+    """Leases of this process alone (one host, no Redis)."""
 
     def __init__(self) -> None:
         self._holders: dict[str, set[str]] = {}
+        self._released: deque[tuple[str, str]] = deque()
+
+    def _apply_releases(self) -> None:
+        while self._released:
+            key, token = self._released.popleft()
+            self._drop(key, token)
+
+    def _drop(self, key: str, token: str) -> None:
+        holders = self._holders.get(key)
+        if holders is not None:
+            holders.discard(token)
+            if not holders:
+                del self._holders[key]
 
     async def acquire(self, key: str, cap: int) -> str | None:
         """See :class:`LeaseTable`."""
+        self._apply_releases()
         holders = self._holders.setdefault(key, set())
         if len(holders) >= cap:
             return None
@@ -70,18 +84,16 @@ class LocalLeases:
 
     def release(self, key: str, token: str) -> None:
         """See :class:`LeaseTable`."""
-        holders = self._holders.get(key)
-        if holders is not None:
-            holders.discard(token)
-            if not holders:
-                del self._holders[key]
+        self._released.append((key, token))
 
     async def release_now(self, key: str, token: str) -> None:
         """See :class:`LeaseTable`."""
-        self.release(key, token)
+        self._apply_releases()
+        self._drop(key, token)
 
     def held(self) -> frozenset[str]:
         """See :class:`LeaseTable`."""
+        self._apply_releases()
         return frozenset(self._holders)
 
     async def keep_alive(self) -> None:
@@ -90,6 +102,7 @@ class LocalLeases:
 
     def close(self) -> None:
         """Forget every lease."""
+        self._released.clear()
         self._holders.clear()
 
 
@@ -128,16 +141,19 @@ return lost
 class RedisLeases:
     """Leases shared by every replica that uses the same Redis and ``prefix``."""
 
+    #: How often released leases are deleted from Redis (when they were not released with
+    #: :meth:`release_now`, e.g. by a finalizer after a client left).
+    FLUSH_SECONDS = 0.05
+
     def __init__(self, client: Redis, *, prefix: str, ttl_seconds: float) -> None:
         self._client = client
         self._prefix = prefix + "lease:"
         self._ttl_ms = max(1000, int(ttl_seconds * 1000))
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
-        self._lock = threading.Lock()
+        # Touched only on the event loop; release() only appends to _released.
         self._mine: dict[tuple[str, str], None] = {}
-        # Releases are fire-and-forget on one thread, in order.
-        self._releaser = concurrent.futures.ThreadPoolExecutor(1, "lease-release")
+        self._released: deque[tuple[str, str]] = deque()
 
     @property
     def renew_interval(self) -> float:
@@ -146,6 +162,7 @@ class RedisLeases:
 
     async def acquire(self, key: str, cap: int) -> str | None:
         """See :class:`LeaseTable`."""
+        await self._flush()  # a place this process just gave back is free here at once
         token = uuid.uuid4().hex
         try:
             got = await asyncio.to_thread(
@@ -155,47 +172,55 @@ class RedisLeases:
             raise SharedStateError(f"lease store: {exc}") from exc
         if not got:
             return None
-        with self._lock:
-            self._mine[(key, token)] = None
+        self._mine[(key, token)] = None
         return token
 
     def release(self, key: str, token: str) -> None:
         """See :class:`LeaseTable`."""
-        with self._lock:
-            if self._mine.pop((key, token), 0) == 0:
-                return
-        with contextlib.suppress(RuntimeError):  # closed: the lease expires by itself
-            self._releaser.submit(self._delete, key, token)
+        self._released.append((key, token))
 
     async def release_now(self, key: str, token: str) -> None:
         """See :class:`LeaseTable`. A failure is logged: the lease then expires by itself."""
-        with self._lock:
-            if self._mine.pop((key, token), 0) == 0:
-                return
-        await asyncio.to_thread(self._delete, key, token)
+        if self._mine.pop((key, token), 0) == 0:
+            return
+        await asyncio.to_thread(self._delete, [(key, token)])
 
-    def _delete(self, key: str, token: str) -> None:
+    def _take_released(self) -> list[tuple[str, str]]:
+        gone = []
+        while self._released:
+            item = self._released.popleft()
+            if self._mine.pop(item, 0) is None:
+                gone.append(item)
+        return gone
+
+    async def _flush(self) -> None:
+        gone = self._take_released()
+        if gone:
+            await asyncio.to_thread(self._delete, gone)
+
+    def _delete(self, leases: list[tuple[str, str]]) -> None:
         try:
-            self._client.zrem(self._prefix + key, token)
+            pipe = self._client.pipeline(transaction=False)
+            for key, token in leases:
+                pipe.zrem(self._prefix + key, token)
+            pipe.execute()
         except RedisError:
-            log.warning("could not release a lease; it expires by itself", exc_info=True)
+            log.warning("could not release leases; they expire by themselves", exc_info=True)
 
     def held(self) -> frozenset[str]:
         """See :class:`LeaseTable`."""
-        with self._lock:
-            return frozenset(key for key, _ in self._mine)
+        released = set(self._released)
+        return frozenset(key for key, token in self._mine if (key, token) not in released)
 
-    def renew(self) -> int:
-        """Push back the expiry of every lease held here; how many were found lost (expired
-        while this process could not renew them). Blocking."""
-        with self._lock:
-            mine = list(self._mine)
-        if not mine:
+    def renew(self, leases: list[tuple[str, str]]) -> int:
+        """Push back the expiry of ``leases``; how many were found lost (expired while this
+        process could not renew them). Blocking."""
+        if not leases:
             return 0
         lost = int(
             self._renew(
-                keys=[self._prefix + key for key, _ in mine],
-                args=[self._ttl_ms, *(token for _, token in mine)],
+                keys=[self._prefix + key for key, _ in leases],
+                args=[self._ttl_ms, *(token for _, token in leases)],
             )
         )
         if lost:
@@ -203,18 +228,50 @@ class RedisLeases:
         return lost
 
     async def keep_alive(self) -> None:
-        """Renew every :attr:`renew_interval` seconds until cancelled."""
+        """Delete released leases every :attr:`FLUSH_SECONDS` and renew the held ones every
+        :attr:`renew_interval` seconds, until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_renewal = loop.time() + self.renew_interval
         while True:
-            await asyncio.sleep(self.renew_interval)
+            await asyncio.sleep(self.FLUSH_SECONDS)
             try:
-                await asyncio.to_thread(self.renew)
+                await self._flush()
+                if loop.time() >= next_renewal:
+                    next_renewal = loop.time() + self.renew_interval
+                    await asyncio.to_thread(self.renew, list(self._mine))
             except RedisError:
                 log.warning("could not renew leases", exc_info=True)
 
     def close(self) -> None:
-        """Release every lease held here and wait for the releases to go out."""
-        with self._lock:
-            mine = list(self._mine)
-        for key, token in mine:
-            self.release(key, token)
-        self._releaser.shutdown(wait=True)
+        """Release every lease held here (blocking: at shutdown)."""
+        gone = self._take_released() + list(self._mine)
+        self._mine.clear()
+        if gone:
+            self._delete(gone)
+
+
+class Hold:
+    """One lease held by this process until :meth:`end` (awaited: every replica sees the
+    place free when it returns) or :meth:`release` (soon), or until the hold is
+    garbage-collected (a request dropped on the way)."""
+
+    def __init__(self, table: LeaseTable, key: str, token: str) -> None:
+        self._table = table
+        self._key = key
+        self._token = token
+        self._finalizer = weakref.finalize(self, table.release, key, token)
+
+    @classmethod
+    async def take(cls, table: LeaseTable, key: str, cap: int) -> Hold | None:
+        """One of ``cap`` places on ``key``, or ``None`` when all are taken."""
+        token = await table.acquire(key, cap)
+        return None if token is None else cls(table, key, token)
+
+    def release(self) -> None:
+        """Give the place back soon (idempotent; never blocks)."""
+        self._finalizer()
+
+    async def end(self) -> None:
+        """Give the place back now (idempotent)."""
+        if self._finalizer.detach() is not None:
+            await self._table.release_now(self._key, self._token)

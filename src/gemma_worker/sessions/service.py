@@ -59,9 +59,13 @@ class TurnPlan:
     owner: str | None
     is_new: bool
     conversation: Conversation
-    release: Callable[[], object] = field(default=lambda: None, repr=False)
     #: The lease behind the claim.
     claim: Hold | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Give the session back (soon, never blocking; idempotent)."""
+        if self.claim is not None:
+            self.claim.release()
 
 
 class SessionService:
@@ -93,7 +97,6 @@ class SessionService:
                 retry_after=1,
             )
         plan.claim = hold
-        plan.release = hold.release
 
     async def end_turn(self, plan: TurnPlan) -> None:
         """Free the session for its next turn now, on every replica, so a client that sends
@@ -103,7 +106,9 @@ class SessionService:
 
     def _running(self) -> frozenset[str]:
         """Sessions answering a turn in this process (never expired under them)."""
-        return frozenset(k.removeprefix("turn:") for k in self._leases.held())
+        return frozenset(
+            k.removeprefix("turn:") for k in self._leases.held() if k.startswith("turn:")
+        )
 
     async def begin(
         self, req: GenerationRequest, fmt: ConversationFormat, owner: str | None = None
@@ -129,7 +134,7 @@ class SessionService:
             _check_consistent(req, info)
             turns = await _off_loop(lambda: self.store.turns(sid, owner=owner))
             if turns is None:
-                raise _not_found(req.session_id)
+                raise _not_found(sid)
         except BaseException:
             plan.release()
             raise

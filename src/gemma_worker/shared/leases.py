@@ -152,7 +152,7 @@ class RedisLeases:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         # Touched only on the event loop; release() only appends to _released.
-        self._mine: dict[tuple[str, str], None] = {}
+        self._mine: set[tuple[str, str]] = set()
         self._released: deque[tuple[str, str]] = deque()
 
     @property
@@ -172,7 +172,7 @@ class RedisLeases:
             raise SharedStateError(f"lease store: {exc}") from exc
         if not got:
             return None
-        self._mine[(key, token)] = None
+        self._mine.add((key, token))
         return token
 
     def release(self, key: str, token: str) -> None:
@@ -181,15 +181,17 @@ class RedisLeases:
 
     async def release_now(self, key: str, token: str) -> None:
         """See :class:`LeaseTable`. A failure is logged: the lease then expires by itself."""
-        if self._mine.pop((key, token), 0) == 0:
+        if (key, token) not in self._mine:
             return
+        self._mine.remove((key, token))
         await asyncio.to_thread(self._delete, [(key, token)])
 
     def _take_released(self) -> list[tuple[str, str]]:
         gone = []
         while self._released:
             item = self._released.popleft()
-            if self._mine.pop(item, 0) is None:
+            if item in self._mine:
+                self._mine.remove(item)
                 gone.append(item)
         return gone
 

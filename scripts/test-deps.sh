@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the programs the tests run for real, when they are missing: nginx and redis-server
-# (deploy tests), systemd-analyze (the unit file check). Debian/Ubuntu, as root.
+# (deploy tests), systemd-analyze (the unit file check), Chromium and its WebDriver (the chat
+# page's browser tests). Debian/Ubuntu, as root.
 set -euo pipefail
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "test-deps: missing ${need[*]}; install them (apt-get install ${need[*]}) or run as root" >&2

@@ -100,3 +100,17 @@ def test_a_token_with_lone_surrogates_is_just_wrong() -> None:
 )
 def test_websocket_origins(origin: str | None, allowed: list[str], ok: bool) -> None:
     assert origin_allowed(origin, allowed) is ok
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "ok"),
+    [
+        ("https://gemma.example", "gemma.example", True),  # the chat page, behind a proxy
+        ("http://gemma.example:8080", "Gemma.Example:8080", True),
+        ("http://gemma.example:8080", "gemma.example", False),  # another port: another origin
+        ("https://evil.example", "gemma.example", False),
+        ("https://gemma.example.evil.example", "gemma.example", False),
+    ],
+)
+def test_a_page_from_the_workers_own_origin(origin: str, host: str, ok: bool) -> None:
+    assert origin_allowed(origin, [], host) is ok

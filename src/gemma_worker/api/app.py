@@ -23,6 +23,7 @@ from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
 from gemma_worker.api.state import Phase, WorkerState
+from gemma_worker.api.ui import BrowserRedirectMiddleware, load_assets, ui_router
 from gemma_worker.api.worker_id import WorkerIdMiddleware
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
@@ -185,6 +186,7 @@ def create_app(
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
         )
+    app.add_middleware(BrowserRedirectMiddleware)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_middleware(WorkerIdMiddleware, worker_id=settings.replica_name)
     install_error_handlers(app)
@@ -193,5 +195,6 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(session_router)
     app.include_router(metrics_router)
+    app.include_router(ui_router(load_assets()))
     app.add_api_websocket_route("/ws", websocket_endpoint)
     return app

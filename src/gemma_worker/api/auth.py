@@ -1,4 +1,5 @@
-"""API-key authentication for every route but ``/health`` and ``/ready`` (pure ASGI).
+"""API-key authentication for every route but ``/health``, ``/ready`` and the chat page's
+static files (pure ASGI).
 
 REST requests present ``Authorization: Bearer <key>``; without a valid one they get 401 with a
 JSON error. A WebSocket may present the same header; if it has none, the connection handler
@@ -18,6 +19,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemma_worker.api.errors import send_error
+from gemma_worker.api.ui import is_ui_path
 from gemma_worker.core.auth import KeyRing, bearer_token
 from gemma_worker.core.errors import ErrorCode, WorkerError
 
@@ -67,7 +69,7 @@ class AuthMiddleware:
         state["auth_required"] = self.keys.enabled
         state["principal"] = None
         state["auth_rejected"] = False
-        if not self.keys.enabled or scope["path"] in OPEN_PATHS:
+        if not self.keys.enabled or scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = bearer_token(_header(scope, b"authorization"))

@@ -113,13 +113,14 @@ def bearer_token(authorization: str | None) -> str | None:
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
-def origin_allowed(origin: str | None, allowed: Collection[str]) -> bool:
+def origin_allowed(origin: str | None, allowed: Collection[str], host: str | None = None) -> bool:
     """Whether a WebSocket handshake's ``Origin`` may connect.
 
     No ``Origin`` (not a browser) is allowed; a browser page must come from this machine
-    (``http(s)://localhost|127.0.0.1|[::1][:port]``) or from one of ``allowed`` (the CORS
-    origins; ``*`` allows all). This stops a web page elsewhere from using a local worker
-    through its visitor's browser.
+    (``http(s)://localhost|127.0.0.1|[::1][:port]``), from the worker's own origin (its
+    authority is the handshake's ``host``: the chat page, also behind a proxy that passes
+    ``Host`` on), or from one of ``allowed`` (the CORS origins; ``*`` allows all). This stops a
+    web page elsewhere from using a worker through its visitor's browser.
     """
     if origin is None:
         return True
@@ -128,6 +129,8 @@ def origin_allowed(origin: str | None, allowed: Collection[str]) -> bool:
     scheme, sep, rest = origin.partition("://")
     if not sep or scheme not in {"http", "https"}:
         return False
-    host = rest.split("/", 1)[0]
-    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return host.lower() in _LOOPBACK_HOSTS
+    authority = rest.split("/", 1)[0].lower()
+    if host is not None and authority == host.lower():
+        return True
+    name = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+    return name in _LOOPBACK_HOSTS

@@ -67,7 +67,8 @@ class Connection:
         """Serve until the client leaves, idles out or the worker drains."""
         await self.ws.accept()
         settings = self.state.settings
-        if not origin_allowed(self.ws.headers.get("origin"), settings.cors_origins):
+        headers = self.ws.headers
+        if not origin_allowed(headers.get("origin"), settings.cors_origins, headers.get("host")):
             # A web page from elsewhere must not drive a local worker through the browser.
             await self._close(CLOSE_POLICY_VIOLATION, "origin not allowed")
             return
@@ -186,6 +187,9 @@ class Connection:
                 raise ClientGoneError from exc
 
     async def _on_message(self, raw: str | bytes) -> None:
+        keyless = not self.state.keys.enabled
+        if keyless and isinstance(raw, str) and parse_auth_message(raw) is not None:
+            return  # a key sent to a worker without keys: nothing to check, nothing to answer
         try:
             message = parse_client_message(raw)
         except ProtocolError as exc:

@@ -60,12 +60,17 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/completions": {"prompt": PARIS_PROMPT, "max_tokens": 2},
     "/tokenize": {"content": "Hi"},
     "/detokenize": {"tokens": [2, 3]},
+    "/api/generate": {"prompt": PARIS_PROMPT, "options": {"num_predict": 2}, "stream": False},
+    "/api/chat": {"messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 2}},
+    "/api/show": {"model": "gemma3"},
 }
 
 
 def error_code(response: httpx.Response) -> str:
-    """The code of a house or OpenAI error body."""
+    """The code of a house, OpenAI or Ollama error body (Ollama's has only a message)."""
     body = response.json()
+    if isinstance(body.get("error"), str) and "code" not in body:
+        return "UNAUTHORIZED" if "API key" in body["error"] else body["error"]
     code = body["error"]["code"] if isinstance(body.get("error"), dict) else body["code"]
     return str(code)
 

@@ -663,7 +663,7 @@ def test_the_call_format_is_fixed_literals() -> None:
     gbnf = tool_call_gbnf([WEATHER, ADD], required=False, parallel=True)
     assert '"{\\"name\\": \\"get_weather\\", \\"arguments\\": "' in gbnf
     assert '"{\\"name\\": \\"add-2\\", \\"arguments\\": "' in gbnf
-    assert 'tool-calls ::= "[" tool-call (", " tool-call){0,7} "]"' in gbnf
+    assert 'tool-calls ::= tool-call | "[" tool-call (", " tool-call){0,7} "]"' in gbnf
     assert "root ::= [ \\t\\n]* (tool-calls | free-text)" in gbnf
     required = tool_call_gbnf([WEATHER], required=True, parallel=False)
     assert "root ::= tool-calls\n" in required
@@ -704,11 +704,14 @@ def test_parallel_calls(vocab: Vocab) -> None:
     for n in (1, 2, 8):
         text = "[" + ", ".join(([CALL, CALL_ADD] * 4)[:n]) + "]"
         assert grammar_accepts(vocab, gbnf, text), text
+    # The instructions offer one object or an array: both are accepted.
+    assert grammar_accepts(vocab, gbnf, CALL)
     nine = "[" + ", ".join([CALL] * 9) + "]"
-    for text in [nine, "[]", CALL, f"[{CALL},{CALL}]", f"[{CALL}, ]", f"[{CALL}] ", f"[ {CALL}]"]:
+    for text in [nine, "[]", f"[{CALL},{CALL}]", f"[{CALL}, ]", f"[{CALL}] ", f"[ {CALL}]"]:
         assert not grammar_accepts(vocab, gbnf, text), text
     auto = tool_call_gbnf([WEATHER], required=False, parallel=True)
     assert grammar_accepts(vocab, auto, f"\n[{CALL}, {CALL}]")
+    assert grammar_accepts(vocab, auto, CALL)
     assert grammar_accepts(vocab, auto, "No call needed.")
 
 

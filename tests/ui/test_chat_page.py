@@ -96,6 +96,12 @@ def test_the_answer_streams_in_and_shows_its_timings(browser: webdriver.Chrome) 
     assert all(final.startswith(s.strip()[:20]) for s in steps)  # it grew; it never changed course
     assert "first token" in meta and "tokens/s" in meta and "generated tokens" in meta
     assert browser.find_element(By.ID, "stop").get_attribute("disabled") == "true"
+    unlabelled = browser.execute_script(
+        "return [...document.querySelectorAll('input, select, textarea')]"
+        ".filter((e) => e.labels.length === 0).map((e) => e.id)"
+    )
+    assert unlabelled == []
+    assert browser.find_element(By.ID, "messages").get_attribute("aria-live") == "polite"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "chat-answer.png"))
 
@@ -205,7 +211,11 @@ def test_markup_in_input_and_output_stays_text(browser: webdriver.Chrome) -> Non
 
 
 def test_with_keys_the_page_asks_for_one_and_says_when_it_is_wrong() -> None:
-    keyed = start_worker(make_settings(parallel=1, api_keys=[KEY], ws_idle_timeout_seconds=3.0))
+    keyed = start_worker(
+        make_settings(
+            parallel=1, api_keys=[KEY], ws_idle_timeout_seconds=3.0, rate_limit_requests="3/minute"
+        )
+    )
     driver = chromium()
     try:
         driver.get(keyed.http + "/")
@@ -232,6 +242,12 @@ def test_with_keys_the_page_asks_for_one_and_says_when_it_is_wrong() -> None:
         send(driver, "What is the capital of Italy?")
         wait_answer(driver, 2)
         assert "Rome" in answers(driver)[1].text
+        # Over the rate limit: the answer says so, and when to retry.
+        send(driver, "What is the capital of Spain?")
+        wait_answer(driver, 3)
+        send(driver, "What is the capital of Germany?")
+        meta = wait_answer(driver, 4)
+        assert "RATE_LIMITED" in meta and "retry in" in meta
         # Only the refused key's 401 answers may show in the console.
         errors = [e for e in console_errors(driver) if "401" not in e["message"]]
         assert errors == []

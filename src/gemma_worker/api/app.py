@@ -18,6 +18,8 @@ from gemma_worker.api.house.routes import router as house_router
 from gemma_worker.api.house.websocket import websocket_endpoint
 from gemma_worker.api.metrics import HttpMetricsMiddleware, Metrics
 from gemma_worker.api.metrics_route import router as metrics_router
+from gemma_worker.api.ollama.catalog import ModelCatalog
+from gemma_worker.api.ollama.routes import router as ollama_router
 from gemma_worker.api.openai.routes import router as openai_router
 from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.api.routes import router
@@ -173,6 +175,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = state
+    app.state.model_catalog = ModelCatalog(state)
     # The last added middleware is the outermost: metrics see everything, CORS answers
     # preflights before auth, auth runs before a body is read.
     app.add_middleware(
@@ -193,6 +196,7 @@ def create_app(
     app.include_router(router)
     app.include_router(house_router)
     app.include_router(openai_router)
+    app.include_router(ollama_router)
     app.include_router(session_router)
     app.include_router(metrics_router)
     app.include_router(ui_router(load_assets()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from gemma_worker.api.ollama.errors import is_ollama_path, ollama_error_body, ollama_status
 from gemma_worker.api.openai.errors import is_openai_path, openai_error_body, openai_status
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
@@ -41,10 +43,8 @@ def response_for(path: str, exc: WorkerError, request_id: str | None = None) -> 
         for name in ("limit", "remaining", "reset"):
             if name in exc.details:
                 headers[f"RateLimit-{name.capitalize()}"] = str(exc.details[name])
-    if is_openai_path(path):
-        return JSONResponse(openai_error_body(exc), status_code=openai_status(exc), headers=headers)
-    body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
-    return JSONResponse(body, status_code=exc.http_status, headers=headers)
+    status, body = dialect_error(path, exc, request_id=request_id)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def internal_error(what: str, **context: object) -> WorkerError:
@@ -57,15 +57,25 @@ def internal_error(what: str, **context: object) -> WorkerError:
     )
 
 
+def dialect_error(
+    path: str, exc: WorkerError, status: int | None = None, request_id: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The status and body of ``exc`` in the API dialect of ``path`` (``status`` overrides the
+    dialect's choice): OpenAI's, Ollama's, or the house protocol's."""
+    if is_openai_path(path):
+        return status or openai_status(exc), openai_error_body(exc, status)
+    if is_ollama_path(path):
+        return status or ollama_status(exc), ollama_error_body(exc)
+    body = ev.error_body(exc.code, exc.message, request_id=request_id, **exc.details)
+    return status or exc.http_status, body
+
+
 async def send_error(
     send: Send, path: str, exc: WorkerError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     """Answer a request for ``path`` with ``exc`` as a JSON error straight from ASGI
     middleware (before routing), in the shape of the path's API dialect."""
-    if is_openai_path(path):
-        status, payload = openai_status(exc), openai_error_body(exc)
-    else:
-        status, payload = exc.http_status, ev.error_body(exc.code, exc.message, **exc.details)
+    status, payload = dialect_error(path, exc)
     body = json.dumps(payload).encode()
     await send(
         {
@@ -110,11 +120,8 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     code = ErrorCode.INVALID_REQUEST
     _count(request, code)
     error = WorkerError(code, str(exc.detail))
-    if is_openai_path(request.url.path):
-        body = openai_error_body(error, exc.status_code)
-    else:
-        body = ev.error_body(code, error.message)
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    status, body = dialect_error(request.url.path, error, exc.status_code)
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 async def _worker_error_handler(request: Request, exc: Exception) -> JSONResponse:

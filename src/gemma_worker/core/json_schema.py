@@ -196,12 +196,13 @@ JSON_OBJECT_GBNF = schema_to_gbnf({"type": "object"})
 def tool_call_gbnf(tools: Sequence[ToolSpec], *, required: bool, parallel: bool) -> str:
     """The grammar of an answer that calls one of ``tools``, byte for byte
     ``{"name": "<name>", "arguments": <object matching that tool's parameters>}`` (the object
-    may be followed by one space), or with ``parallel`` ``[call, call, ...]`` (1 to 8 calls,
-    separated by exactly ``", "``). Unless ``required``, the answer may instead be free text,
-    which is empty or starts with neither whitespace, ``{`` nor ``[``; either may follow
-    ``[ \\t\\n]*``. Nothing can follow the last call. Raises :class:`SchemaError` (``where``
-    ``tools.<i>...``) for no tools, a name outside ``^[a-zA-Z0-9_-]{1,64}$``, a repeated name,
-    or parameters that cannot be enforced or do not describe an object."""
+    may be followed by one space), or with ``parallel`` also ``[call, call, ...]`` (1 to 8
+    calls, separated by exactly ``", "``): the instructions offer both forms. Unless
+    ``required``, the answer may instead be free text, which is empty or starts with neither
+    whitespace, ``{`` nor ``[``; either may follow ``[ \\t\\n]*``. Nothing can follow the last
+    call. Raises :class:`SchemaError` (``where`` ``tools.<i>...``) for no tools, a name outside
+    ``^[a-zA-Z0-9_-]{1,64}$``, a repeated name, or parameters that cannot be enforced or do not
+    describe an object."""
     if not tools:
         raise SchemaError("tools", "", "at least one tool is needed")
     subset, calls = SchemaSubset(), []
@@ -225,7 +226,9 @@ def tool_call_gbnf(tools: Sequence[ToolSpec], *, required: bool, parallel: bool)
     rules.append("tool-call ::= " + " | ".join(f"tool-call-{i}" for i in range(len(calls))))
     more = f'(", " tool-call){{0,{MAX_PARALLEL_CALLS - 1}}}'
     rules.append(
-        f'tool-calls ::= "[" tool-call {more} "]"' if parallel else "tool-calls ::= tool-call"
+        f'tool-calls ::= tool-call | "[" tool-call {more} "]"'
+        if parallel
+        else "tool-calls ::= tool-call"
     )
     if required:
         rules.append("root ::= tool-calls")

@@ -161,6 +161,9 @@ class SamplingParams:
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    #: llama.cpp's repetition penalty over the last ``repeat_last_n`` tokens (1.0: off).
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
     #: (token id, bias added to its logit) pairs; ``-inf`` bans the token.
     logit_bias: tuple[tuple[int, float], ...] = ()
     #: When true, ``max_tokens`` is lowered to what the context leaves after the prompt instead

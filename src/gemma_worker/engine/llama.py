@@ -55,6 +55,8 @@ class ModelInfo:
     n_vocab: int
     has_chat_template: bool
     instruction_tuned: bool
+    #: The weights' type, as quantizers name it (``Q4_K_M``, ``Q8_0``, ``F16``).
+    quantization: str = "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -67,7 +69,22 @@ class ModelInfo:
             "n_vocab": self.n_vocab,
             "chat_template": self.has_chat_template,
             "instruction_tuned": self.instruction_tuned,
+            "quantization": self.quantization,
         }
+
+
+_SIZE_WORDS = {"Small": "S", "Medium": "M", "Large": "L"}
+
+
+def quantization_name(description: str) -> str:
+    """The type in llama.cpp's model description, as quantizers name it: ``gemma3 270M Q4_K -
+    Medium`` -> ``Q4_K_M``; ``llama 8B Q8_0`` -> ``Q8_0``."""
+    parts = description.split(" ", 2)
+    if len(parts) < 3:
+        return "unknown"
+    base, _, size = parts[2].partition(" - ")
+    suffix = _SIZE_WORDS.get(size.strip())
+    return f"{base}_{suffix}" if suffix else base
 
 
 class ModelLoadError(Exception):
@@ -232,7 +249,15 @@ class LlamaModel:
             has_chat_template=template is not None,
             instruction_tuned=template is not None
             and ("it" in finetune.split("-") or "instruct" in finetune or "chat" in finetune),
+            quantization=quantization_name(self.description()),
         )
+
+    def description(self) -> str:
+        """llama.cpp's one-line description: architecture, size and type (``gemma3 270M Q4_K -
+        Medium``)."""
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self.model, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
 
     # --- tokens -----------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

@@ -35,6 +35,7 @@ from gemma_worker.core.scheduling import (
     plan_step,
 )
 from gemma_worker.core.usage import Timings, Usage
+from gemma_worker.engine.allocator import pin_mmap_threshold
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
 from gemma_worker.engine.kernels import KernelChoices
@@ -292,6 +293,7 @@ class LlamaEngine:
 
         try:
             t0 = time.perf_counter()
+            pin_mmap_threshold()
             self.model_path = resolve_model_path(self.config.model_path)
             model = LlamaModel(
                 self.model_path,

@@ -68,6 +68,12 @@ class PromptRenderer:
         self._eos = eos_token
         self._prefer_chat = prefer_chat and chat_template is not None
         self._template = None if chat_template is None else self._env.from_string(chat_template)
+        self._template_source = chat_template
+
+    @property
+    def template_source(self) -> str | None:
+        """The GGUF's chat template (Jinja), if it has one."""
+        return self._template_source
 
     @property
     def has_chat_template(self) -> bool:

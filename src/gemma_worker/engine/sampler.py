@@ -61,7 +61,8 @@ def _pre_chain(params: SamplingParams, n_vocab: int) -> Any:
     """Logit bias and penalties: what changes logits before any token is chosen (``None``
     when there is neither). It neither reorders nor drops candidates."""
     penalties = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-    if not params.logit_bias and not penalties:
+    repeat = params.repeat_penalty != 1.0 and params.repeat_last_n != 0
+    if not params.logit_bias and not penalties and not repeat:
         return None
     add = lc.llama_sampler_chain_add
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
@@ -81,6 +82,14 @@ def _pre_chain(params: SamplingParams, n_vocab: int) -> Any:
                 1.0,
                 params.frequency_penalty,
                 params.presence_penalty,
+            ),
+        )
+    if repeat:
+        # Ollama's and llama-server's repeat penalty: only the last repeat_last_n tokens.
+        add(
+            chain,
+            lc.llama_sampler_init_penalties(
+                n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
             ),
         )
     return chain

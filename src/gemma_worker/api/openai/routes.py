@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
-from gemma_worker.api.disconnect import first_decisive, replay, unless_disconnected
-from gemma_worker.api.errors import error_response, internal_error
+from gemma_worker.api.errors import error_response
 from gemma_worker.api.openai.chat import content_text, to_conversation, tools_instructions
 from gemma_worker.api.openai.encode import ChatEncoder, CompletionEncoder, sse
 from gemma_worker.api.openai.errors import openai_error
@@ -30,13 +27,14 @@ from gemma_worker.api.openai.types import (
     TokenizeRequest,
 )
 from gemma_worker.api.state import WorkerState
+from gemma_worker.api.streaming import StreamFormat, collect, failure_of, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
 from gemma_worker.core.request import SamplingParams, new_id
 from gemma_worker.core.response_format import TextFormat, grammar_for
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
 from gemma_worker.engine.job import GenerationSpec
-from gemma_worker.engine.messages import Failed, Finished, Text
+from gemma_worker.engine.messages import Finished, Text
 from gemma_worker.engine.prompt import Prompt
 from gemma_worker.engine.sampler import Grammar
 from gemma_worker.service.generation import (
@@ -47,8 +45,6 @@ from gemma_worker.service.generation import (
 )
 
 router = APIRouter(tags=["OpenAI-compatible"])
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _model_id(state: WorkerState) -> str:
@@ -229,43 +225,23 @@ async def _start(
     )
 
 
-def _client_left() -> JSONResponse:
-    """What a request whose client has left "answers" (nobody reads it; logs show 499)."""
-    return JSONResponse({"error": openai_error(_CANCELLED)}, status_code=499)
-
-
-_CANCELLED = WorkerError(
-    ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
-)
-
-
 async def _collect(
     gen: Generation, request: Request, encoder: ChatEncoder | CompletionEncoder
 ) -> Any:
-    async def run() -> Finished | Failed:
-        events = gen.events()
-        try:
-            async for event in events:
-                match event:
-                    case Finished() | Failed():
-                        return event
-                    case Text():
-                        encoder.add(event)
-                    case ToolCallStart() | ToolCallArguments() if isinstance(encoder, ChatEncoder):
-                        encoder.add(event)
-            raise AssertionError("a generation ended without a final event")
-        finally:
-            await events.aclose()
-            gen.close()
+    def on_event(event: GenerationEvent) -> None:
+        match event:
+            case Text():
+                encoder.add(event)
+            case ToolCallStart() | ToolCallArguments() if isinstance(encoder, ChatEncoder):
+                encoder.add(event)
 
-    runner = asyncio.ensure_future(run())
-    if not await unless_disconnected(request, runner):
-        return _client_left()
-    final = runner.result()
-    if isinstance(final, Failed):
-        return error_response(request, final.error)
-    if final.finish_reason == "cancelled":
-        return error_response(request, _CANCELLED)
+    final = await collect(gen, request, on_event)
+    if isinstance(final, Response):
+        return final
+    failed = failure_of(final)
+    if failed is not None:
+        return error_response(request, failed)
+    assert isinstance(final, Finished)
     return encoder.response(final)
 
 
@@ -309,37 +285,13 @@ def _completion_chunks(encoder: CompletionEncoder) -> ChunkMaker:
 
 
 async def _stream(gen: Generation, request: Request, state: WorkerState, chunks: ChunkMaker) -> Any:
-    head = await first_decisive(gen, request)
-    if head is None:
-        return _client_left()
-    taken, rest = head
-    if isinstance(taken[-1], Failed):
-        await rest.aclose()
-        gen.close()
-        return error_response(request, taken[-1].error)
-
-    async def body() -> AsyncIterator[str]:
-        try:
-            async with contextlib.aclosing(replay(taken, rest)) as stream:
-                async for event in stream:
-                    if isinstance(event, Failed) or (
-                        isinstance(event, Finished) and event.finish_reason == "cancelled"
-                    ):
-                        error = event.error if isinstance(event, Failed) else _CANCELLED
-                        state.metrics.error(str(error.code))
-                        yield sse({"error": openai_error(error)})
-                        return
-                    for chunk in chunks(event):
-                        yield sse(chunk)
-            yield sse("[DONE]")
-        except Exception:  # the status line has gone out: the fault is the last event
-            error = internal_error("unexpected error in a stream", request_id=gen.request_id)
-            state.metrics.error(str(error.code))
-            yield sse({"error": openai_error(error)})
-        finally:
-            gen.close()
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+    fmt = StreamFormat(
+        encode=lambda event: [sse(chunk) for chunk in chunks(event)],
+        error=lambda error: sse({"error": openai_error(error)}),
+        media_type="text/event-stream",
+        done=sse("[DONE]"),
+    )
+    return await stream(gen, request, state, fmt)
 
 
 @router.post("/tokenize", summary="Tokenize (llama-server's shape)")

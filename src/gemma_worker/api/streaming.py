@@ -1,0 +1,116 @@
+"""A generation's REST answer in any dialect: collected whole, or streamed as it comes.
+
+The dialect supplies how to encode events and errors; this module owns the rest: cancelling
+when the client leaves, answering an error found before the first byte with its status, and
+ending a broken stream with one error record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gemma_worker.api.disconnect import first_decisive, replay, unless_disconnected
+from gemma_worker.api.errors import error_response, internal_error
+from gemma_worker.api.state import WorkerState
+from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.engine.messages import Failed, Finished
+from gemma_worker.service.generation import Generation, GenerationEvent
+
+#: What a generation cancelled by the drain answers (it is an error in the REST dialects).
+CANCELLED = WorkerError(
+    ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
+)
+
+
+def client_left() -> Response:
+    """What a request whose client has left "answers" (nobody reads it; logs show 499)."""
+    return JSONResponse({"error": CANCELLED.message}, status_code=499)
+
+
+async def collect(
+    gen: Generation, request: Request, on_event: Callable[[GenerationEvent], object]
+) -> Finished | Failed | Response:
+    """Run ``gen`` to its end, passing each event before the last to ``on_event``; its final
+    event, or the response for a client that left."""
+
+    async def run() -> Finished | Failed:
+        events = gen.events()
+        try:
+            async for event in events:
+                if isinstance(event, Finished | Failed):
+                    return event
+                on_event(event)
+            raise AssertionError("a generation ended without a final event")
+        finally:
+            await events.aclose()
+            gen.close()
+
+    runner = asyncio.ensure_future(run())
+    if not await unless_disconnected(request, runner):
+        return client_left()
+    return runner.result()
+
+
+def failure_of(final: Finished | Failed) -> WorkerError | None:
+    """The error a final event stands for in a REST answer (a cancel is one), else ``None``."""
+    if isinstance(final, Failed):
+        return final.error
+    return CANCELLED if final.finish_reason == "cancelled" else None
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """How a dialect writes a stream: ``encode`` turns an event into records (``Finished``
+    included; never a cancelled one), ``error`` writes the one record a broken stream ends
+    with, ``done`` is a last record after success (SSE's ``[DONE]``)."""
+
+    encode: Callable[[GenerationEvent], list[str]]
+    error: Callable[[WorkerError], str]
+    media_type: str
+    done: str | None = None
+
+
+_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def stream(
+    gen: Generation, request: Request, state: WorkerState, fmt: StreamFormat
+) -> Response:
+    """Stream ``gen``: an error before its first event is answered with its status; one after
+    it ends the stream as ``fmt.error``; the client leaving cancels the generation."""
+    head = await first_decisive(gen, request)
+    if head is None:
+        return client_left()
+    taken, rest = head
+    if isinstance(taken[-1], Failed):
+        await rest.aclose()
+        gen.close()
+        return error_response(request, taken[-1].error)
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async with contextlib.aclosing(replay(taken, rest)) as events:
+                async for event in events:
+                    failed = failure_of(event) if isinstance(event, Finished | Failed) else None
+                    if failed is not None:
+                        state.metrics.error(str(failed.code))
+                        yield fmt.error(failed)
+                        return
+                    for record in fmt.encode(event):
+                        yield record
+            if fmt.done is not None:
+                yield fmt.done
+        except Exception:  # the status line has gone out: the fault is the last record
+            error = internal_error("unexpected error in a stream", request_id=gen.request_id)
+            state.metrics.error(str(error.code))
+            yield fmt.error(error)
+        finally:
+            gen.close()
+
+    return StreamingResponse(body(), media_type=fmt.media_type, headers=_HEADERS)

@@ -124,8 +124,14 @@ class EventClock:
 
 
 def execute_body(prompt: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
-    """The benchmark's request: greedy, fixed prompt and length."""
-    body: dict[str, Any] = {"input": prompt, "max_tokens": max_tokens, "temperature": 0}
+    """The benchmark's request: greedy, fixed prompt and length, stateless (no history, nothing
+    stored), so every request is the same work whatever ran before on its connection."""
+    body: dict[str, Any] = {
+        "input": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stateless": True,
+    }
     if stream:
         body["stream"] = True
     return body

@@ -246,7 +246,7 @@ async def idle_mode(n: int) -> None:
         await asyncio.sleep(2)
         after = rss_kib(proc.pid)
         # the idle connections still work
-        await conns[-1].send(json.dumps({"input": PROMPTS[0], "max_tokens": 2}))
+        await conns[-1].send(json.dumps(execute_body(PROMPTS[0], 2)))
         while json.loads(await conns[-1].recv())["type"] not in {"result", "error"}:
             pass
         for c in conns:

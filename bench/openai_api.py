@@ -50,6 +50,7 @@ def ws_chat(base: str, max_tokens: int) -> tuple[int, float]:
         "prompt_format": "chat",
         "max_tokens": max_tokens,
         "temperature": 0,
+        "stateless": True,
     }
     with connect(base.replace("http", "ws", 1) + "/ws", max_size=None) as ws:
         clock = EventClock()

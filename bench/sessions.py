@@ -96,11 +96,14 @@ def one_round(ws: ClientConnection, n_turns: int) -> tuple[list[Turn], list[Turn
     stateless: list[Turn] = []
     for turn in range(n_turns):
         text = user_input(turn)
-        body = {"input": text, **ask} | ({"session_id": session_id} if session_id else {})
+        # One connection runs every round: each round starts its own session.
+        body = {"input": text, **ask} | (
+            {"session_id": session_id} if session_id else {"new_session": True}
+        )
         result = run(ws, body)
         session_id = result.session_id
         with_session.append(result)
-        stateless.append(run(ws, {"input": transcript + text, **ask}))
+        stateless.append(run(ws, {"input": transcript + text, **ask, "stateless": True}))
         transcript += text + result.content
     return with_session, stateless
 
@@ -118,7 +121,7 @@ def main() -> None:
         worker_process(port, env) as base,
         connect(base.replace("http", "ws", 1) + "/ws", max_size=None) as ws,
     ):
-        run(ws, {"input": "Warm-up.", "max_tokens": 4})
+        run(ws, {"input": "Warm-up.", "max_tokens": 4, "stateless": True})
         for _ in range(args.rounds):
             rounds.append(one_round(ws, args.turns))
 

@@ -98,7 +98,9 @@ def client(cluster: Cluster, seed: int, stop: float, tally: Tally) -> None:
                 tally.add(action, good, str(r.status_code))
             elif action in {"ws", "ws_cancel"}:
                 with connect(cluster.ws, open_timeout=30) as ws:
-                    ws.send(json.dumps({"input": prompt, "max_tokens": max_tokens}))
+                    ws.send(
+                        json.dumps({"input": prompt, "max_tokens": max_tokens, "stateless": True})
+                    )
                     tokens = 0
                     while True:
                         event = json.loads(ws.recv(timeout=120))

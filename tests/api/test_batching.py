@@ -111,7 +111,9 @@ async def test_freed_slot_goes_to_the_queued_request_at_once(
 async def test_overloaded_answer_is_immediate(one_slot: RunningWorker) -> None:
     async with connect(one_slot.ws) as ws:
         for rid in ("r1", "r2", "r3"):  # one running, two queued: full
-            await send(ws, {"input": PARIS_PROMPT, "max_tokens": 300, "request_id": rid})
+            await send(
+                ws, {"input": PARIS_PROMPT, "max_tokens": 300, "request_id": rid, "stateless": True}
+            )
         while True:
             event = await recv_event(ws)
             if event["request_id"] == "r3" and event.get("stage") == "queued":

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from gemma_worker.api.ollama.errors import is_ollama_path
 from gemma_worker.api.openai.errors import is_openai_path
 from tests.conftest import RunningWorker, make_settings, start_worker
 
@@ -39,6 +40,8 @@ def check(worker: RunningWorker, case: schemathesis.Case) -> None:
         body = response.json()
         if is_openai_path(case.path):
             assert body["error"]["message"] and body["error"]["type"], where
+        elif is_ollama_path(case.path):
+            assert isinstance(body["error"], str) and body["error"], where
         else:
             assert body["status"] == "error" and body["code"], where
         assert "Traceback" not in response.text and "/work/" not in response.text, where

@@ -65,7 +65,7 @@ async def test_websocket_fault_is_a_generic_internal_error(broken: RunningWorker
         assert events[0]["code"] == "INTERNAL_ERROR"
         assert_generic(events[0]["error"])
         # the connection survives; a request that does not touch the broken part works
-        events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 2})
+        events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 2, "stateless": True})
         assert events[-1]["type"] == "result"
 
 

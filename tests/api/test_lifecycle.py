@@ -57,8 +57,9 @@ async def test_full_queue_is_overloaded_at_once() -> None:
     worker = start_worker(make_settings(parallel=1, max_queue=1))
     try:
         async with connect(worker.ws) as ws:
-            await send(ws, {"input": PARIS_PROMPT, "max_tokens": 300, "request_id": "run"})
-            await send(ws, {"input": PARIS_PROMPT, "max_tokens": 300, "request_id": "wait"})
+            long = {"input": PARIS_PROMPT, "max_tokens": 300, "stateless": True}
+            await send(ws, {**long, "request_id": "run"})
+            await send(ws, {**long, "request_id": "wait"})
             seen: dict[str, list[dict[str, object]]] = {"run": [], "wait": []}
             while not any(e["type"] == "token" for e in seen["run"]) or not any(
                 e["type"] == "reasoning" and e.get("stage") == "queued" for e in seen["wait"]

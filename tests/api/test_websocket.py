@@ -70,10 +70,10 @@ async def test_concurrent_requests_on_one_connection_are_multiplexed(
     worker: RunningWorker,
 ) -> None:
     async with connect(worker.ws) as ws:
-        await send(ws, {"input": PARIS_PROMPT, "max_tokens": 6, "request_id": "a"})
-        await send(
-            ws, {"input": "Question: What is 2+2?\nAnswer:", "max_tokens": 6, "request_id": "b"}
-        )
+        # Stateless: two requests on the connection's one session would be SESSION_BUSY.
+        one = {"max_tokens": 6, "stateless": True}
+        await send(ws, {"input": PARIS_PROMPT, "request_id": "a", **one})
+        await send(ws, {"input": "Question: What is 2+2?\nAnswer:", "request_id": "b", **one})
         done: dict[str, dict[str, object]] = {}
         tokens: dict[str, str] = {"a": "", "b": ""}
         while len(done) < 2:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -55,6 +56,24 @@ async def collect(
     if not await unless_disconnected(request, runner):
         return client_left()
     return runner.result()
+
+
+async def answer_whole(
+    gen: Generation,
+    request: Request,
+    on_event: Callable[[GenerationEvent], object],
+    respond: Callable[[Finished], Any],
+) -> Any:
+    """The whole answer: :func:`collect`, then ``respond(finished)``, or the error response
+    of a failed or cancelled generation."""
+    final = await collect(gen, request, on_event)
+    if isinstance(final, Response):
+        return final
+    failed = failure_of(final)
+    if failed is not None:
+        return error_response(request, failed)
+    assert isinstance(final, Finished)
+    return respond(final)
 
 
 def failure_of(final: Finished | Failed) -> WorkerError | None:

@@ -43,15 +43,19 @@ def timings_json(timings: Timings) -> dict[str, float | None]:
     }
 
 
-def session_event(session_id: str, request_id: str, *, new: bool, turns: int) -> Event:
+def session_event(
+    session_id: str, request_id: str, *, new: bool, turns: int, stateless: bool = False
+) -> Event:
     """Opens every request's event stream: the session the request runs in, whether this
-    request started it, and how many earlier turns it has."""
+    request started it, how many earlier turns it has, and whether it is stateless (then the
+    id only correlates the events: nothing is stored under it)."""
     return {
         "type": "session",
         "session_id": session_id,
         "request_id": request_id,
         "new": new,
         "turns": turns,
+        "stateless": stateless,
     }
 
 

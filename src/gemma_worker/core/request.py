@@ -8,7 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.response_format import ResponseFormat
@@ -95,6 +102,38 @@ class GenerationRequest(BaseModel):
         ),
     ] = None
 
+    new_session: Annotated[
+        bool,
+        Field(
+            default=False,
+            description="WebSocket: start a fresh session, which becomes the connection's "
+            "current one (REST requests without session_id always start one).",
+        ),
+    ] = False
+    stateless: Annotated[
+        bool,
+        Field(
+            default=False,
+            description="Answer without history and store nothing; the session event still "
+            "carries an id, for correlation. A connection's current session is untouched.",
+        ),
+    ] = False
+
+    @model_validator(mode="after")
+    def _one_session_choice(self) -> GenerationRequest:
+        chosen = [
+            name
+            for name, on in (
+                ("session_id", self.session_id is not None),
+                ("new_session", self.new_session),
+                ("stateless", self.stateless),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} cannot be combined")
+        return self
+
     @field_validator("input")
     @classmethod
     def _input_not_blank(cls, value: str) -> str:
@@ -115,8 +154,12 @@ def route_session(req: GenerationRequest, routed: str | None, where: str) -> Gen
     A body that names no session takes the routed one; a body that names another one is
     refused (``INVALID_REQUEST``): it would run away from its session's replica and cache.
     """
-    if routed is None:
+    if routed is None or req.stateless:
         return req
+    if req.new_session:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST, f"new_session cannot be used when {where} is set"
+        )
     if not is_valid_id(routed):
         raise WorkerError(ErrorCode.INVALID_REQUEST, f"{where} is not a valid session id")
     if req.session_id is None:
@@ -181,6 +224,14 @@ class RequestLimits:
     temperature: float
     top_p: float
     top_k: int
+
+    def check_chars(self, n_chars: int) -> None:
+        """``INVALID_REQUEST`` when a prompt of ``n_chars`` characters is over the limit."""
+        if n_chars > self.max_input_chars:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"the prompt is {n_chars} characters; the limit is {self.max_input_chars}",
+            )
 
     def resolve(self, req: GenerationRequest) -> SamplingParams:
         """Apply defaults and check limits; raise ``INVALID_REQUEST`` when a limit is exceeded."""

@@ -61,6 +61,9 @@ class TurnPlan:
     conversation: Conversation
     #: The lease behind the claim.
     claim: Hold | None = field(default=None, repr=False)
+    #: ``False`` for a stateless request: no history, nothing stored, no claim; its id only
+    #: correlates its events.
+    stored: bool = True
 
     def release(self) -> None:
         """Give the session back (soon, never blocking; idempotent)."""
@@ -111,17 +114,27 @@ class SessionService:
         )
 
     async def begin(
-        self, req: GenerationRequest, fmt: ConversationFormat, owner: str | None = None
+        self,
+        req: GenerationRequest,
+        fmt: ConversationFormat,
+        owner: str | None = None,
+        *,
+        may_create: bool = False,
     ) -> TurnPlan:
         """Plan the turn for ``req``: a new session when it names none, else the named one's
-        next turn. ``fmt`` is the prompt format the request resolved to (for a new session).
+        next turn; with ``may_create``, a named session that does not exist yet is started
+        under that id (a WebSocket connection's own session). A stateless request gets a plan
+        that stores nothing. ``fmt`` is the prompt format the request resolved to (for a new
+        session).
 
         Raises ``SESSION_NOT_FOUND``, ``SESSION_BUSY`` or ``INVALID_REQUEST`` (a format or
         system prompt that contradicts the session's). The caller must ``release()`` the plan.
         """
+        fresh = Conversation(req.input, fmt, (), req.system)
+        if req.stateless:
+            return TurnPlan(new_id(), owner, True, fresh, stored=False)
         if req.session_id is None:
-            conv = Conversation(req.input, fmt, (), req.system)
-            plan = TurnPlan(new_id(), owner, True, conv)
+            plan = TurnPlan(new_id(), owner, True, fresh)
             await self._claim(plan)
             return plan
         sid = req.session_id
@@ -129,6 +142,9 @@ class SessionService:
         await self._claim(plan)
         try:
             info = await _off_loop(lambda: self.store.get(sid, owner=owner))
+            if info is None and may_create:
+                plan.is_new, plan.conversation = True, fresh
+                return plan
             if info is None:
                 raise _not_found(sid)
             _check_consistent(req, info)
@@ -144,7 +160,10 @@ class SessionService:
     async def record(
         self, plan: TurnPlan, answer: str, prompt_tokens: int, completion: int
     ) -> None:
-        """Store the finished turn (creating the session on its first turn)."""
+        """Store the finished turn (creating the session on its first turn); nothing for a
+        stateless plan."""
+        if not plan.stored:
+            return
         conv = plan.conversation
         turn = Turn(conv.input, answer, prompt_tokens, completion)
         try:

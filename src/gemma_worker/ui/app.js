@@ -412,7 +412,11 @@
       if (!schemaText) request.stop = ["\nQuestion:"];
     }
     if (state.session) request.session_id = state.session;
-    else if (ui.system.value.trim()) request.system = ui.system.value;
+    else {
+      // Not the connection's current session: a new chat is a new session.
+      request.new_session = true;
+      if (ui.system.value.trim()) request.system = ui.system.value;
+    }
     return request;
   }
 

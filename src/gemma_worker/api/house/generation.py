@@ -50,6 +50,7 @@ async def start_house_generation(
     owner: str | None,
     identity: str,
     transport: str,
+    may_create: bool = False,
 ) -> HouseGeneration:
     """Check the request, plan its session turn and submit it.
 
@@ -57,19 +58,20 @@ async def start_house_generation(
     it); ``identity`` is who it counts against for rate limits. Raises
     :class:`~gemma_worker.core.errors.WorkerError` before anything is queued. The session
     stays claimed until the events are consumed (:func:`house_events`) or the request dropped.
+    ``may_create``: the named session is the connection's own and may not exist yet.
     """
     state.admit()
     params = state.limits.resolve(req)
     fmt = state.engine.renderer.resolve(req.prompt_format)
     fmt_spec = req.response_format
     grammar = await compile_output_grammar(state, lambda: grammar_for(fmt_spec), "response_format")
-    turn = await state.sessions.begin(req, fmt, owner)
+    turn = await state.sessions.begin(req, fmt, owner, may_create=may_create)
     spec = GenerationSpec(
         request_id=req.request_id or new_id(),
         prompt=turn.conversation,
         params=params,
         scope=owner,
-        session=turn.session_id,
+        session=turn.session_id if turn.stored else None,
         grammar=grammar,
     )
     gen = await start_generation(
@@ -176,6 +178,7 @@ async def house_events(
             hg.request_id,
             new=hg.turn.is_new,
             turns=len(hg.turn.conversation.history),
+            stateless=not hg.turn.stored,
         )
     except BaseException:
         # turn_events never started, so its own cleanup will not run

@@ -25,6 +25,7 @@ from gemma_worker.api.house.generation import (
 from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.auth import origin_allowed
+from gemma_worker.core.connection_session import ConnectionSession
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.protocol import (
     CancelMessage,
@@ -33,7 +34,6 @@ from gemma_worker.core.protocol import (
     parse_auth_message,
     parse_client_message,
 )
-from gemma_worker.core.request import route_session
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class Connection:
         self._requests: dict[str, tuple[asyncio.Task[None], HouseGeneration]] = {}
         self._closing = asyncio.Event()
         self.principal: str | None = principal_of(ws.scope)
-        #: ``/ws?session_id=...``: the session a balancer routed this connection by.
-        self.routed_session: str | None = ws.query_params.get("session_id")
+        #: The connection's current session (``/ws?session_id=...`` binds it to one).
+        self.session = ConnectionSession(ws.query_params.get("session_id"))
         self._last_activity = time.monotonic()
 
     async def run(self) -> None:
@@ -229,7 +229,8 @@ class Connection:
     async def _execute(self, message: ExecuteMessage) -> None:
         req = message.request
         try:
-            req = route_session(req, self.routed_session, "the connection's session_id")
+            routed = self.session.route(req)
+            req = routed.request
             if req.request_id is not None and req.request_id in self._requests:
                 raise WorkerError(
                     ErrorCode.INVALID_REQUEST, "a request with this request_id is in flight"
@@ -244,10 +245,12 @@ class Connection:
                 owner=self.principal,
                 identity=self.principal or client_identity(self.ws.scope),
                 transport="websocket",
+                may_create=routed.may_create,
             )
         except WorkerError as exc:
             await self.send(ev.error_event(exc, req.request_id))
             return
+        self.session.started(routed)
         task = asyncio.create_task(self._stream(gen))
         self._requests[gen.request_id] = (task, gen)
 

@@ -19,7 +19,7 @@ from gemma_worker.api.ollama.errors import ollama_error_body
 from gemma_worker.api.ollama.types import ChatRequest, Format, GenerateRequest, Options, ShowRequest
 from gemma_worker.api.openai.chat import tools_instructions
 from gemma_worker.api.state import WorkerState
-from gemma_worker.api.streaming import StreamFormat, collect, failure_of, stream
+from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
@@ -138,13 +138,6 @@ def _output_format(fmt: Format) -> JsonObjectFormat | JsonSchemaFormat | None:
     return None
 
 
-def _check_chars(state: WorkerState, n_chars: int) -> None:
-    if n_chars > state.limits.max_input_chars:
-        raise _invalid(
-            f"the prompt is {n_chars} characters; the limit is {state.limits.max_input_chars}"
-        )
-
-
 @router.post("/api/generate", summary="Completion (Ollama-compatible)")
 async def generate(body: GenerateRequest, request: Request, state: State, catalog: Catalog) -> Any:
     """A completion of ``prompt``: an ND-JSON stream (the default) or one JSON object."""
@@ -152,7 +145,7 @@ async def generate(body: GenerateRequest, request: Request, state: State, catalo
     try:
         state.admit()
         params = _sampling(state, body.options)
-        _check_chars(state, len(body.prompt) + len(body.system or ""))
+        state.limits.check_chars(len(body.prompt) + len(body.system or ""))
         if not body.prompt:
             return _loaded(encoder, body.stream)
         if body.raw:
@@ -176,7 +169,7 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
     try:
         state.admit()
         params = _sampling(state, body.options)
-        _check_chars(state, sum(len(m.content) for m in body.messages))
+        state.limits.check_chars(sum(len(m.content) for m in body.messages))
         if not body.messages:
             return _loaded(encoder, body.stream)
         tools = body.tools or []
@@ -253,11 +246,6 @@ async def _answer(
             media_type="application/x-ndjson",
         )
         return await stream(gen, request, state, fmt)
-    final = await collect(gen, request, lambda event: _keep(encoder, event))
-    if isinstance(final, Response):
-        return final
-    failed = failure_of(final)
-    if failed is not None:
-        return error_response(request, failed)
-    assert isinstance(final, Finished)
-    return encoder.final(final, whole=True)
+    return await answer_whole(
+        gen, request, lambda event: _keep(encoder, event), lambda f: encoder.final(f, whole=True)
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
@@ -27,7 +27,7 @@ from gemma_worker.api.openai.types import (
     TokenizeRequest,
 )
 from gemma_worker.api.state import WorkerState
-from gemma_worker.api.streaming import StreamFormat, collect, failure_of, stream
+from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
 from gemma_worker.core.request import SamplingParams, new_id
@@ -117,14 +117,6 @@ def _sampling(
     )
 
 
-def _check_chars(state: WorkerState, n_chars: int) -> None:
-    if n_chars > state.limits.max_input_chars:
-        raise WorkerError(
-            ErrorCode.INVALID_REQUEST,
-            f"the prompt is {n_chars} characters; the limit is {state.limits.max_input_chars}",
-        )
-
-
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
     """A chat answer: JSON, or with ``stream`` server-sent ``chat.completion.chunk`` events."""
@@ -133,7 +125,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         params = _sampling(state, body, requested, param)
-        _check_chars(state, sum(len(content_text(m.content)) for m in body.messages))
+        state.limits.check_chars(sum(len(content_text(m.content)) for m in body.messages))
         tools = body.tools or []
         use_tools = bool(tools) and body.tool_choice != "none"
         forced = (
@@ -180,7 +172,7 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     try:
         state.admit()
         params = _sampling(state, body, body.max_tokens, "max_tokens")
-        _check_chars(state, len(body.text))
+        state.limits.check_chars(len(body.text))
         if not body.text:
             raise _invalid("prompt", "must not be empty")
         prompt = Prompt(body.text, add_special=True, parse_special=False, format="plain")
@@ -235,14 +227,7 @@ async def _collect(
             case ToolCallStart() | ToolCallArguments() if isinstance(encoder, ChatEncoder):
                 encoder.add(event)
 
-    final = await collect(gen, request, on_event)
-    if isinstance(final, Response):
-        return final
-    failed = failure_of(final)
-    if failed is not None:
-        return error_response(request, failed)
-    assert isinstance(final, Finished)
-    return encoder.response(final)
+    return await answer_whole(gen, request, on_event, encoder.response)
 
 
 ChunkMaker = Callable[[GenerationEvent], list[dict[str, Any] | str]]
@@ -299,7 +284,7 @@ async def tokenize(body: TokenizeRequest, request: Request, state: State) -> Any
     """``{"tokens": [ids]}``, or with ``with_pieces`` ``[{"id", "piece"}]``."""
     try:
         state.admit()
-        _check_chars(state, len(body.content))
+        state.limits.check_chars(len(body.content))
         tokens = await state.engine.tokenize(
             body.content, add_special=body.add_special, parse_special=body.parse_special
         )

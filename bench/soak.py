@@ -202,6 +202,9 @@ def main() -> None:
             growth = (values[-1] - base) / base * 100
             print(f"replica {name}: RSS after warm-up {base:.0f} MB -> {values[-1]:.0f} MB "
                   f"({growth:+.1f}%)")  # fmt: skip
+            later = values[2:]
+            if later:
+                print(f"  from minute 2 on: {min(later):.0f}-{max(later):.0f} MB")
             verdicts.append((f"replica {name} RSS growth < 5%", growth < 5.0))
         time.sleep(1.0)
         for r in cluster.replicas:

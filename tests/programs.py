@@ -100,8 +100,9 @@ class Nginx:
         return f"ws://127.0.0.1:{self.port}/ws"
 
     @staticmethod
-    def site_config(upstreams: list[int], listen: int) -> str:
-        """The shipped site file, its replica addresses and listen port replaced."""
+    def site_config(upstreams: list[int], listen: int, sub_path: str = "/") -> str:
+        """The shipped site file, its replica addresses and listen port replaced; with a
+        ``sub_path`` (``/gemma/``) the worker is served under it, the prefix stripped."""
         text = NGINX_CONF.read_text()
         lines = re.findall(r"(?m)^    server 127\.0\.0\.1:\d+[^\n]*\n", text)
         if not lines:
@@ -114,13 +115,20 @@ class Nginx:
         text, n = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen};", text)
         if n != 1:
             raise AssertionError("no 'listen 80;' in the shipped nginx config")
+        if sub_path != "/":
+            text, n = re.subn(r"location / \{", f"location {sub_path} {{", text)
+            text, m = re.subn(r"proxy_pass http://(\w+);", r"proxy_pass http://\1/;", text)
+            if n != 1 or m != 1:
+                raise AssertionError("the shipped nginx config has no single 'location /'")
         return text
 
     @classmethod
-    def start(cls, workdir: Path, upstreams: list[int], port: int | None = None) -> Nginx:
+    def start(
+        cls, workdir: Path, upstreams: list[int], port: int | None = None, sub_path: str = "/"
+    ) -> Nginx:
         port = port or free_port()
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
-        (workdir / "site.conf").write_text(cls.site_config(upstreams, port))
+        (workdir / "site.conf").write_text(cls.site_config(upstreams, port, sub_path))
         main = f"""
 pid {workdir}/nginx.pid;
 error_log {workdir}/logs/error.log warn;

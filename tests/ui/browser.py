@@ -26,9 +26,14 @@ T = TypeVar("T")
 ARTIFACTS = Path(os.environ.get("GEMMA_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
 
-def chromium(width: int = 1200, height: int = 800) -> webdriver.Chrome:
-    """A headless Chromium that keeps the page's console messages."""
+def chromium(
+    width: int = 1200, height: int = 800, host_rules: str | None = None
+) -> webdriver.Chrome:
+    """A headless Chromium that keeps the page's console messages; ``host_rules`` maps host
+    names (``MAP gemma.test 127.0.0.1``)."""
     options = webdriver.ChromeOptions()
+    if host_rules:
+        options.add_argument(f"--host-resolver-rules={host_rules}")
     options.binary_location = program("chromium")
     for flag in (
         "--headless=new",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.conftest import RunningWorker, make_settings, start_worker
+from tests.programs import Nginx
 from tests.ui.browser import ARTIFACTS, answers, chromium, console_errors, texts, wait_for
 
 KEY = "ui-test-key-0123456789abcdef"
@@ -254,3 +256,27 @@ def test_with_keys_the_page_asks_for_one_and_says_when_it_is_wrong() -> None:
     finally:
         driver.quit()
         keyed.stop()
+
+
+def test_behind_nginx_under_a_sub_path_on_another_host_name(
+    page_worker: RunningWorker, tmp_path: Path
+) -> None:
+    """The shipped nginx site under /gemma/, reached as http://gemma.test:<port>: every URL of
+    the page is relative, and its WebSocket is same-origin (not loopback) for the worker."""
+    nginx = Nginx.start(tmp_path, [page_worker.settings.port], sub_path="/gemma/")
+    driver = chromium(host_rules="MAP gemma.test 127.0.0.1")
+    try:
+        driver.get(f"http://gemma.test:{nginx.port}/gemma/")
+        wait_for(driver, lambda d: d.find_element(By.ID, "connection").text == "connected")
+        assert driver.current_url == f"http://gemma.test:{nginx.port}/gemma/ui/"
+        send(driver, "What is the capital of France?")
+        wait_answer(driver, 1)
+        assert "Paris" in answers(driver)[0].text
+        session = driver.execute_script("return localStorage.getItem('gemma-worker.session')")
+        wait_for(
+            driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'button.open[data-id="{session}"]')
+        )
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+        nginx.stop()

@@ -221,7 +221,7 @@
       open.type = "button";
       open.dataset.id = s.id;
       const when = new Date(s.updated * 1000).toLocaleString();
-      open.append(el("span", "title", when), el("span", "muted", ` ${s.turns} turns · ${s.id.slice(0, 8)}`));
+      open.append(el("span", "title", when), el("span", "muted", ` ${s.turns} turn${s.turns === 1 ? "" : "s"} · ${s.id.slice(0, 8)}`));
       open.setAttribute("aria-current", s.id === state.session ? "true" : "false");
       open.addEventListener("click", () => openSession(s.id));
       const del = el("button", "delete", "×");

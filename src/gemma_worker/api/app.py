@@ -19,6 +19,7 @@ from gemma_worker.api.house.websocket import websocket_endpoint
 from gemma_worker.api.metrics import HttpMetricsMiddleware, Metrics
 from gemma_worker.api.metrics_route import router as metrics_router
 from gemma_worker.api.ollama.catalog import ModelCatalog
+from gemma_worker.api.ollama.content_type import JsonBodyMiddleware
 from gemma_worker.api.ollama.routes import router as ollama_router
 from gemma_worker.api.openai.routes import router as openai_router
 from gemma_worker.api.ratelimit import RateLimiter
@@ -178,6 +179,7 @@ def create_app(
     app.state.model_catalog = ModelCatalog(state)
     # The last added middleware is the outermost: metrics see everything, CORS answers
     # preflights before auth, auth runs before a body is read.
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, count_error=metrics.error
     )

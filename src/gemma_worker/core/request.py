@@ -187,7 +187,8 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     parts: list[str] = []
     for err in errors[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
-        parts.append(f"{loc}: {err.get('msg')}")
+        message = str(err.get("msg")).removeprefix("Value error, ")  # pydantic's prefix
+        parts.append(f"{loc}: {message}")
     return "; ".join(parts) or "invalid request"
 
 

@@ -98,3 +98,13 @@ def test_rate_limits_apply_with_ollamas_error_shape() -> None:
         assert list(codes[2].json()) == ["error"]
     finally:
         limited.stop()
+
+
+def test_a_body_is_json_whatever_its_content_type(worker: RunningWorker) -> None:
+    # curl -d '{...}', as Ollama's docs write it, sends application/x-www-form-urlencoded.
+    body = b'{"prompt": "Question: What is the capital of France?\\nAnswer:", "stream": false,'
+    body += b' "options": {"temperature": 0, "num_predict": 3}}'
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = httpx.post(f"{worker.http}/api/generate", content=body, headers=form, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "Paris" in r.json()["response"]

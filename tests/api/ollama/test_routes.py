@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import httpx
 import pytest
 
 from tests.api.test_metrics import scrape, value
-from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
+from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, spawn_daemon, start_worker
 
 pytestmark = pytest.mark.usefixtures("wait_idle")
 
@@ -108,3 +109,28 @@ def test_a_body_is_json_whatever_its_content_type(worker: RunningWorker) -> None
     r = httpx.post(f"{worker.http}/api/generate", content=body, headers=form, timeout=60)
     assert r.status_code == 200, r.text
     assert "Paris" in r.json()["response"]
+
+
+def test_a_drain_ends_a_stream_with_one_error_line_and_refuses_new_work() -> None:
+    proc, port = spawn_daemon({"GEMMA_DRAIN_GRACE_SECONDS": "0.5"}, "--n-ctx", "1024")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        body = {"prompt": "Count: 1, 2, 3,", "options": {"num_predict": 900, "temperature": 0}}
+        with httpx.stream("POST", f"{base}/api/generate", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            assert json.loads(next(lines))["done"] is False
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while httpx.get(f"{base}/ready").status_code != 503:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            refused = httpx.post(f"{base}/api/generate", json={"prompt": "hi", "stream": False})
+            assert refused.status_code == 503 and list(refused.json()) == ["error"]
+            rest = [json.loads(line) for line in lines if line]
+        assert rest and all(not line.get("done") for line in rest)  # never finished
+        assert list(rest[-1]) == ["error"] and "shutting down" in rest[-1]["error"]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -22,6 +22,10 @@ def status(worker: RunningWorker, session_id: str) -> int:
     return httpx.get(f"{worker.http}/v1/sessions/{session_id}", timeout=10).status_code
 
 
+def delete(worker: RunningWorker, session_id: str) -> int:
+    return httpx.delete(f"{worker.http}/v1/sessions/{session_id}", timeout=10).status_code
+
+
 def execute(worker: RunningWorker, body: dict[str, object]) -> httpx.Response:
     return httpx.post(f"{worker.http}/v1/execute", json=body, timeout=60)
 
@@ -102,6 +106,18 @@ async def test_session_busy_applies_to_the_current_session_only(worker: RunningW
                 ends[event["request_id"]] = event
     assert ends["same"]["type"] == "error" and ends["same"]["code"] == "SESSION_BUSY"
     assert {ends[r]["type"] for r in ("running", "free", "other")} == {"result"}
+
+
+async def test_a_deleted_connection_session_is_not_found_not_silently_remade(
+    worker: RunningWorker,
+) -> None:
+    async with connect(worker.ws) as ws:
+        sid = (await run_request(ws, Q1))[0]["session_id"]
+        assert delete(worker, sid) == 200
+        events = await run_request(ws, Q2)
+        assert events[-1]["type"] == "error" and events[-1]["code"] == "SESSION_NOT_FOUND"
+        fresh = (await run_request(ws, {**Q1, "new_session": True}))[0]
+        assert fresh["session_id"] != sid and fresh["new"]
 
 
 async def test_a_cancelled_first_turn_leaves_the_id_for_the_next_request(

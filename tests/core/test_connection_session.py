@@ -30,6 +30,18 @@ def test_requests_without_an_id_share_the_connections_session() -> None:
     assert ConnectionSession().route(req()).request.session_id != first
 
 
+def test_once_a_turn_is_stored_the_session_is_never_made_again() -> None:
+    conn = ConnectionSession()
+    first, create = run(conn)
+    assert create
+    conn.stored("some-other-session")  # not the current one: no change
+    assert conn.route(req()).may_create
+    assert first is not None
+    conn.stored(first)
+    assert conn.route(req()).may_create is False
+    assert run(conn, new_session=True)[1]  # a fresh one may be made again
+
+
 def test_a_named_session_becomes_current() -> None:
     conn = ConnectionSession()
     own, _ = run(conn)

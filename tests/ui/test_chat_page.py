@@ -206,6 +206,12 @@ def test_markup_in_input_and_output_stays_text(browser: webdriver.Chrome) -> Non
             browser.find_elements(By.CSS_SELECTOR, "#messages img, #messages script, #messages b")
             == []
         )
+        rendered = browser.execute_script(
+            "const d = document.createElement('div');"
+            "GemmaMarkdown.render('a `b` **c** ' + '`'.repeat(5000) + ' d', d);"
+            "return [d.querySelectorAll('code').length, d.querySelectorAll('strong').length];"
+        )
+        assert rendered == [1, 1]  # and a long run of backticks renders (no runaway regex)
         with pytest.raises(NoAlertPresentException):
             browser.switch_to.alert.text  # noqa: B018 - raises when no dialog is open
         browser.refresh()

@@ -179,7 +179,7 @@ def create_app(
     app.state.model_catalog = ModelCatalog(state)
     # The last added middleware is the outermost: metrics see everything, CORS answers
     # preflights before auth, auth runs before a body is read.
-    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(JsonBodyMiddleware, allowed_origins=settings.cors_origins)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, count_error=metrics.error
     )

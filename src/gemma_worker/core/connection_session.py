@@ -53,6 +53,12 @@ class ConnectionSession:
             return Routed(req, may_create=self._own)
         return Routed(req, may_create=False)
 
+    def stored(self, session_id: str) -> None:
+        """A turn of ``session_id`` was stored: it exists, so from now on it is never created
+        again under its id (deleted or expired, it is ``SESSION_NOT_FOUND``)."""
+        if session_id == self.current:
+            self._own = False
+
     def started(self, routed: Routed) -> None:
         """``routed`` was accepted: its session is the connection's current one from now on."""
         session_id = routed.request.session_id

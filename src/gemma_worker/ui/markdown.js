@@ -5,7 +5,8 @@
 "use strict";
 
 (function () {
-  const INLINE = /(`+)([\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_|\[([^\]]+)\]\(([^)\s]+)\)/;
+  // Inline code holds no backtick and no line break: the pattern stays linear on any text.
+  const INLINE = /(`{1,3})([^`\n]+)\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_|\[([^\]]+)\]\(([^)\s]+)\)/;
 
   function el(tag, parent, text) {
     const node = document.createElement(tag);

@@ -101,6 +101,26 @@ def test_rate_limits_apply_with_ollamas_error_shape() -> None:
         limited.stop()
 
 
+def test_a_foreign_web_page_cannot_post_a_generation(worker: RunningWorker) -> None:
+    """A cross-site text/plain post needs no CORS preflight: it must not be read as JSON."""
+    body = b'{"prompt": "hi", "stream": false, "options": {"num_predict": 2}}'
+    plain = {"content-type": "text/plain"}
+    foreign = httpx.post(
+        f"{worker.http}/api/generate",
+        content=body,
+        headers={**plain, "origin": "https://evil.example"},
+        timeout=60,
+    )
+    assert foreign.status_code == 400 and list(foreign.json()) == ["error"]
+    own = httpx.post(
+        f"{worker.http}/api/generate",
+        content=body,
+        headers={**plain, "origin": worker.http},
+        timeout=60,
+    )
+    assert own.status_code == 200, own.text
+
+
 def test_a_body_is_json_whatever_its_content_type(worker: RunningWorker) -> None:
     # curl -d '{...}', as Ollama's docs write it, sends application/x-www-form-urlencoded.
     body = b'{"prompt": "Question: What is the capital of France?\\nAnswer:", "stream": false,'

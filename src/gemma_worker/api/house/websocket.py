@@ -258,6 +258,8 @@ class Connection:
         try:
             async with contextlib.aclosing(house_events(self.state, gen)) as events:
                 async for event in events:
+                    if event["type"] == "result" and event["finish_reason"] != "cancelled":
+                        self.session.stored(gen.session_id)  # it exists now
                     await self.send(event)
         except ClientGoneError:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})

@@ -57,7 +57,11 @@ class ModelCatalog:
             return hashlib.sha256(self.name.encode()).hexdigest()
         if self._digest is None:
             self._digest = asyncio.ensure_future(asyncio.to_thread(_sha256, path))
-        return await asyncio.shield(self._digest)
+        try:
+            return await asyncio.shield(self._digest)
+        except OSError:
+            self._digest = None  # try again next time
+            raise
 
     def _modified(self) -> str:
         path = self.path

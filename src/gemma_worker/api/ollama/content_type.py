@@ -1,22 +1,44 @@
 """Ollama reads every request body as JSON, whatever its ``Content-Type``: its documented
 ``curl -d '{...}'`` sends ``application/x-www-form-urlencoded``. This middleware (pure ASGI)
-marks the bodies of Ollama's routes as JSON so they are parsed as such."""
+marks the bodies of Ollama's routes as JSON so they are parsed as such, except for a browser
+page from an origin the worker does not accept: a cross-site form or ``text/plain`` post
+needs no CORS preflight, and reading it as JSON would let any web page run generations on a
+local worker (FastAPI refuses such bodies for that reason; so do we, then)."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemma_worker.api.ollama.errors import is_ollama_path
+from gemma_worker.core.auth import origin_allowed
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 class JsonBodyMiddleware:
-    """Sets ``Content-Type: application/json`` on requests to Ollama's routes."""
+    """Sets ``Content-Type: application/json`` on requests to Ollama's routes that come from
+    no browser (no ``Origin``) or from an accepted origin."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: Collection[str] = ()) -> None:
+        """``allowed_origins``: the CORS origins (``GEMMA_CORS_ORIGINS``)."""
         self.app = app
+        self.allowed_origins = allowed_origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_ollama_path(scope["path"]):
+        if (
+            scope["type"] == "http"
+            and is_ollama_path(scope["path"])
+            and origin_allowed(
+                _header(scope, b"origin"), self.allowed_origins, _header(scope, b"host")
+            )
+        ):
             headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-type"]
             headers.append((b"content-type", b"application/json"))
             scope = {**scope, "headers": headers}

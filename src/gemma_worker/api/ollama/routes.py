@@ -125,7 +125,7 @@ def _sampling(state: WorkerState, options: Options | None) -> SamplingParams:
         frequency_penalty=o.frequency_penalty,
         repeat_penalty=1.0 if o.repeat_penalty is None else o.repeat_penalty,
         repeat_last_n=n_ctx if last_n < 0 else last_n,
-        fit_context=until_full,
+        fit_context=until_full or o.num_predict is None,
     )
 
 

@@ -43,7 +43,8 @@ def client_identity(scope: Scope) -> str:
     return f"addr-{client[0]}" if client else "addr-unknown"
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The value of the request header ``name`` (lower-case bytes), or ``None``."""
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return str(value.decode("latin-1"))
@@ -72,7 +73,7 @@ class AuthMiddleware:
         if not self.keys.enabled or scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        token = bearer_token(_header(scope, b"authorization"))
+        token = bearer_token(header(scope, b"authorization"))
         principal = self.keys.identify(token)
         state["principal"] = principal
         state["auth_rejected"] = token is not None and principal is None

@@ -11,15 +11,9 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gemma_worker.api.auth import header
 from gemma_worker.api.ollama.errors import is_ollama_path
 from gemma_worker.core.auth import origin_allowed
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
 
 
 class JsonBodyMiddleware:
@@ -36,7 +30,7 @@ class JsonBodyMiddleware:
             scope["type"] == "http"
             and is_ollama_path(scope["path"])
             and origin_allowed(
-                _header(scope, b"origin"), self.allowed_origins, _header(scope, b"host")
+                header(scope, b"origin"), self.allowed_origins, header(scope, b"host")
             )
         ):
             headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-type"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemma_worker.api.errors import send_error
@@ -43,14 +44,6 @@ def client_identity(scope: Scope) -> str:
     return f"addr-{client[0]}" if client else "addr-unknown"
 
 
-def header(scope: Scope, name: bytes) -> str | None:
-    """The value of the request header ``name`` (lower-case bytes), or ``None``."""
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 class AuthMiddleware:
     """Checks API keys before the app sees a request."""
 
@@ -73,7 +66,7 @@ class AuthMiddleware:
         if not self.keys.enabled or scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        token = bearer_token(header(scope, b"authorization"))
+        token = bearer_token(Headers(scope=scope).get("authorization"))
         principal = self.keys.identify(token)
         state["principal"] = principal
         state["auth_rejected"] = token is not None and principal is None

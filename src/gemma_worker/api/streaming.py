@@ -16,17 +16,48 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.disconnect import first_decisive, replay, unless_disconnected
 from gemma_worker.api.errors import error_response, internal_error
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.request import SamplingParams, new_id
+from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished
-from gemma_worker.service.generation import Generation, GenerationEvent
+from gemma_worker.engine.prompt import Prompt
+from gemma_worker.engine.sampler import Grammar
+from gemma_worker.service.generation import Generation, GenerationEvent, start_generation
 
 #: What a generation cancelled by the drain answers (it is an error in the REST dialects).
 CANCELLED = WorkerError(
     ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
 )
+
+
+async def start_rest_generation(
+    state: WorkerState,
+    request: Request,
+    prompt: Prompt,
+    params: SamplingParams,
+    *,
+    grammar: Grammar | None,
+    transport: str,
+    tools: bool = False,
+    top_logprobs: int | None = None,
+) -> Generation:
+    """Admit and submit a dialect's REST request: a new request id, the caller's key as its
+    cache scope, its key or address for rate limits (see :func:`start_generation`)."""
+    spec = GenerationSpec(
+        request_id=new_id(),
+        prompt=prompt,
+        params=params,
+        scope=principal_of(request.scope),
+        grammar=grammar,
+        top_logprobs=top_logprobs,
+    )
+    return await start_generation(
+        state, spec, identity=client_identity(request.scope), transport=transport, tools=tools
+    )
 
 
 def client_left() -> Response:

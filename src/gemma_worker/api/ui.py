@@ -12,6 +12,7 @@ from importlib import resources
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import RedirectResponse, Response
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: The assets, by the name they are served under.
@@ -83,12 +84,12 @@ class BrowserRedirectMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in {"GET", "HEAD"}:
-            accept = b""
-            for key, value in scope.get("headers", ()):
-                if key.lower() == b"accept":
-                    accept = value
-            if b"text/html" in accept:
-                await RedirectResponse("ui/", status_code=303)(scope, receive, send)
-                return
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/"
+            and scope["method"] in {"GET", "HEAD"}
+            and "text/html" in Headers(scope=scope).get("accept", "")
+        ):
+            await RedirectResponse("ui/", status_code=303)(scope, receive, send)
+            return
         await self.app(scope, receive, send)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gemma_worker.api.auth import header
 from gemma_worker.api.ollama.errors import is_ollama_path
 from gemma_worker.core.auth import origin_allowed
 
@@ -26,14 +26,8 @@ class JsonBodyMiddleware:
         self.allowed_origins = allowed_origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and is_ollama_path(scope["path"])
-            and origin_allowed(
-                header(scope, b"origin"), self.allowed_origins, header(scope, b"host")
-            )
-        ):
-            headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-type"]
-            headers.append((b"content-type", b"application/json"))
-            scope = {**scope, "headers": headers}
+        if scope["type"] == "http" and is_ollama_path(scope["path"]):
+            headers = MutableHeaders(scope=scope)
+            if origin_allowed(headers.get("origin"), self.allowed_origins, headers.get("host")):
+                headers["content-type"] = "application/json"
         await self.app(scope, receive, send)

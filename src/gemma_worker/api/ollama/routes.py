@@ -9,7 +9,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from gemma_worker import __version__
-from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.ollama.catalog import ModelCatalog
@@ -19,11 +18,11 @@ from gemma_worker.api.ollama.errors import ollama_error_body
 from gemma_worker.api.ollama.types import ChatRequest, Format, GenerateRequest, Options, ShowRequest
 from gemma_worker.api.openai.chat import tools_instructions
 from gemma_worker.api.state import WorkerState
-from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
+from gemma_worker.api.streaming import StreamFormat, answer_whole, start_rest_generation, stream
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
-from gemma_worker.core.request import SamplingParams, new_id
+from gemma_worker.core.request import SamplingParams
 from gemma_worker.core.response_format import (
     JsonObjectFormat,
     JsonSchemaFormat,
@@ -31,16 +30,13 @@ from gemma_worker.core.response_format import (
     grammar_for,
 )
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
-from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.llama import ModelInfo
 from gemma_worker.engine.messages import Finished, Text
 from gemma_worker.engine.prompt import Prompt
-from gemma_worker.engine.sampler import Grammar
 from gemma_worker.service.generation import (
     Generation,
     GenerationEvent,
     compile_output_grammar,
-    start_generation,
 )
 
 router = APIRouter(tags=["Ollama-compatible"])
@@ -156,7 +152,9 @@ async def generate(body: GenerateRequest, request: Request, state: State, catalo
             prompt = renderer.render(conv)
         fmt = _output_format(body.format)
         grammar = await compile_output_grammar(state, lambda: grammar_for(fmt), "format")
-        gen = await _start(state, request, prompt, params, grammar, tools=False)
+        gen = await start_rest_generation(
+            state, request, prompt, params, grammar=grammar, transport="ollama"
+        )
     except WorkerError as exc:
         return error_response(request, exc)
     return await _answer(gen, request, state, encoder, body.stream)
@@ -188,7 +186,9 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
         )
         text = tools_instructions(tools, parallel=True, forced=None) if tools else None
         prompt = state.engine.renderer.render(conversation(body.messages, text))
-        gen = await _start(state, request, prompt, params, grammar, tools=bool(tools))
+        gen = await start_rest_generation(
+            state, request, prompt, params, grammar=grammar, transport="ollama", tools=bool(tools)
+        )
     except WorkerError as exc:
         return error_response(request, exc)
     return await _answer(gen, request, state, encoder, body.stream)
@@ -200,27 +200,6 @@ def _loaded(encoder: OllamaEncoder, streaming: bool) -> Response:
     if streaming:
         return Response(ndjson(line), media_type="application/x-ndjson")
     return JSONResponse(line)
-
-
-async def _start(
-    state: WorkerState,
-    request: Request,
-    prompt: Prompt,
-    params: SamplingParams,
-    grammar: Grammar | None,
-    *,
-    tools: bool,
-) -> Generation:
-    spec = GenerationSpec(
-        request_id=new_id(),
-        prompt=prompt,
-        params=params,
-        scope=principal_of(request.scope),
-        grammar=grammar,
-    )
-    return await start_generation(
-        state, spec, identity=client_identity(request.scope), transport="ollama", tools=tools
-    )
 
 
 def _keep(encoder: OllamaEncoder, event: GenerationEvent) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.openai.chat import content_text, to_conversation, tools_instructions
@@ -27,13 +26,12 @@ from gemma_worker.api.openai.types import (
     TokenizeRequest,
 )
 from gemma_worker.api.state import WorkerState
-from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
+from gemma_worker.api.streaming import StreamFormat, answer_whole, start_rest_generation, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
-from gemma_worker.core.request import SamplingParams, new_id
+from gemma_worker.core.request import SamplingParams
 from gemma_worker.core.response_format import TextFormat, grammar_for
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
-from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.messages import Finished, Text
 from gemma_worker.engine.prompt import Prompt
 from gemma_worker.engine.sampler import Grammar
@@ -41,7 +39,6 @@ from gemma_worker.service.generation import (
     Generation,
     GenerationEvent,
     compile_output_grammar,
-    start_generation,
 )
 
 router = APIRouter(tags=["OpenAI-compatible"])
@@ -204,16 +201,15 @@ async def _start(
 ) -> Generation:
     if isinstance(body, ChatCompletionRequest) and body.logprobs:
         top = body.top_logprobs or 0
-    spec = GenerationSpec(
-        request_id=new_id(),
-        prompt=prompt,
-        params=params,
-        scope=principal_of(request.scope),
+    return await start_rest_generation(
+        state,
+        request,
+        prompt,
+        params,
         grammar=grammar,
+        transport="openai",
+        tools=tools,
         top_logprobs=top,
-    )
-    return await start_generation(
-        state, spec, identity=client_identity(request.scope), transport="openai", tools=tools
     )
 
 

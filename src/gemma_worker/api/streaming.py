@@ -29,7 +29,7 @@ from gemma_worker.engine.sampler import Grammar
 from gemma_worker.service.generation import Generation, GenerationEvent, start_generation
 
 #: What a generation cancelled by the drain answers (it is an error in the REST dialects).
-CANCELLED = WorkerError(
+_CANCELLED = WorkerError(
     ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
 )
 
@@ -60,12 +60,12 @@ async def start_rest_generation(
     )
 
 
-def client_left() -> Response:
+def _client_left() -> Response:
     """What a request whose client has left "answers" (nobody reads it; logs show 499)."""
-    return JSONResponse({"error": CANCELLED.message}, status_code=499)
+    return JSONResponse({"error": _CANCELLED.message}, status_code=499)
 
 
-async def collect(
+async def _collect(
     gen: Generation, request: Request, on_event: Callable[[GenerationEvent], object]
 ) -> Finished | Failed | Response:
     """Run ``gen`` to its end, passing each event before the last to ``on_event``; its final
@@ -85,7 +85,7 @@ async def collect(
 
     runner = asyncio.ensure_future(run())
     if not await unless_disconnected(request, runner):
-        return client_left()
+        return _client_left()
     return runner.result()
 
 
@@ -95,23 +95,23 @@ async def answer_whole(
     on_event: Callable[[GenerationEvent], object],
     respond: Callable[[Finished], Any],
 ) -> Any:
-    """The whole answer: :func:`collect`, then ``respond(finished)``, or the error response
+    """The whole answer: :func:`_collect`, then ``respond(finished)``, or the error response
     of a failed or cancelled generation."""
-    final = await collect(gen, request, on_event)
+    final = await _collect(gen, request, on_event)
     if isinstance(final, Response):
         return final
-    failed = failure_of(final)
+    failed = _failure_of(final)
     if failed is not None:
         return error_response(request, failed)
     assert isinstance(final, Finished)
     return respond(final)
 
 
-def failure_of(final: Finished | Failed) -> WorkerError | None:
+def _failure_of(final: Finished | Failed) -> WorkerError | None:
     """The error a final event stands for in a REST answer (a cancel is one), else ``None``."""
     if isinstance(final, Failed):
         return final.error
-    return CANCELLED if final.finish_reason == "cancelled" else None
+    return _CANCELLED if final.finish_reason == "cancelled" else None
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ async def stream(
     it ends the stream as ``fmt.error``; the client leaving cancels the generation."""
     head = await first_decisive(gen, request)
     if head is None:
-        return client_left()
+        return _client_left()
     taken, rest = head
     if isinstance(taken[-1], Failed):
         await rest.aclose()
@@ -147,7 +147,7 @@ async def stream(
         try:
             async with contextlib.aclosing(replay(taken, rest)) as events:
                 async for event in events:
-                    failed = failure_of(event) if isinstance(event, Finished | Failed) else None
+                    failed = _failure_of(event) if isinstance(event, Finished | Failed) else None
                     if failed is not None:
                         state.metrics.error(str(failed.code))
                         yield fmt.error(failed)

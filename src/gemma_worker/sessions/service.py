@@ -64,6 +64,8 @@ class TurnPlan:
     #: ``False`` for a stateless request: no history, nothing stored, no claim; its id only
     #: correlates its events.
     stored: bool = True
+    #: Set once this turn is in the store (so its session exists).
+    recorded: bool = False
 
     def release(self) -> None:
         """Give the session back (soon, never blocking; idempotent)."""
@@ -168,6 +170,7 @@ class SessionService:
         turn = Turn(conv.input, answer, prompt_tokens, completion)
         try:
             await asyncio.to_thread(self._write, plan, turn, self._running())
+            plan.recorded = True
         except KeyError:
             log.info("session deleted during its turn", extra={"session_id": plan.session_id})
         except Exception:  # the answer still goes out; only its record is lost

@@ -258,8 +258,8 @@ class Connection:
         try:
             async with contextlib.aclosing(house_events(self.state, gen)) as events:
                 async for event in events:
-                    if event["type"] == "result" and event["finish_reason"] != "cancelled":
-                        self.session.stored(gen.session_id)  # it exists now
+                    if gen.turn.recorded:  # before the result goes out: its session exists
+                        self.session.stored(gen.session_id)
                     await self.send(event)
         except ClientGoneError:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})

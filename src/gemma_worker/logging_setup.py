@@ -1,20 +1,66 @@
 """Structured logging: one line per event, key=value text or JSON.
 
 Callers pass context through ``extra={"request_id": ..., "session_id": ...}``; every such field
-is rendered. Prompt text is never logged at INFO or above.
+is rendered. Prompt text is never logged at INFO or above. Secrets never are, whatever logger
+writes them (uvicorn's lines show request paths, websockets' DEBUG handshake dump shows every
+header): :func:`redact` masks API keys in every record's message as it is made, and in every
+line our formatters write.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
+
+
+_MASK = "[redacted]"
+
+#: What carries a key: auth headers (``name: value`` as the handshake dump writes them, or a
+#: ``('name', 'value')`` pair), a bearer token anywhere, a key in a URL's query, an auth
+#: message's ``"token"``.
+_SECRETS = (
+    re.compile(
+        r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key)([\"']?\s*[:=]\s*[\"']?|[\"'],\s*[\"'])"
+        r"([^\"'\r\n]+)"
+    ),
+    re.compile(r"(?i)\b(bearer)(\s+)([^\s\"',;)\]}]+)"),
+    re.compile(r"(?i)([?&](?:token|key|api_key|api-key|apikey|access_token|auth))(=)([^&\s\"'#]+)"),
+    re.compile(r"(?i)(\"(?:token|api_key|apikey|key)\")(\s*:\s*\")([^\"]*)"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every API key it carries replaced by ``[redacted]``."""
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: m[1] + m[2] + _MASK, text)
+    return text
+
+
+def _redacting_factory(
+    make: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it when it emits the record
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    return factory
 
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -36,7 +82,7 @@ class TextFormatter(logging.Formatter):
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,7 +99,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
-        return json.dumps(obj, default=str)
+        return redact(json.dumps(obj, default=str))
 
 
 class _NoFrameDumps(logging.Filter):
@@ -69,7 +115,12 @@ _FRAME_FILTER = _NoFrameDumps()
 
 
 def keep_secrets_out_of_logs() -> None:
-    """Install the log filters that keep message contents and keys out of the logs."""
+    """Install what keeps message contents and keys out of the logs: every record made from
+    now on has its keys masked (whatever logger, whatever handler), and the websockets
+    library's frame dumps are dropped."""
+    current = logging.getLogRecordFactory()
+    if not getattr(current, "redacts", False):
+        logging.setLogRecordFactory(_redacting_factory(current))
     for name in ("uvicorn.error", "websockets.server", "websockets.protocol"):
         logger = logging.getLogger(name)
         if _FRAME_FILTER not in logger.filters:

@@ -8,6 +8,7 @@ the TOML config file, the defaults below. Environment names are ``GEMMA_<FIELD>`
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from limits import parse as parse_limit
 from limits.storage import storage_from_string
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -24,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gemma_worker.core.hosts import parse_pattern
 from gemma_worker.core.request import RequestLimits
 from gemma_worker.engine.kernels import KernelChoices
 
@@ -146,8 +148,31 @@ class Settings(BaseSettings):
     # --- server -------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=3125, ge=0, le=65_535, description="TCP port to bind.")
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Host names the worker answers to (the Host header, port ignored); any "
+        "other gets 403 HOST_NOT_ALLOWED. This is what stops DNS rebinding. Patterns: a name, "
+        "'.example.com' (it and its subdomains), '*.example.com' (subdomains), an address or "
+        "network ('10.0.0.5', '127.0.0.0/8', '[::1]'), '*' (all). Env: comma-separated or a "
+        "JSON list. Default without API keys: localhost, *.localhost, 127.0.0.0/8, [::1] and "
+        "the bound address (for 0.0.0.0 or ::, every IP address and this machine's host "
+        "name); with API keys: every host. Behind a proxy that passes Host on, list the "
+        "public name.",
+    )
     cors_origins: list[str] = Field(
-        default_factory=list, description="Origins allowed by CORS (none by default)."
+        default_factory=list,
+        description="Browser origins allowed beyond those whose host is an allowed host "
+        "(CORS, the WebSocket, Ollama's non-JSON bodies); '*' allows every origin.",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None,
+        description="TLS certificate (PEM, may hold the key too): the worker serves https:// "
+        "and wss:// itself. For one host without a proxy.",
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None,
+        description="TLS private key (PEM) of ssl_certfile, when the certificate file does not "
+        "hold it.",
     )
     worker_id: str | None = Field(
         default=None,
@@ -330,6 +355,30 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [h.strip() for h in text.split(",") if h.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _valid_hosts(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for entry in value:
+                parse_pattern(entry)  # HostPatternError is a ValueError: a validation error
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
+        return self
 
     @field_validator("rate_limit_requests", "rate_limit_tokens")
     @classmethod

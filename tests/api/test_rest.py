@@ -152,7 +152,7 @@ def test_client_disconnect_frees_the_engine(worker: RunningWorker) -> None:
     body = json.dumps({"input": PARIS_PROMPT, "max_tokens": 900}).encode()
     with socket.create_connection(("127.0.0.1", worker.settings.port)) as s:
         s.sendall(
-            b"POST /v1/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

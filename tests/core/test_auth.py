@@ -7,7 +7,6 @@ from gemma_worker.core.auth import (
     KeyRing,
     bearer_token,
     key_id,
-    origin_allowed,
     parse_key_file,
 )
 
@@ -80,37 +79,3 @@ def test_a_hash_in_the_env_list_is_a_hash_not_a_key() -> None:
 
 def test_a_token_with_lone_surrogates_is_just_wrong() -> None:
     assert KeyRing.build([KEY]).identify("\ud800" + KEY) is None
-
-
-@pytest.mark.parametrize(
-    ("origin", "allowed", "ok"),
-    [
-        (None, [], True),  # not a browser
-        ("http://localhost:5173", [], True),
-        ("https://127.0.0.1", [], True),
-        ("http://[::1]:8080", [], True),
-        ("https://evil.example", [], False),
-        ("http://localhost.evil.example", [], False),
-        ("http://127.0.0.1.evil.example:80", [], False),
-        ("null", [], False),
-        ("https://app.example", ["https://app.example"], True),
-        ("https://other.example", ["https://app.example"], False),
-        ("https://any.example", ["*"], True),
-    ],
-)
-def test_websocket_origins(origin: str | None, allowed: list[str], ok: bool) -> None:
-    assert origin_allowed(origin, allowed) is ok
-
-
-@pytest.mark.parametrize(
-    ("origin", "host", "ok"),
-    [
-        ("https://gemma.example", "gemma.example", True),  # the chat page, behind a proxy
-        ("http://gemma.example:8080", "Gemma.Example:8080", True),
-        ("http://gemma.example:8080", "gemma.example", False),  # another port: another origin
-        ("https://evil.example", "gemma.example", False),
-        ("https://gemma.example.evil.example", "gemma.example", False),
-    ],
-)
-def test_a_page_from_the_workers_own_origin(origin: str, host: str, ok: bool) -> None:
-    assert origin_allowed(origin, [], host) is ok

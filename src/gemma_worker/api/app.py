@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from gemma_worker import __version__
 from gemma_worker.api.auth import AuthMiddleware
 from gemma_worker.api.body_limit import BodyLimitMiddleware
 from gemma_worker.api.errors import install_error_handlers
+from gemma_worker.api.hosts import AllowedHostsMiddleware, TrustedOriginsCORS
 from gemma_worker.api.house.routes import router as house_router
 from gemma_worker.api.house.websocket import websocket_endpoint
 from gemma_worker.api.metrics import HttpMetricsMiddleware, Metrics
@@ -29,9 +30,11 @@ from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.api.ui import BrowserRedirectMiddleware, load_assets, ui_router
 from gemma_worker.api.worker_id import WorkerIdMiddleware
 from gemma_worker.core.auth import KeyConfigError, KeyRing
+from gemma_worker.core.hosts import AllowedHosts, OriginPolicy
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
+from gemma_worker.private_files import private_dir
 from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
@@ -90,6 +93,17 @@ def load_keys(settings: Settings) -> KeyRing:
     return KeyRing.build(settings.api_keys, text)
 
 
+def allowed_hosts(settings: Settings, keys: KeyRing) -> AllowedHosts:
+    """The host names the worker answers to: ``allowed_hosts``, or the default for its keys
+    and bind address."""
+    return AllowedHosts.for_worker(
+        settings.allowed_hosts,
+        keys_enabled=keys.enabled,
+        bind_host=settings.host,
+        machine_name=socket.gethostname(),
+    )
+
+
 def open_store(settings: Settings) -> SessionStore:
     """The session store the settings name: Redis when ``redis_url`` is set, else SQLite at
     ``session_db_path``."""
@@ -129,6 +143,9 @@ def create_app(
     """
     keep_secrets_out_of_logs()
     keys = load_keys(settings)  # before anything is opened: bad key config fails fast
+    private_dir(settings.data_dir)  # sessions and KV caches: conversations, the owner's only
+    hosts = allowed_hosts(settings, keys)
+    origins = OriginPolicy(settings.cors_origins, hosts)
     engine = engine or LlamaEngine(engine_config(settings))
     store = store or open_store(settings)
     leases = open_leases(settings)
@@ -146,6 +163,7 @@ def create_app(
             leases=leases,
         ),
         metrics=metrics,
+        origins=origins,
         notifier=SystemdNotifier.from_env(),
     )
 
@@ -177,23 +195,24 @@ def create_app(
     )
     app.state.worker = state
     app.state.model_catalog = ModelCatalog(state)
-    # The last added middleware is the outermost: metrics see everything, CORS answers
+    # The last added middleware is the outermost: metrics see everything, the Host check
+    # runs before anything else can, the worker id sees what auth found, CORS answers
     # preflights before auth, auth runs before a body is read.
-    app.add_middleware(JsonBodyMiddleware, allowed_origins=settings.cors_origins)
+    app.add_middleware(JsonBodyMiddleware, origins=origins)
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_body_bytes, count_error=metrics.error
     )
     app.add_middleware(AuthMiddleware, keys=keys, count_error=metrics.error)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["*"],
-        )
+    app.add_middleware(TrustedOriginsCORS, origins=origins)
     app.add_middleware(BrowserRedirectMiddleware)
+    app.add_middleware(
+        WorkerIdMiddleware,
+        worker_id=settings.replica_name,
+        public=settings.worker_id is not None,
+        keys_enabled=keys.enabled,
+    )
+    app.add_middleware(AllowedHostsMiddleware, hosts=hosts, count_error=metrics.error)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    app.add_middleware(WorkerIdMiddleware, worker_id=settings.replica_name)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(house_router)

@@ -1,8 +1,9 @@
 """API-key authentication for every route but ``/health``, ``/ready`` and the chat page's
 static files (pure ASGI).
 
-REST requests present ``Authorization: Bearer <key>``; without a valid one they get 401 with a
-JSON error. A WebSocket may present the same header; if it has none, the connection handler
+REST requests present ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (Anthropic's
+header); without a valid one they get 401 with a JSON error. A WebSocket may present the same
+headers; if it has none, the connection handler
 waits for a first ``{"type": "auth", "token": ...}`` message (browsers cannot set headers).
 What the middleware found is left in the scope's state for the handlers:
 
@@ -66,7 +67,12 @@ class AuthMiddleware:
         if not self.keys.enabled or scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        token = bearer_token(Headers(scope=scope).get("authorization"))
+        headers = Headers(scope=scope)
+        token = (
+            bearer_token(headers.get("authorization"))
+            or headers.get("x-api-key", "").strip()
+            or None
+        )
         principal = self.keys.identify(token)
         state["principal"] = principal
         state["auth_rejected"] = token is not None and principal is None
@@ -79,6 +85,6 @@ class AuthMiddleware:
 
 async def _unauthorized(send: Send, path: str) -> None:
     error = WorkerError(
-        ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer)"
+        ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer, or x-api-key)"
     )
     await send_error(send, path, error, [(b"www-authenticate", b'Bearer realm="gemma-worker"')])

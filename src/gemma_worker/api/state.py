@@ -13,6 +13,7 @@ from gemma_worker.api.metrics import Metrics
 from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.hosts import OriginPolicy
 from gemma_worker.core.request import RequestLimits
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.protocol import Engine, EngineState
@@ -44,6 +45,7 @@ class WorkerState:
         keys: KeyRing,
         limiter: RateLimiter,
         metrics: Metrics,
+        origins: OriginPolicy,
         notifier: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
@@ -52,6 +54,8 @@ class WorkerState:
         self.keys = keys
         self.limiter = limiter
         self.metrics = metrics
+        #: The browser pages trusted to use the worker (WebSocket, CORS, Ollama's bodies).
+        self.origins = origins
         self.notifier = notifier or SystemdNotifier(None)
         self.limits: RequestLimits = settings.request_limits()
         self.phase = Phase.LOADING

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 from types import FrameType
 
 import uvicorn
@@ -85,12 +86,32 @@ def check_bind(settings: Settings, keys: KeyRing) -> None:
     )
 
 
+class TLSConfigError(Exception):
+    """The TLS certificate or key cannot be used."""
+
+
+def check_tls(settings: Settings) -> None:
+    """Load the TLS certificate and key once before binding, so a bad pair is one clear line
+    rather than a traceback from the server."""
+    if settings.ssl_certfile is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.ssl_certfile, settings.ssl_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "unusable"
+        raise TLSConfigError(f"cannot load the TLS certificate and key: {reason}") from exc
+
+
 def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
-    """uvicorn's configuration for the worker: WebSocket size limit and keepalive pings."""
+    """uvicorn's configuration for the worker: WebSocket size limit, keepalive pings, TLS."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
         log_config=None,
         access_log=False,
         ws_max_size=settings.ws_max_message_bytes,
@@ -103,6 +124,7 @@ def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
 def run_daemon(settings: Settings) -> int:
     """Serve until a signal; exit status 0 after a clean drain."""
     check_bind(settings, load_keys(settings))
+    check_tls(settings)
     app = create_app(settings)
     state: WorkerState = app.state.worker
     server = DrainingServer(server_config(app, settings), state, settings.drain_grace_seconds)

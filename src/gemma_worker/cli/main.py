@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from gemma_worker import __version__
-from gemma_worker.cli.daemon import UnsafeBindError
+from gemma_worker.cli.daemon import TLSConfigError, UnsafeBindError
 from gemma_worker.core.auth import KeyConfigError
 from gemma_worker.engine.llama import ModelLoadError
 from gemma_worker.logging_setup import configure_logging
@@ -31,6 +31,8 @@ _FLAG_FIELDS = {
     "log_format": "log_format",
     "insecure": "insecure",
     "api_key_file": "api_key_file",
+    "ssl_certfile": "ssl_certfile",
+    "ssl_keyfile": "ssl_keyfile",
 }
 
 
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="allow a non-loopback --host without API keys (anyone who can reach it may use it)",
     )
+    p.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM): serve https/wss")
+    p.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM) of --ssl-certfile")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--prompt", help="test mode: the prompt to complete")
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         resolve_model_path(settings.model_path)  # a missing model is one line, before binding
         return run_daemon(settings)
-    except (ModelLoadError, KeyConfigError, UnsafeBindError) as exc:
+    except (ModelLoadError, KeyConfigError, UnsafeBindError, TLSConfigError) as exc:
         return _fail(str(exc))
     except sqlite3.Error as exc:
         return _fail(f"cannot open the session database {settings.session_db_path}: {exc}")

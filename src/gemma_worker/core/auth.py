@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 #: Shortest accepted API key: shorter ones are too easy to guess.
 MIN_KEY_LENGTH = 16
@@ -107,30 +107,3 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-#: Browser origins always allowed on the WebSocket: pages served by this machine.
-_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
-
-
-def origin_allowed(origin: str | None, allowed: Collection[str], host: str | None = None) -> bool:
-    """Whether a WebSocket handshake's ``Origin`` may connect.
-
-    No ``Origin`` (not a browser) is allowed; a browser page must come from this machine
-    (``http(s)://localhost|127.0.0.1|[::1][:port]``), from the worker's own origin (its
-    authority is the handshake's ``host``: the chat page, also behind a proxy that passes
-    ``Host`` on), or from one of ``allowed`` (the CORS origins; ``*`` allows all). This stops a
-    web page elsewhere from using a worker through its visitor's browser.
-    """
-    if origin is None:
-        return True
-    if "*" in allowed or origin in allowed:
-        return True
-    scheme, sep, rest = origin.partition("://")
-    if not sep or scheme not in {"http", "https"}:
-        return False
-    authority = rest.split("/", 1)[0].lower()
-    if host is not None and authority == host.lower():
-        return True
-    name = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-    return name in _LOOPBACK_HOSTS

@@ -103,7 +103,10 @@ class _Converter(SchemaConverter):
         try:
             return str(self.visit(schema, name))  # type: ignore[no-untyped-call]
         except Exception as exc:
-            raise SchemaError("schema", where, f"{type(exc).__name__}: {exc}"[:300]) from exc
+            # the converter's own words are Python's (KeyError: 'x'): not for clients
+            raise SchemaError(
+                "schema", where, "this combination of keywords could not be made a grammar"
+            ) from exc
 
     def grammar(self, *rules: str) -> str:
         """The converter's rules plus ``rules`` (which must define ``root``)."""
@@ -127,8 +130,12 @@ def _document(subset: SchemaSubset, schema: object, base: Path = ()) -> Node:
         doc = json.loads("".join(chunks))
     except SchemaError:
         raise
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise SchemaError("schema", where, f"not JSON data: {exc}"[:200]) from None
+    except RecursionError:
+        raise SchemaError("schema", where, "nested too deeply") from None
+    except (TypeError, ValueError):
+        raise SchemaError(
+            "schema", where, "not JSON data (a NaN or infinite number, a cycle, a non-JSON value)"
+        ) from None
     if doc != schema:
         raise SchemaError("schema", where, "not plain JSON data (non-string keys, tuples?)")
     root = subset.document(doc, base)

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma_worker.private_files import open_private, private_dir
+
 log = logging.getLogger(__name__)
 
 _MAGIC = b"GWKV"
@@ -40,7 +42,7 @@ class KVFiles:
         self.directory = directory
         self.max_bytes = max_bytes
         self._fingerprint = hashlib.sha256(fingerprint.encode()).digest()
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
 
     def _path(self, key: str) -> Path:
         return self.directory / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".kv")
@@ -52,7 +54,7 @@ class KVFiles:
         path = self._path(key)
         tmp = path.with_suffix(".tmp")
         try:
-            with tmp.open("wb") as f:
+            with os.fdopen(open_private(tmp), "wb") as f:
                 f.write(_HEAD.pack(_MAGIC, _VERSION, self._fingerprint, len(tokens)))
                 f.write(struct.pack(f"<{len(tokens)}i", *tokens))
                 f.write(state)

@@ -9,6 +9,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import cast
 
+from gemma_worker.private_files import private_dir, private_file
 from gemma_worker.sessions.store import SessionFormat, SessionInfo, Turn
 
 _SCHEMA = """
@@ -55,7 +56,12 @@ class SQLiteSessionStore:
 
     def __init__(self, path: Path | str, *, ttl_seconds: float, max_sessions: int) -> None:
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # the folder may be someone else's (GEMMA_SESSION_DB): only made, never changed
+            private_dir(Path(path).parent, tighten=False)
+            private_file(Path(path))  # SQLite makes its -wal and -shm files with this mode
+            for older in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if older.exists():
+                    private_file(older)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self.ttl_seconds = ttl_seconds

@@ -24,7 +24,6 @@ from gemma_worker.api.house.generation import (
 )
 from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.core import events as ev
-from gemma_worker.core.auth import origin_allowed
 from gemma_worker.core.connection_session import ConnectionSession
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.protocol import (
@@ -66,9 +65,7 @@ class Connection:
     async def run(self) -> None:
         """Serve until the client leaves, idles out or the worker drains."""
         await self.ws.accept()
-        settings = self.state.settings
-        headers = self.ws.headers
-        if not origin_allowed(headers.get("origin"), settings.cors_origins, headers.get("host")):
+        if not self.state.origins.allows(self.ws.headers.get("origin")):
             # A web page from elsewhere must not drive a local worker through the browser.
             await self._close(CLOSE_POLICY_VIOLATION, "origin not allowed")
             return

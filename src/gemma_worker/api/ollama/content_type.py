@@ -7,27 +7,25 @@ local worker (FastAPI refuses such bodies for that reason; so do we, then)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemma_worker.api.ollama.errors import is_ollama_path
-from gemma_worker.core.auth import origin_allowed
+from gemma_worker.core.hosts import OriginPolicy
 
 
 class JsonBodyMiddleware:
     """Sets ``Content-Type: application/json`` on requests to Ollama's routes that come from
     no browser (no ``Origin``) or from an accepted origin."""
 
-    def __init__(self, app: ASGIApp, allowed_origins: Collection[str] = ()) -> None:
-        """``allowed_origins``: the CORS origins (``GEMMA_CORS_ORIGINS``)."""
+    def __init__(self, app: ASGIApp, origins: OriginPolicy) -> None:
+        """``origins``: the pages the worker trusts."""
         self.app = app
-        self.allowed_origins = allowed_origins
+        self.origins = origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_ollama_path(scope["path"]):
             headers = MutableHeaders(scope=scope)
-            if origin_allowed(headers.get("origin"), self.allowed_origins, headers.get("host")):
+            if self.origins.allows(headers.get("origin")):
                 headers["content-type"] = "application/json"
         await self.app(scope, receive, send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,17 +51,24 @@ class RunningWorker:
     settings: Settings
     server: uvicorn.Server
     thread: threading.Thread
+    #: With TLS (``ssl_certfile``): what clients verify the worker's certificate with.
+    verify: ssl.SSLContext | None = None
 
     @property
     def http(self) -> str:
+        if self.settings.ssl_certfile is not None:
+            return f"https://localhost:{self.settings.port}"
         return f"http://127.0.0.1:{self.settings.port}"
 
     @property
     def ws(self) -> str:
+        if self.settings.ssl_certfile is not None:
+            return f"wss://localhost:{self.settings.port}/ws"
         return f"ws://127.0.0.1:{self.settings.port}/ws"
 
     def ready_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = httpx.get(f"{self.http}/ready", timeout=5).json()
+        r = httpx.get(f"{self.http}/ready", timeout=5, verify=self.verify or True)
+        body: dict[str, Any] = r.json()
         return body
 
     def stop(self) -> None:
@@ -72,19 +81,21 @@ def start_worker(
     engine: Engine | None = None,
     wait_ready: bool = True,
     store: SessionStore | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> RunningWorker:
+    """``verify``: with TLS, the context that trusts the worker's certificate."""
     app = create_app(settings, engine, store)
     server = uvicorn.Server(server_config(app, settings))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    worker = RunningWorker(settings, server, thread)
+    worker = RunningWorker(settings, server, thread, verify)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.started:
             if not wait_ready:
                 return worker
             try:
-                if httpx.get(f"{worker.http}/ready", timeout=2).status_code == 200:
+                if worker.ready_body().get("status") == "ready":
                     return worker
             except httpx.HTTPError:
                 pass
@@ -94,17 +105,19 @@ def start_worker(
 
 
 def spawn_daemon(
-    env: dict[str, str] | None = None, *args: str
+    env: dict[str, str] | None = None, *args: str, log_file: Path | None = None
 ) -> tuple[subprocess.Popen[str], int]:
-    """``python -m gemma_worker --mode daemon`` on a free port, once it is ready."""
+    """``python -m gemma_worker --mode daemon`` on a free port, once it is ready; its stderr
+    (the logs) goes to ``log_file`` when given."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gemma_worker", "--mode", "daemon", "--port", str(port), *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    with open(log_file or os.devnull, "w") as logs:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gemma_worker", "--mode", "daemon", "--port", str(port), *args],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=logs,
+            text=True,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:

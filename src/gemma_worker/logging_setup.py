@@ -64,7 +64,11 @@ def _redacting_factory(
 
 
 def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+    return {
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD_ATTRS and k != "color_message"  # uvicorn's, for its own output
+    }
 
 
 def _timestamp(record: logging.LogRecord) -> str:

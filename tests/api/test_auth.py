@@ -110,9 +110,14 @@ def test_every_route_but_health_ready_and_the_page_needs_a_key(keyed: RunningWor
         assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
         wrong = call(keyed, method, concrete(path), headers=auth("not-a-valid-key-000000"), **kw)
         assert wrong.status_code == 401, (method, path)
-        allowed = call(keyed, method, concrete(path), headers=auth(KEY_A), **kw)
+        wrong_x = call(
+            keyed, method, concrete(path), headers={"x-api-key": "not-valid-0000000"}, **kw
+        )
+        assert wrong_x.status_code == 401, (method, path)
         expected = 404 if "{" in path else 200
-        assert allowed.status_code == expected, (method, path, allowed.text)
+        for header in (auth(KEY_A), {"x-api-key": KEY_B}):  # Anthropic's header too
+            allowed = call(keyed, method, concrete(path), headers=header, **kw)
+            assert allowed.status_code == expected, (method, path, header, allowed.text)
 
 
 def test_keys_from_the_file_plain_and_hashed(keyed: RunningWorker) -> None:
@@ -154,6 +159,44 @@ async def test_websocket_with_the_header(keyed: RunningWorker) -> None:
     async with connect(keyed.ws, additional_headers=auth(KEY_A)) as ws:
         events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 2})
     assert events[-1]["type"] == "result"
+
+
+async def test_websocket_with_the_x_api_key_header(keyed: RunningWorker) -> None:
+    async with connect(keyed.ws, additional_headers={"x-api-key": KEY_B}) as ws:
+        events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 2})
+    assert events[-1]["type"] == "result"
+    async with connect(keyed.ws, additional_headers={"x-api-key": "not-valid-0000000"}) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_event(ws, wait_s=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+def test_the_default_worker_id_goes_only_to_callers_with_a_key(keyed: RunningWorker) -> None:
+    """It is the machine's host name and port: not for a 401, nor a keyless /health probe."""
+    name = keyed.settings.replica_name
+    assert call(keyed, "GET", "/health").status_code == 200
+    for r in (
+        call(keyed, "GET", "/health"),
+        call(keyed, "GET", "/ready"),
+        call(keyed, "GET", "/v1/models"),
+        call(keyed, "GET", "/v1/models", headers=auth("not-a-valid-key-000000")),
+        call(keyed, "GET", "/ui/"),
+    ):
+        assert "X-Worker-Id" not in r.headers, r.url
+    for r in (
+        call(keyed, "GET", "/health", headers=auth(KEY_A)),
+        call(keyed, "GET", "/v1/models", headers={"x-api-key": KEY_B}),
+    ):
+        assert r.headers["X-Worker-Id"] == name
+
+
+def test_a_configured_worker_id_is_public() -> None:
+    w = start_worker(make_settings(parallel=1, api_keys=[KEY_A], worker_id="replica-7"))
+    try:
+        for r in (call(w, "GET", "/health"), call(w, "GET", "/v1/models")):
+            assert r.headers["X-Worker-Id"] == "replica-7"
+    finally:
+        w.stop()
 
 
 async def test_websocket_with_an_auth_message(keyed: RunningWorker) -> None:

@@ -300,7 +300,8 @@ async def test_a_queued_streamed_request_whose_client_left_frees_its_session() -
             payload = json.dumps(body).encode()
             with socket.create_connection(("127.0.0.1", worker.settings.port)) as s:
                 s.sendall(
-                    b"POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                    b"POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + b"Content-Type: application/json"
                     + f"\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
                     + payload
                 )

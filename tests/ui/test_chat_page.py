@@ -4,6 +4,7 @@ real model."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,14 +265,15 @@ def test_with_keys_the_page_asks_for_one_and_says_when_it_is_wrong() -> None:
         keyed.stop()
 
 
-def test_behind_nginx_under_a_sub_path_on_another_host_name(
-    page_worker: RunningWorker, tmp_path: Path
-) -> None:
-    """The shipped nginx site under /gemma/, reached as http://gemma.test:<port>: every URL of
-    the page is relative, and its WebSocket is same-origin (not loopback) for the worker."""
-    nginx = Nginx.start(tmp_path, [page_worker.settings.port], sub_path="/gemma/")
+def test_behind_nginx_under_a_sub_path_on_another_host_name(tmp_path: Path) -> None:
+    """The shipped nginx site under /gemma/, reached as http://gemma.test:<port>, the worker
+    told to serve that name (GEMMA_ALLOWED_HOSTS, as docs/DEPLOY.md says): every URL of the
+    page is relative, and its WebSocket's origin is trusted for its host (not loopback)."""
+    worker = start_worker(make_settings(parallel=1, allowed_hosts=["gemma.test"]), wait_ready=False)
+    nginx = Nginx.start(tmp_path, [worker.settings.port], sub_path="/gemma/")
     driver = chromium(host_rules="MAP gemma.test 127.0.0.1")
     try:
+        wait_ready_as(f"http://127.0.0.1:{nginx.port}/gemma/ready", "gemma.test")
         driver.get(f"http://gemma.test:{nginx.port}/gemma/")
         wait_for(driver, lambda d: d.find_element(By.ID, "connection").text == "connected")
         assert driver.current_url == f"http://gemma.test:{nginx.port}/gemma/ui/"
@@ -283,6 +285,17 @@ def test_behind_nginx_under_a_sub_path_on_another_host_name(
             driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'button.open[data-id="{session}"]')
         )
         assert console_errors(driver) == []
+        # The same page on a name the worker was not told to serve: refused.
+        driver.get(f"http://127.0.0.1:{nginx.port}/gemma/ui/")
+        assert "HOST_NOT_ALLOWED" in driver.page_source
     finally:
         driver.quit()
         nginx.stop()
+        worker.stop()
+
+
+def wait_ready_as(url: str, host: str) -> None:
+    deadline = time.monotonic() + 60
+    while httpx.get(url, headers={"Host": host}, timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "not ready"
+        time.sleep(0.1)

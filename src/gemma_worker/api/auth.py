@@ -64,7 +64,7 @@ class AuthMiddleware:
         state["auth_required"] = self.keys.enabled
         state["principal"] = None
         state["auth_rejected"] = False
-        if not self.keys.enabled or scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
+        if not self.keys.enabled:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -76,6 +76,9 @@ class AuthMiddleware:
         principal = self.keys.identify(token)
         state["principal"] = principal
         state["auth_rejected"] = token is not None and principal is None
+        if scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
+            await self.app(scope, receive, send)  # open to all; a valid key is still known
+            return
         if principal is None and scope["type"] == "http":
             self.count_error(ErrorCode.UNAUTHORIZED)
             await _unauthorized(send, scope["path"])

@@ -76,7 +76,7 @@ def parse_pattern(text: str) -> _Pattern | None:
     entry = entry.rstrip(".")
     if entry.startswith("[") and entry.endswith("]"):
         entry = entry[1:-1]
-    if "/" in entry:
+    if "/" in entry and "://" not in entry:
         try:
             return _Pattern(network=ipaddress.ip_network(entry, strict=False))
         except ValueError:

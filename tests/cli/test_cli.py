@@ -78,6 +78,27 @@ def test_flags_override_env_which_overrides_config(
     assert settings.host == "127.0.0.1"  # default
 
 
+def test_allowed_hosts_from_a_flag_env_or_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text('allowed_hosts = ["gemma.example", ".lan"]\n')
+    args = build_parser().parse_args(["--config", str(config)])
+    assert settings_from_args(args).allowed_hosts == ["gemma.example", ".lan"]
+    monkeypatch.setenv("GEMMA_ALLOWED_HOSTS", "env.example")
+    assert settings_from_args(args).allowed_hosts == ["env.example"]
+    args = build_parser().parse_args(["--config", str(config), "--allowed-hosts", "a.test,b.test"])
+    assert settings_from_args(args).allowed_hosts == ["a.test", "b.test"]
+
+
+def test_a_bad_host_pattern_is_one_clear_line() -> None:
+    proc = run_cli("--mode", "daemon", "--allowed-hosts", "gemma.example:443")
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert line.startswith("gemma-worker: error: invalid setting allowed_hosts")
+    assert "no port" in line and "\n" not in line
+
+
 def test_module_and_console_script_agree() -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0

@@ -31,6 +31,7 @@ _FLAG_FIELDS = {
     "log_format": "log_format",
     "insecure": "insecure",
     "api_key_file": "api_key_file",
+    "allowed_hosts": "allowed_hosts",
     "ssl_certfile": "ssl_certfile",
     "ssl_keyfile": "ssl_keyfile",
 }
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="allow a non-loopback --host without API keys (anyone who can reach it may use it)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        help="host names to answer, comma-separated (default: loopback names without keys)",
     )
     p.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM): serve https/wss")
     p.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM) of --ssl-certfile")

@@ -38,5 +38,8 @@ def private_file(path: Path) -> None:
 
 
 def open_private(path: Path) -> int:
-    """A new owner-only file at ``path`` (replacing one), opened for writing: its descriptor."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    """An owner-only file at ``path`` (emptied if it exists, its mode reset too), opened for
+    writing: its descriptor."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # a leftover file keeps its old mode through O_CREAT
+    return fd

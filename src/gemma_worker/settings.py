@@ -362,16 +362,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
-                return json.loads(text)
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    pass  # not JSON: "[::1],localhost" is a comma-separated list
             return [h.strip() for h in text.split(",") if h.strip()]
         return value
 
     @field_validator("allowed_hosts")
     @classmethod
     def _valid_hosts(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            for entry in value:
-                parse_pattern(entry)  # HostPatternError is a ValueError: a validation error
+        if not value:
+            return None  # GEMMA_ALLOWED_HOSTS= in an env file means unset, not "serve nobody"
+        for entry in value:
+            parse_pattern(entry)  # HostPatternError is a ValueError: a validation error
         return value
 
     @model_validator(mode="after")
@@ -423,6 +427,12 @@ class Settings(BaseSettings):
     def replica_name(self) -> str:
         """``worker_id``, or the host name and port."""
         return self.worker_id or f"{socket.gethostname()}:{self.port}"
+
+    @property
+    def own_data_dir(self) -> bool:
+        """Whether ``data_dir`` is the default one, the worker's alone (a configured one may be
+        a folder others use too: it is never made owner-only behind the operator's back)."""
+        return "data_dir" not in self.model_fields_set
 
     @property
     def session_db_path(self) -> Path:

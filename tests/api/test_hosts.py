@@ -15,6 +15,7 @@ import openai
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from gemma_worker.api.app import create_app
 from tests.api.wsclient import connect, recv_event, run_request
 from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
 from tests.hostcheck import (
@@ -228,6 +229,16 @@ def test_cors_follows_the_same_rule(worker: RunningWorker) -> None:
     assert "access-control-allow-origin" not in simple.headers
 
 
+def test_a_keyless_worker_off_loopback_keeps_its_default_id_to_itself() -> None:
+    # create_app builds the state without binding or loading anything
+    state = create_app(make_settings(host="0.0.0.0", insecure=True)).state.worker
+    assert state.worker_id_for(None) is None
+    named = create_app(make_settings(host="0.0.0.0", insecure=True, worker_id="w1"))
+    assert named.state.worker.worker_id_for(None) == "w1"
+    local = create_app(make_settings()).state.worker
+    assert local.worker_id_for(None) == local.settings.replica_name
+
+
 def test_with_keys_any_host_is_served_to_a_key(tmp_path: Any) -> None:
     w = start_worker(make_settings(parallel=1, api_keys=[KEY]))
     try:
@@ -249,6 +260,11 @@ def test_the_setting_reads_a_comma_list_or_json(monkeypatch: pytest.MonkeyPatch)
     assert make_settings().allowed_hosts == ["gemma.example", ".internal.example"]
     monkeypatch.setenv("GEMMA_ALLOWED_HOSTS", '["gemma.example", "10.0.0.0/8"]')
     assert make_settings().allowed_hosts == ["gemma.example", "10.0.0.0/8"]
+    monkeypatch.setenv("GEMMA_ALLOWED_HOSTS", "[::1],localhost")  # not JSON: a comma list
+    assert make_settings().allowed_hosts == ["[::1]", "localhost"]
+    monkeypatch.setenv("GEMMA_ALLOWED_HOSTS", "")  # an env file's "unset"
+    assert make_settings().allowed_hosts is None
+    assert make_settings(allowed_hosts=[]).allowed_hosts is None
     monkeypatch.setenv("GEMMA_ALLOWED_HOSTS", "http://gemma.example:80")
     with pytest.raises(ValueError, match=re.escape("host patterns have no scheme")):
         make_settings()

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gemma_worker.api.app import create_app
 from tests.api.wsclient import connect, run_request, send
-from tests.conftest import RunningWorker, spawn_daemon
+from tests.conftest import RunningWorker, make_settings, spawn_daemon
 
 KEY = "leak-test-key-a-0123456789"
 URL_KEY = "leak-test-key-b-9876543210"
@@ -78,11 +79,11 @@ def mode(path: Path) -> int:
 
 def test_conversations_are_the_owners_only(tmp_path: Path) -> None:
     """The session database, its WAL and saved KV caches are 0600 in 0700 folders, whatever
-    the umask; a data folder left open by an older version is closed."""
-    data = tmp_path / "data"
-    data.mkdir(mode=0o755)
+    the umask; the default data folder, left open by an older version, is closed."""
+    data = tmp_path / "xdg" / "gemma-worker"  # the default: $XDG_DATA_HOME/gemma-worker
+    data.mkdir(parents=True)
     os.chmod(data, 0o755)
-    env = {"GEMMA_DATA_DIR": str(data)}
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
     old_umask = os.umask(0o022)
     try:
         proc, port = spawn_daemon(env, "--parallel", "1", "--n-ctx", "1024")
@@ -108,6 +109,20 @@ def test_conversations_are_the_owners_only(tmp_path: Path) -> None:
     assert mode(kv) == 0o700
     assert all(mode(f) == 0o600 for f in saved)
     assert mode(db) == 0o600
+
+
+def test_a_configured_data_folder_keeps_its_mode_but_not_its_files(tmp_path: Path) -> None:
+    shared = tmp_path / "srv"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    fresh = tmp_path / "new" / "data"
+    for folder in (shared, fresh):
+        settings = make_settings(data_dir=folder)
+        app = create_app(settings)
+        app.state.worker.sessions.store.close()
+        assert mode(folder / "sessions.db") == 0o600
+    assert mode(shared) == 0o755  # someone else's folder is left as it was
+    assert mode(fresh) == 0o700  # one the worker made is its own
 
 
 def test_schema_errors_are_in_our_words(worker: RunningWorker) -> None:

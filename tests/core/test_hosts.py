@@ -8,6 +8,7 @@ from gemma_worker.core.hosts import (
     AllowedHosts,
     HostPatternError,
     OriginPolicy,
+    is_loopback,
     origin_host,
     split_authority,
 )
@@ -171,3 +172,37 @@ def test_a_page_on_the_workers_own_name_is_trusted_only_when_that_name_is_allowe
     public = AllowedHosts(["gemma.example"])
     assert OriginPolicy([], public).allows("https://gemma.example:8443")
     assert not OriginPolicy([], public).allows("https://evil.example")
+
+
+def test_pages_on_any_address_are_not_trusted_by_a_wildcard_bind() -> None:
+    """Every address may be a Host (a request naming one reached it), but a page on some
+    address could be anyone's: only the names the worker was given make a page trusted."""
+    hosts = keyless("0.0.0.0", machine="gemmabox")
+    pages = OriginPolicy([], hosts)
+    assert hosts.allows("203.0.113.9")
+    assert not pages.allows("http://203.0.113.9")
+    assert not pages.allows("http://[2001:db8::1]:8080")
+    assert pages.allows("http://gemmabox:3125") and pages.allows("http://localhost:5173")
+
+
+def test_with_every_host_allowed_pages_are_trusted_from_loopback_only() -> None:
+    keyed = AllowedHosts.for_worker(None, keys_enabled=True, bind_host="0.0.0.0", machine_name="b")
+    pages = OriginPolicy([], keyed)
+    assert pages.allows("http://localhost:5173")
+    assert not pages.allows("https://evil.example")
+    assert OriginPolicy(["*"], keyed).allows("https://evil.example")  # unless CORS says so
+    listed = OriginPolicy([], AllowedHosts(["*", "gemma.example"]))
+    assert listed.allows("https://gemma.example") and not listed.allows("https://evil.example")
+
+
+def test_an_ipv4_mapped_address_is_its_ipv4_address() -> None:
+    assert keyless().allows("[::ffff:127.0.0.1]:3125")
+    assert not keyless().allows("[::ffff:10.0.0.1]:3125")
+
+
+@pytest.mark.parametrize(
+    ("bind", "loopback"),
+    [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True), ("0.0.0.0", False)],
+)
+def test_loopback_binds(bind: str, loopback: bool) -> None:
+    assert is_loopback(bind) is loopback

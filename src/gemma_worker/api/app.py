@@ -143,7 +143,9 @@ def create_app(
     """
     keep_secrets_out_of_logs()
     keys = load_keys(settings)  # before anything is opened: bad key config fails fast
-    private_dir(settings.data_dir)  # sessions and KV caches: conversations, the owner's only
+    # Sessions and KV caches are conversations: the owner's only (an older worker's default
+    # folder is tightened; a configured one is left as the operator made it).
+    private_dir(settings.data_dir, tighten=settings.own_data_dir)
     hosts = allowed_hosts(settings, keys)
     origins = OriginPolicy(settings.cors_origins, hosts)
     engine = engine or LlamaEngine(engine_config(settings))
@@ -205,12 +207,7 @@ def create_app(
     app.add_middleware(AuthMiddleware, keys=keys, count_error=metrics.error)
     app.add_middleware(TrustedOriginsCORS, origins=origins)
     app.add_middleware(BrowserRedirectMiddleware)
-    app.add_middleware(
-        WorkerIdMiddleware,
-        worker_id=settings.replica_name,
-        public=settings.worker_id is not None,
-        keys_enabled=keys.enabled,
-    )
+    app.add_middleware(WorkerIdMiddleware, worker_id_for=state.worker_id_for)
     app.add_middleware(AllowedHostsMiddleware, hosts=hosts, count_error=metrics.error)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)

@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from gemma_worker import __version__
+from gemma_worker.api.auth import principal_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.schemas import (
     HealthResponse,
@@ -26,14 +27,14 @@ NDJSON = "application/x-ndjson"
 
 
 @router.get("/", summary="Service information")
-async def info(state: State) -> dict[str, Any]:
+async def info(state: State, request: Request) -> dict[str, Any]:
     """Name, version, model and endpoints."""
     model = state.engine.info
     return {
         "name": "FazAI Gemma Worker",
         "version": __version__,
         "status": state.phase.value,
-        "worker_id": state.settings.replica_name,
+        "worker_id": state.worker_id_for(principal_of(request.scope)),
         "model": None if model is None else model.to_dict(),
         "kernels": state.settings.kernel_choices().to_dict(),
         "endpoints": {

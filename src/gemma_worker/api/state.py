@@ -13,7 +13,7 @@ from gemma_worker.api.metrics import Metrics
 from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.hosts import OriginPolicy
+from gemma_worker.core.hosts import OriginPolicy, is_loopback
 from gemma_worker.core.request import RequestLimits
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.protocol import Engine, EngineState
@@ -67,6 +67,18 @@ class WorkerState:
         #: WebSockets accepted but not yet authenticated (they have their own cap).
         self.authenticating = 0
         self._background: set[asyncio.Future[None]] = set()
+
+    def worker_id_for(self, principal: str | None) -> str | None:
+        """The replica name a caller may see (``X-Worker-Id``, ``GET /``). A configured
+        ``worker_id`` is an opaque name meant to be shown: to everyone. The default one names
+        the machine (host name and port): only to callers with a valid key, or to every caller
+        of a keyless worker on loopback (they are all on this machine)."""
+        settings = self.settings
+        if settings.worker_id is not None:
+            return settings.worker_id
+        if principal is not None or (not self.keys.enabled and is_loopback(settings.host)):
+            return settings.replica_name
+        return None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference until it is done."""

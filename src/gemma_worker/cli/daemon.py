@@ -8,7 +8,6 @@ before a normal close (1001). Then uvicorn shuts down. A second signal exits at 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 from types import FrameType
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp
 from gemma_worker.api.app import create_app, load_keys
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core.auth import KeyRing
+from gemma_worker.core.hosts import is_loopback
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,6 @@ class DrainingServer(uvicorn.Server):
 
 class UnsafeBindError(Exception):
     """The worker would be open to the network without API keys."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def check_bind(settings: Settings, keys: KeyRing) -> None:

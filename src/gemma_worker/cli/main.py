@@ -127,5 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except sqlite3.Error as exc:
         return _fail(f"cannot open the session database {settings.session_db_path}: {exc}")
+    except PermissionError as exc:
+        return _fail(f"cannot use {exc.filename}: {exc.strerror}")
     except KeyboardInterrupt:
         return 130

@@ -28,8 +28,10 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_PATTERNS = ("localhost", "*.localhost", "127.0.0.0/8", "::1")
 
 #: Every IP literal: a request naming an address reached that address, so no page on a
-#: rebound name can send it (rebinding needs a name).
+#: rebound name can send it (rebinding needs a name). Not so for a page's origin: a page on any
+#: address could be anyone's, so these never make an origin trusted.
 ANY_ADDRESS = ("0.0.0.0/0", "::/0")
+_CATCH_ALLS = frozenset({"*", *ANY_ADDRESS})
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
@@ -63,9 +65,12 @@ class _Pattern:
 
 def _address(text: str) -> IPAddress | None:
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # [::ffff:127.0.0.1] is 127.0.0.1
+    return address
 
 
 def parse_pattern(text: str) -> _Pattern | None:
@@ -96,6 +101,14 @@ def parse_pattern(text: str) -> _Pattern | None:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    address = _address(host.strip().strip("[]"))
+    return address is not None and address.is_loopback
+
+
 def split_authority(authority: str) -> str | None:
     """The host part of ``host[:port]`` or ``[v6][:port]``, lower-cased, without brackets and
     without a trailing dot; ``None`` if ``authority`` is not of that form."""
@@ -103,8 +116,11 @@ def split_authority(authority: str) -> str | None:
     if found is None:
         return None
     if found["v6"] is not None:
-        address = _address(found["v6"])
-        return None if address is None or address.version != 6 else found["v6"]
+        try:
+            ipaddress.IPv6Address(found["v6"])
+        except ValueError:
+            return None
+        return found["v6"]
     name = found["name"].rstrip(".")
     return name if _NAME.match(name) or _address(name) is not None else None
 
@@ -156,6 +172,13 @@ class AllowedHosts:
             patterns.append(bind)
         return cls(patterns)
 
+    def trusted_for_pages(self) -> AllowedHosts:
+        """The hosts whose pages (browser origins) are trusted: these, named one by one; a
+        catch-all (``*``, every address) names nobody, so it trusts no page. Left with none
+        (every host allowed, as with API keys by default), the loopback names."""
+        named = [p for p in self.patterns if p.strip().lower() not in _CATCH_ALLS]
+        return AllowedHosts(named or LOOPBACK_PATTERNS)
+
     def allows_name(self, name: str) -> bool:
         """Whether a host name (as :func:`split_authority` returns it) is allowed."""
         if self.allow_all:
@@ -178,9 +201,10 @@ class OriginPolicy:
 
     def __init__(self, cors_origins: Collection[str], hosts: AllowedHosts) -> None:
         """``cors_origins``: origins accepted as they are (``*``: all); beyond them a page is
-        accepted when its origin's host is one of ``hosts``."""
+        accepted when its origin's host is one that ``hosts`` names
+        (:meth:`AllowedHosts.trusted_for_pages`)."""
         self.cors_origins = frozenset(o.rstrip("/") for o in cors_origins)
-        self.hosts = hosts
+        self.hosts = hosts.trusted_for_pages()
 
     def allows(self, origin: str | None) -> bool:
         """Whether a request with this ``Origin`` may be served; no ``Origin`` is not a

@@ -137,7 +137,15 @@ class Settings(BaseSettings):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Default nucleus (top-p) mass.")
     top_k: int = Field(default=64, ge=0, description="Default top-k (0 = disabled).")
     max_input_chars: int = Field(
-        default=262_144, ge=1, description="Longest accepted input, in characters."
+        default=262_144,
+        ge=1,
+        description="Longest accepted prompt, in characters (a chat's messages together).",
+    )
+    max_messages: int = Field(
+        default=2048,
+        ge=1,
+        description="Most messages in one chat request; more is refused before the costly "
+        "rendering and tokenizing.",
     )
     stream_buffer: int = Field(
         default=256,
@@ -453,6 +461,7 @@ class Settings(BaseSettings):
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
+            max_messages=self.max_messages,
         )
 
 

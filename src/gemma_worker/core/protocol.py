@@ -48,7 +48,9 @@ def parse_json_object(raw: str | bytes) -> dict[str, object]:
     """Decode one JSON object; NaN/Infinity literals are rejected like any other non-JSON."""
     try:
         value = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ProtocolError(ErrorCode.INVALID_JSON, "message is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # huge integers too (int digit limit)
         raise ProtocolError(ErrorCode.INVALID_JSON, "message is not valid JSON") from exc
     if not isinstance(value, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "message must be a JSON object")

@@ -51,7 +51,13 @@ class GenerationRequest(BaseModel):
         Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus mass."),
     ] = None
     top_k: Annotated[
-        int | None, Field(default=None, ge=0, le=1_000_000, description="0 = disabled.")
+        int | None,
+        Field(
+            default=None,
+            ge=0,
+            le=1_000_000,
+            description="0 = disabled; above 1000, 1000 (the worker's bound).",
+        ),
     ] = None
     stop: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]] | None,
@@ -215,6 +221,11 @@ class SamplingParams:
     fit_context: bool = False
 
 
+#: The largest top-k sampled from: the candidates beyond the best thousand carry no mass
+#: that top-p or temperature would leave them, and each one kept costs sampling time.
+MAX_TOP_K = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     """Worker-wide limits and defaults that a request is checked against."""
@@ -225,14 +236,28 @@ class RequestLimits:
     temperature: float
     top_p: float
     top_k: int
+    max_messages: int = 2048
+    max_top_k: int = MAX_TOP_K
 
-    def check_chars(self, n_chars: int) -> None:
-        """``INVALID_REQUEST`` when a prompt of ``n_chars`` characters is over the limit."""
+    def check_chars(self, n_chars: int, n_messages: int = 0) -> None:
+        """``INVALID_REQUEST`` when a prompt of ``n_chars`` characters (over ``n_messages``
+        messages) is over the limits: checked before any costly step (rendering, tokenizing)."""
+        if n_messages > self.max_messages:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"the request has {n_messages} messages; the limit is {self.max_messages}",
+                param="messages",
+            )
         if n_chars > self.max_input_chars:
             raise WorkerError(
                 ErrorCode.INVALID_REQUEST,
                 f"the prompt is {n_chars} characters; the limit is {self.max_input_chars}",
             )
+
+    def cap_top_k(self, top_k: int) -> int:
+        """``top_k`` within the worker's bound (0, off, stays off): a larger one costs sampling
+        time on every step and changes nothing a client could notice."""
+        return min(top_k, self.max_top_k)
 
     def resolve(self, req: GenerationRequest) -> SamplingParams:
         """Apply defaults and check limits; raise ``INVALID_REQUEST`` when a limit is exceeded."""
@@ -252,7 +277,7 @@ class RequestLimits:
             max_tokens=max_tokens,
             temperature=self.temperature if req.temperature is None else req.temperature,
             top_p=self.top_p if req.top_p is None else req.top_p,
-            top_k=self.top_k if req.top_k is None else req.top_k,
+            top_k=self.cap_top_k(self.top_k if req.top_k is None else req.top_k),
             seed=req.seed,
             stop=tuple(req.stop or ()),
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import llama_cpp as lc
 
+from gemma_worker.core.text_chunks import PIECE_CHARS, pieces, probe_texts
 from gemma_worker.engine.kernels import KernelChoices, KernelConflictError
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,10 @@ class LlamaModel:
         self._copying: set[int] = set()
         self._special_pieces: dict[int, bytes] = {}
         self.info = self._read_info()
+        self._piecewise = False
+        self._piecewise = self._cuts_keep_tokens()
+        if not self._piecewise:
+            log.info("this vocabulary is tokenized whole (its tokens span the usual cut points)")
         self.bos_head = self.tokenize("", add_special=True, parse_special=False)
 
     # --- metadata ---------------------------------------------------------------------------
@@ -261,7 +266,18 @@ class LlamaModel:
 
     # --- tokens -----------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        """Text to token ids."""
+        """Text to token ids, in linear time: a long text is tokenized in pieces cut where no
+        token spans (:mod:`gemma_worker.core.text_chunks`), when this vocabulary allows it.
+        Safe beside decoding on another thread: it reads the vocabulary only (llama-server
+        tokenizes on its HTTP threads the same way)."""
+        if not self._piecewise or len(text) <= 2 * PIECE_CHARS:
+            return self._tokenize_whole(text, add_special, parse_special)
+        tokens: list[int] = []
+        for i, piece in enumerate(pieces(text)):
+            tokens += self._tokenize_whole(piece, add_special and i == 0, parse_special)
+        return tokens
+
+    def _tokenize_whole(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
@@ -271,6 +287,19 @@ class LlamaModel:
             buf = (lc.llama_token * cap)()
             n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
+
+    def _cuts_keep_tokens(self) -> bool:
+        """Whether this vocabulary tokenizes the probe texts cut at every cut point exactly as
+        whole (then long texts are tokenized in pieces)."""
+        for text in probe_texts():
+            for parse_special in (False, True):
+                whole = self._tokenize_whole(text, True, parse_special)
+                cut: list[int] = []
+                for i, piece in enumerate(pieces(text, target=1)):
+                    cut += self._tokenize_whole(piece, i == 0, parse_special)
+                if cut != whole:
+                    return False
+        return True
 
     def piece(self, token: int) -> bytes:
         """The bytes a generated token stands for (special tokens render as nothing)."""

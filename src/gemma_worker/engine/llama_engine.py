@@ -114,6 +114,16 @@ class _Forget:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """Inbox message: ``job``'s preparation (on the vocabulary threads) is over: its prompt,
+    or the error that refuses it."""
+
+    job: Job
+    prepared: _Prepared | None
+    error: WorkerError | None
+
+
 @dataclass(eq=False)
 class _Prepared:
     """An accepted job with its rendered, tokenised prompt."""
@@ -130,7 +140,7 @@ class _Prepared:
         return self.prompt.text.encode("utf-8")
 
 
-_Message = Job | _Stop | _Wake | _Forget
+_Message = Job | _Stop | _Wake | _Forget | _Ready
 
 
 class LlamaEngine:
@@ -160,9 +170,13 @@ class LlamaEngine:
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
         )
         self._order = 0
-        # Vocabulary-only work (grammar compilation, /tokenize) runs here, beside the engine
-        # thread, so decoding never waits for it; it never touches the context.
-        self._vocab_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-vocab")
+        # Vocabulary-only work (preparing prompts, compiling grammars, /tokenize) runs here,
+        # beside the engine thread, so decoding never waits for it; it never touches the
+        # context (llama.cpp's tokenizer only reads the vocabulary). Two threads: one long
+        # preparation does not hold up another request's.
+        self._vocab_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gemma-vocab")
+        #: Jobs being prepared on the vocabulary threads (engine-thread state).
+        self._preparing: set[Job] = set()
 
     # --- Engine protocol (event loop side) --------------------------------------------------
     @property
@@ -261,7 +275,7 @@ class LlamaEngine:
         """Current load (a racy snapshot, fine for reporting)."""
         return EngineStats(
             active=len(self._seqs),
-            queued=len(self._waiting),
+            queued=len(self._waiting) + len(self._preparing),
             slots=self.config.parallel,
             max_queue=self.config.max_queue,
         )
@@ -377,6 +391,8 @@ class LlamaEngine:
                 return True
             if isinstance(msg, Job):
                 self._accept(msg)
+            elif isinstance(msg, _Ready):
+                self._queue(msg)
             elif isinstance(msg, _Forget):
                 self._forget(msg.key)
             try:
@@ -386,21 +402,47 @@ class LlamaEngine:
         return False
 
     def _accept(self, job: Job) -> None:
+        """Hand ``job`` to the vocabulary threads for its preparation (rendering, tokenizing:
+        costs that grow with the prompt, which the decode loop must never wait for)."""
         if job.cancelled:
             self._final(job, _cancelled_before_start(job, 0))
             return
+        self._preparing.add(job)
+        try:
+            self._vocab_thread.submit(self._prepare_off_loop, job)
+        except RuntimeError:  # shut down: the engine is stopping
+            self._preparing.discard(job)
+            self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the model is not ready"))
+
+    def _prepare_off_loop(self, job: Job) -> None:
+        """On a vocabulary thread: prepare ``job`` and tell the engine thread."""
+        prepared: _Prepared | None = None
+        error: WorkerError | None = None
         try:
             prepared = self._prepare(job)
         except WorkerError as exc:
-            self._fail(job, exc)
-            return
+            error = exc
         except UnicodeEncodeError:
-            error = "the text is not valid Unicode (a lone surrogate)"
-            self._fail(job, WorkerError(ErrorCode.INVALID_REQUEST, error))
-            return
+            error = WorkerError(
+                ErrorCode.INVALID_REQUEST, "the text is not valid Unicode (a lone surrogate)"
+            )
         except Exception:
             log.exception("prompt preparation failed", extra={"request_id": job.request_id})
-            self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "tokenization failed"))
+            error = WorkerError(ErrorCode.INFERENCE_ERROR, "tokenization failed")
+        self._inbox.put(_Ready(job, prepared, error))
+
+    def _queue(self, ready: _Ready) -> None:
+        """A prepared job joins the admission queue (or ends, refused or cancelled)."""
+        job = ready.job
+        if job not in self._preparing:
+            return  # the engine stopped and ended it meanwhile
+        self._preparing.discard(job)
+        if ready.error is not None or ready.prepared is None:
+            self._fail(job, ready.error or WorkerError(ErrorCode.INFERENCE_ERROR, "failed"))
+            return
+        prepared = ready.prepared
+        if job.cancelled:
+            self._final(job, _cancelled_before_start(job, len(prepared.tokens)))
             return
         must_wait = self._slots.n_free <= len(self._waiting)
         try:
@@ -414,7 +456,9 @@ class LlamaEngine:
 
     def _prepare(self, job: Job) -> _Prepared:
         """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
-        history does not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not."""
+        history does not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not.
+        Runs on a vocabulary thread; what the engine thread will need of the prompt (its
+        bytes, its token boundaries) is worked out here too."""
         model, renderer = self._model, self._renderer
         assert model is not None and renderer is not None
         source = job.spec.prompt
@@ -469,7 +513,11 @@ class LlamaEngine:
             job.params = dataclasses.replace(
                 params, max_tokens=min(params.max_tokens, n_ctx - len(tokens))
             )
-        return _Prepared(job, prompt, tokens)
+        prepared = _Prepared(job, prompt, tokens)
+        head = model.bos_head if prompt.add_special else []
+        prepared.boundaries = token_boundaries(tokens, len(head), model.special_piece)
+        _ = prepared.text  # encoded here, once
+        return prepared
 
     def _admit(self) -> None:
         assert self._model is not None
@@ -828,6 +876,8 @@ class LlamaEngine:
         with self._pending_lock:
             self._closed = True  # no submit can slip in after the inbox is drained below
         pending = [(p.job, len(p.tokens)) for p in self._waiting]
+        pending += [(job, 0) for job in self._preparing]
+        self._preparing.clear()
         while True:
             try:
                 msg = self._inbox.get_nowait()

@@ -192,6 +192,10 @@ class Connection:
         except ProtocolError as exc:
             await self.send(ev.error_event(exc, exc.request_id))
             return
+        except Exception:  # whatever else parsing raises, the client hears of it
+            error = internal_error("unexpected error parsing a message")
+            await self.send(ev.error_event(error, None))
+            return
         try:
             if isinstance(message, CancelMessage):
                 await self._cancel(message.request_id)

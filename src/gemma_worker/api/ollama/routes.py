@@ -113,7 +113,7 @@ def _sampling(state: WorkerState, options: Options | None) -> SamplingParams:
         max_tokens=max_tokens,
         temperature=limits.temperature if o.temperature is None else o.temperature,
         top_p=limits.top_p if o.top_p is None else o.top_p,
-        top_k=limits.top_k if o.top_k is None else o.top_k,
+        top_k=limits.cap_top_k(limits.top_k if o.top_k is None else o.top_k),
         seed=None if o.seed is None or o.seed < 0 else o.seed % (2**32 - 1),
         stop=o.stops,
         min_p=o.min_p or 0.0,
@@ -167,7 +167,7 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
     try:
         state.admit()
         params = _sampling(state, body.options)
-        state.limits.check_chars(sum(len(m.content) for m in body.messages))
+        state.limits.check_chars(sum(len(m.content) for m in body.messages), len(body.messages))
         if not body.messages:
             return _loaded(encoder, body.stream)
         tools = body.tools or []

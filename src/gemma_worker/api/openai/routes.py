@@ -103,7 +103,7 @@ def _sampling(
         max_tokens=requested or limits.max_tokens_cap,
         temperature=limits.temperature if body.temperature is None else body.temperature,
         top_p=limits.top_p if body.top_p is None else body.top_p,
-        top_k=limits.top_k if body.top_k is None else body.top_k,
+        top_k=limits.cap_top_k(limits.top_k if body.top_k is None else body.top_k),
         seed=None if body.seed is None else body.seed % (2**32 - 1),
         stop=tuple(stop),
         min_p=body.min_p or 0.0,
@@ -122,7 +122,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         params = _sampling(state, body, requested, param)
-        state.limits.check_chars(sum(len(content_text(m.content)) for m in body.messages))
+        state.limits.check_chars(
+            sum(len(content_text(m.content)) for m in body.messages), len(body.messages)
+        )
         tools = body.tools or []
         use_tools = bool(tools) and body.tool_choice != "none"
         forced = (

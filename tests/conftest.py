@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -82,11 +83,22 @@ def start_worker(
     wait_ready: bool = True,
     store: SessionStore | None = None,
     verify: ssl.SSLContext | None = None,
+    send_buffer: int | None = None,
 ) -> RunningWorker:
-    """``verify``: with TLS, the context that trusts the worker's certificate."""
+    """``verify``: with TLS, the context that trusts the worker's certificate.
+    ``send_buffer``: the kernel's send buffer of every accepted connection, in bytes (they
+    inherit it from the listening socket), so a client that stops reading blocks the
+    worker's writes after that much rather than after megabytes."""
     app = create_app(settings, engine, store)
     server = uvicorn.Server(server_config(app, settings))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sockets = None
+    if send_buffer is not None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        listener.bind((settings.host, settings.port))
+        sockets = [listener]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
     thread.start()
     worker = RunningWorker(settings, server, thread, verify)
     deadline = time.monotonic() + 60

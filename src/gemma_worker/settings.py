@@ -147,6 +147,17 @@ class Settings(BaseSettings):
         description="Most messages in one chat request; more is refused before the costly "
         "rendering and tokenizing.",
     )
+    stream_stall_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "GEMMA_STREAM_STALL_TIMEOUT",
+            "GEMMA_STREAM_STALL_TIMEOUT_SECONDS",
+            "stream_stall_timeout_seconds",
+        ),
+        description="A stream whose client has taken no data for this long (its socket "
+        "full) is cancelled and its slot freed, on every transport.",
+    )
     stream_buffer: int = Field(
         default=256,
         ge=1,

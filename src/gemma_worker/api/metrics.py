@@ -75,6 +75,12 @@ class Metrics:
         self.rate_limited = Counter(
             p + "rate_limited_total", "Requests refused by a rate limit.", registry=r
         )
+        self.stalled_streams = Counter(
+            p + "stalled_streams_total",
+            "Streams cancelled because their client stopped reading (stall timeout).",
+            ["transport"],
+            registry=r,
+        )
         self.cancellations = Counter(
             p + "cancellations_total",
             "Generations cancelled (by the client, a disconnect or the drain).",

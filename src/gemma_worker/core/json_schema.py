@@ -30,8 +30,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llama_cpp.llama_grammar import RESERVED_NAMES as _RESERVED
 from llama_cpp.llama_grammar import BuiltinRule, SchemaConverter
 
+from gemma_worker.core.gbnf_trie import trie_alternatives
 from gemma_worker.core.schema_regex import SchemaError
 from gemma_worker.core.schema_subset import ANY_VALUE, Node, Path, SchemaSubset
 
@@ -97,11 +99,21 @@ class _Converter(SchemaConverter):
     def _generate_constant_rule(self, value: Any) -> str:
         return _gbnf_literal(json.dumps(value, ensure_ascii=False))
 
+    def visit(self, schema: Mapping[str, Any], name: str) -> str:
+        """An ``enum`` becomes one prefix tree of its values' JSON texts rather than one
+        alternative per value: llama.cpp checks each candidate token against every live
+        alternative, so a long enum's plain alternation costs seconds per sampled token."""
+        if set(schema) == {"enum"} and len(schema["enum"]) > 1:
+            rule_name = name + "-" if name in _RESERVED else name or "root"
+            texts = {json.dumps(v, ensure_ascii=False) for v in schema["enum"]}
+            return str(self._add_rule(rule_name, trie_alternatives(texts, _gbnf_literal)))  # type: ignore[no-untyped-call]
+        return str(super().visit(schema, name))  # type: ignore[no-untyped-call]
+
     def rule(self, schema: Mapping[str, Any], name: str, where: str) -> str:
         """Visit rewritten ``schema`` as rule ``name``; return the rule name to use. Whatever
         the converter raises (it asserts, indexes and recurses freely) becomes SchemaError."""
         try:
-            return str(self.visit(schema, name))  # type: ignore[no-untyped-call]
+            return str(self.visit(schema, name))
         except Exception as exc:
             # the converter's own words are Python's (KeyError: 'x'): not for clients
             raise SchemaError(

@@ -128,8 +128,10 @@ class Sampler:
     tokens the grammar allows, with the same result as filtering the whole 262k vocabulary
     (~25 ms here) but usually far cheaper: candidates are checked best first in batches, until
     top-k of them pass (at temperature 0, one), since top-k keeps only the best allowed tokens
-    anyway, or until top-p's cut is sure to fall among those found; only when no batch settles
-    it is the whole vocabulary filtered.
+    anyway, or until top-p's cut is sure to fall among those found. When no batch settles it,
+    the pick is made among the allowed tokens found in the best 32,768 (the rest of the 262k
+    carry no mass next to them: exact in all but name), so a step's cost stays bounded; only
+    when none of those is allowed is the whole vocabulary filtered.
     """
 
     def __init__(
@@ -214,6 +216,11 @@ class Sampler:
                     and self._nucleus_settled(allowed["logit"], adjusted[order[end - 1]])
                 ):
                     return self._choose(_as_array(allowed), allowed)
+            if len(allowed):
+                # Bounded: the whole vocabulary is not filtered inside a step while the other
+                # sequences wait. What lies beyond the best candidates checked carries no mass
+                # next to the allowed ones found among them.
+                return self._choose(_as_array(allowed), allowed)
         lc.llama_sampler_apply(self._grammar, ctypes.byref(arr))
         if not np.isfinite(self._cand["logit"][: arr.size]).any():
             raise SamplingError("no token the grammar allows may be sampled")

@@ -61,6 +61,7 @@ class Connection:
         #: The connection's current session (``/ws?session_id=...`` binds it to one).
         self.session = ConnectionSession(ws.query_params.get("session_id"))
         self._last_activity = time.monotonic()
+        self._stalled = False
 
     async def run(self) -> None:
         """Serve until the client leaves, idles out or the worker drains."""
@@ -84,7 +85,12 @@ class Connection:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if closer.done():
-                    await self._close_after_inflight()
+                    if self._stalled:
+                        with contextlib.suppress(TimeoutError):  # it is not reading
+                            async with asyncio.timeout(1.0):
+                                await self._close(CLOSE_POLICY_VIOLATION, "stalled: not reading")
+                    else:
+                        await self._close_after_inflight()
                     return
                 if not receiver.done():
                     if self._idle_expired():
@@ -178,8 +184,23 @@ class Connection:
         if event["type"] == "error":
             self.state.metrics.error(event["code"])
         async with self._send_lock:
+            if self._stalled:
+                raise ClientGoneError
             try:
-                await self.ws.send_text(ev.frame(event))
+                async with asyncio.timeout(self.state.settings.stream_stall_timeout_seconds):
+                    await self.ws.send_text(ev.frame(event))
+            except TimeoutError as exc:
+                # The client stopped reading: its requests end (slots freed), the connection
+                # closes (the close frame goes out when, if ever, it reads again).
+                self._stalled = True
+                self.state.metrics.stalled_streams.labels(transport="websocket").inc()
+                log.info("websocket stalled: the client stopped reading; closing")
+                current = asyncio.current_task()
+                for task, _ in list(self._requests.values()):
+                    if task is not current:
+                        task.cancel()
+                self._closing.set()
+                raise ClientGoneError from exc
             except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                 raise ClientGoneError from exc
 

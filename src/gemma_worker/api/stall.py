@@ -1,0 +1,51 @@
+"""Streams whose client stopped reading give their slot back (``GEMMA_STREAM_STALL_TIMEOUT``).
+
+A client that never reads keeps its socket full: every write then waits, the generation's
+event buffer fills, and the generation pauses in its slot for ever. Here a write that has
+waited the stall timeout ends the stream: the generation is cancelled (its slot freed) and
+the metrics count it. The connection itself is left to close when the client goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from starlette.responses import StreamingResponse
+from starlette.types import Send
+
+log = logging.getLogger(__name__)
+
+
+class StallGuardedStream(StreamingResponse):
+    """A streamed answer that stops, closing its body iterator (which cancels its
+    generation), once one write has waited ``stall_timeout`` seconds for the client."""
+
+    def __init__(
+        self, *args: object, stall_timeout: float, on_stall: Callable[[], object], **kw: object
+    ) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.stall_timeout = stall_timeout
+        self.on_stall = on_stall
+
+    async def stream_response(self, send: Send) -> None:
+        """Send the head and every chunk, each write within the stall timeout."""
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async with contextlib.aclosing(self.body_iterator) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                data = (
+                    chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+                )
+                try:
+                    async with asyncio.timeout(self.stall_timeout):
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                except TimeoutError:
+                    log.info("stream stalled: the client stopped reading; cancelled")
+                    self.on_stall()
+                    break  # leaving the block closes the iterator: the generation ends
+        # The end of the body: it goes out when the client reads again, or never.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

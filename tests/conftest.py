@@ -82,6 +82,7 @@ def start_worker(
     engine: Engine | None = None,
     wait_ready: bool = True,
     store: SessionStore | None = None,
+    *,
     verify: ssl.SSLContext | None = None,
     send_buffer: int | None = None,
 ) -> RunningWorker:

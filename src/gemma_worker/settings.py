@@ -121,7 +121,15 @@ class Settings(BaseSettings):
         default=64,
         ge=0,
         le=100_000,
-        description="Requests that may wait for a free slot; beyond that OVERLOADED (503).",
+        description="Requests that may wait for a free slot; beyond that OVERLOADED (503), "
+        "given to the client holding the most places (fair share between clients).",
+    )
+    max_pending_per_client: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most requests one client (API key, else address) may have running or "
+        "waiting; more is OVERLOADED (503). Off by default: a client alone may use the whole "
+        "worker, and under contention the next slot goes to the client running the fewest.",
     )
 
     # --- generation defaults and limits ---------------------------------------------------------

@@ -2,9 +2,7 @@ import pytest
 
 from gemma_worker.core.scheduling import (
     Acquired,
-    AdmissionQueue,
     CachedPrefix,
-    QueueFullError,
     SlotPool,
     SlotView,
     StepEntry,
@@ -62,17 +60,6 @@ def test_batch_size_bounds_everything() -> None:
     plan = plan_step(slots, n_batch=6, prefill_beside=lambda n: 64)
     assert sum(e.n_tokens for e in plan) == 6
     assert plan[-1] == StepEntry(9, 2, True)
-
-
-def test_admission_queue_is_fifo_and_bounded() -> None:
-    q: AdmissionQueue[str] = AdmissionQueue(2)
-    assert q.push("a") == 1
-    assert q.push("b") == 2
-    with pytest.raises(QueueFullError):
-        q.push("c")
-    assert q.remove("a")
-    assert not q.remove("zzz")
-    assert q.pop() == "b"
 
 
 def test_slot_pool_hands_out_lowest_free() -> None:

@@ -61,6 +61,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         n_gpu_layers=settings.n_gpu_layers,
         stream_buffer=settings.stream_buffer,
         max_input_tokens=settings.max_input_tokens,
+        max_pending_per_client=settings.max_pending_per_client,
         kv_dir=settings.data_dir / "kv",
         kv_disk_bytes=settings.kv_disk_cache_mb * 1024 * 1024,
         kernels=settings.kernel_choices(),

@@ -9,12 +9,8 @@ small enough that a long prompt never freezes the running streams for long (see
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,47 +63,6 @@ def plan_step(
         plan.append(StepEntry(s.slot, take, prefill=True))
         budget -= take
     return plan
-
-
-class QueueFullError(Exception):
-    """The admission queue has no room."""
-
-
-class AdmissionQueue(Generic[T]):
-    """First come, first served wait list in front of the slots, with a hard capacity."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: deque[T] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[T]:
-        return iter(self._items)
-
-    def push(self, item: T) -> int:
-        """Append ``item``; return its 1-based position; :class:`QueueFullError` when full."""
-        if len(self._items) >= self.capacity:
-            raise QueueFullError
-        self._items.append(item)
-        return len(self._items)
-
-    def peek(self) -> T:
-        """The oldest item, left in place."""
-        return self._items[0]
-
-    def pop(self) -> T:
-        """Take the oldest item."""
-        return self._items.popleft()
-
-    def remove(self, item: T) -> bool:
-        """Drop ``item`` if it is waiting; return whether it was."""
-        try:
-            self._items.remove(item)
-        except ValueError:
-            return False
-        return True
 
 
 @dataclass(frozen=True, slots=True)

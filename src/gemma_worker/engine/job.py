@@ -34,6 +34,9 @@ class GenerationSpec:
     session: str | None = None
     grammar: Grammar | None = None
     top_logprobs: int | None = None
+    #: Whom the request counts for when the worker is shared out (an API key id, else the
+    #: client's address): see :mod:`gemma_worker.core.fairness`.
+    client: str = "anonymous"
 
 
 @dataclass(eq=False)

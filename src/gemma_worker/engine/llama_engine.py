@@ -23,12 +23,11 @@ from typing import TypeVar
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.events import FinishReason
+from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares
 from gemma_worker.core.pacing import PrefillPacer
 from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
 from gemma_worker.core.scheduling import (
-    AdmissionQueue,
     CachedPrefix,
-    QueueFullError,
     SlotPool,
     SlotView,
     StepEntry,
@@ -93,6 +92,8 @@ class EngineConfig:
     kernels: KernelChoices = field(default_factory=KernelChoices.deterministic)
     prefill_gap_factor: float = 2.0
     max_input_tokens: int | None = None
+    #: Most requests one client may have running or waiting (``None``: no cap of its own).
+    max_pending_per_client: int | None = None
     #: Where idle sessions' KV caches are saved when their slot is taken or the worker stops
     #: (``None`` or a zero budget: never).
     kv_dir: Path | None = None
@@ -112,6 +113,14 @@ class _Forget:
     """Inbox message: drop the KV cache kept for ``key``."""
 
     key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Evict:
+    """Inbox message: every place is taken and ``client`` holds the most: its newest waiting
+    request makes room for another client's."""
+
+    client: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +149,7 @@ class _Prepared:
         return self.prompt.text.encode("utf-8")
 
 
-_Message = Job | _Stop | _Wake | _Forget | _Ready
+_Message = Job | _Stop | _Wake | _Forget | _Ready | _Evict
 
 
 class LlamaEngine:
@@ -151,7 +160,7 @@ class LlamaEngine:
         self._state = EngineState.LOADING
         self._inbox: queue.SimpleQueue[_Message] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._pending = 0
+        self._shares = Shares(config.parallel + config.max_queue, config.max_pending_per_client)
         self._closed = False  # set by the engine thread before it drains the inbox for good
         self._pending_lock = threading.Lock()
         self._model: LlamaModel | None = None
@@ -160,8 +169,8 @@ class LlamaEngine:
         # Engine-thread state.
         # With a KV buffer per slot, busy slots are kept together (see SlotPool).
         self._slots = SlotPool(config.parallel, compact=not config.kernels.kv_unified)
-        self._waiting: AdmissionQueue[_Prepared] = AdmissionQueue(
-            config.max_queue + config.parallel
+        self._waiting: FairQueue[_Prepared] = FairQueue(
+            config.max_queue + config.parallel, client_of=lambda p: p.job.spec.client
         )
         self._seqs: dict[int, SequenceState] = {}
         self._kv_files: KVFiles | None = None
@@ -212,18 +221,17 @@ class LlamaEngine:
         await loaded
 
     def submit(self, spec: GenerationSpec) -> GenerationHandle:
-        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full."""
+        """Queue a generation; ``OVERLOADED`` at once when slots and queue are full and its
+        client holds the largest share of them (see :mod:`gemma_worker.core.fairness`)."""
         if self._state is not EngineState.READY:
             raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
         with self._pending_lock:
             if self._closed:
                 raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
-            if self._pending >= self.config.parallel + self.config.max_queue:
-                raise WorkerError(
-                    ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
-                )
-            self._pending += 1
+            evict = self._shares.take(spec.client)
         job = Job(spec, EventChannel(asyncio.get_running_loop(), self.config.stream_buffer))
+        if evict is not None:
+            self._inbox.put(_Evict(evict))
         self._inbox.put(job)
         return GenerationHandle(job, self._wake)
 
@@ -393,6 +401,8 @@ class LlamaEngine:
                 self._accept(msg)
             elif isinstance(msg, _Ready):
                 self._queue(msg)
+            elif isinstance(msg, _Evict):
+                self._evict(msg.client)
             elif isinstance(msg, _Forget):
                 self._forget(msg.key)
             try:
@@ -444,15 +454,35 @@ class LlamaEngine:
         if job.cancelled:
             self._final(job, _cancelled_before_start(job, len(prepared.tokens)))
             return
-        must_wait = self._slots.n_free <= len(self._waiting)
         try:
-            position = self._waiting.push(prepared)
+            self._waiting.push(prepared)
         except QueueFullError:
             self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the admission queue is full"))
             return
-        if must_wait:
+        order = self._waiting.ordered(self._running())
+        position = next(i for i, p in enumerate(order, start=1) if p is prepared)
+        if position > self._slots.n_free:
             # Requests ahead of this one that will take the free slots are not "in the queue".
             job.channel.put(Queued(position - self._slots.n_free))
+
+    def _running(self) -> dict[str, int]:
+        """How many requests each client has running now."""
+        counts: dict[str, int] = {}
+        for seq in self._seqs.values():
+            counts[seq.job.spec.client] = counts.get(seq.job.spec.client, 0) + 1
+        return counts
+
+    def _evict(self, client: str) -> None:
+        """``client``'s newest waiting request gives its place to another client's."""
+        victim = self._waiting.newest_of(client)
+        if victim is not None and self._waiting.remove(victim):
+            error = WorkerError(
+                ErrorCode.OVERLOADED,
+                "the worker is at capacity and this client holds the largest share of it; "
+                "retry later",
+                retry_after=1,
+            )
+            self._fail(victim.job, error)
 
     def _prepare(self, job: Job) -> _Prepared:
         """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
@@ -523,7 +553,8 @@ class LlamaEngine:
         assert self._model is not None
         admitted = False
         while len(self._waiting) > 0 and self._slots.n_free > 0:
-            prepared = self._waiting.peek()
+            prepared = self._waiting.peek(self._running())
+            assert prepared is not None
             spec = prepared.job.spec
             caches = dict(self._slots.cached(spec.scope, prepared.prompt.parse_special))
             matches = {slot: self._match(prepared, cache.tokens) for slot, cache in caches.items()}
@@ -534,7 +565,7 @@ class LlamaEngine:
                 scores = {}
             acquired = self._slots.acquire(scores)
             assert acquired is not None
-            self._waiting.pop()
+            self._waiting.remove(prepared)
             slot = acquired.slot
             tokens, n_cached = prepared.tokens, 0
             self._give_up(slot, acquired.cache, spec.session)
@@ -552,7 +583,7 @@ class LlamaEngine:
             self._start(prepared, slot, tokens, n_cached)
             admitted = True
         if admitted:  # everyone still waiting moved up
-            for position, waiting in enumerate(self._waiting, start=1):
+            for position, waiting in enumerate(self._waiting.ordered(self._running()), 1):
                 waiting.job.channel.put(Queued(position))
 
     def _give_up(self, slot: int, old: CachedPrefix | None, session: str | None) -> None:
@@ -844,7 +875,7 @@ class LlamaEngine:
     def _final(self, job: Job, event: EngineEvent) -> None:
         job.channel.put(event)
         with self._pending_lock:
-            self._pending -= 1
+            self._shares.give_back(job.spec.client)
         if isinstance(event, Finished):
             ttft = event.timings.ttft_ms
             log.info(

@@ -9,6 +9,7 @@ encodes these events; none re-parses another's output.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -153,7 +154,8 @@ async def start_generation(
     tools: bool = False,
     cleanups: Iterable[Callable[[], object]] = (),
 ) -> Generation:
-    """Admit and submit ``spec``; ``identity`` is who it counts against for rate limits.
+    """Admit and submit ``spec``; ``identity`` is who it counts against for rate limits and
+    for the worker's fair share between clients.
 
     Raises :class:`~gemma_worker.core.errors.WorkerError` (``OVERLOADED``, ``RATE_LIMITED``)
     before anything is queued; ``cleanups`` then run at once. The caller must
@@ -164,7 +166,7 @@ async def start_generation(
         state.admit()
         lease = await state.limiter.admit(identity)
         try:
-            handle = state.engine.submit(spec)
+            handle = state.engine.submit(dataclasses.replace(spec, client=identity))
         except BaseException:
             lease.release()
             raise

@@ -64,7 +64,8 @@ def test_never_cuts_a_token_of_the_prompt_in_two() -> None:
     text = b"Hi<end>"
     prompt_tokens = [3, 2]
     bounds = token_boundaries(prompt_tokens, 0, vocab.__getitem__)
-    assert bounds == {0, 2, 7}
+    assert bounds == {0: 0, 2: 1, 7: 2}  # offset -> tokens before it
+    assert token_boundaries([1, 3, 2], 1, vocab.__getitem__) == {0: 1, 2: 2, 7: 3}
     m = match_prefix([3, 1], [], text, vocab.__getitem__, any_token, boundaries=bounds)
     assert m == PrefixMatch(1, 2)  # stops before "<", so "<end>" is tokenised whole
     # without the prompt's boundaries the match would have taken the "<"

@@ -69,11 +69,14 @@ def _can_end(offset: int, text: bytes, boundaries: Collection[int] | None) -> bo
     return boundaries is None or offset in boundaries or offset == len(text)
 
 
-def token_boundaries(tokens: Sequence[int], n_head: int, piece: Callable[[int], bytes]) -> set[int]:
-    """Byte offsets (in the text after the ``n_head`` head tokens) where ``tokens`` break."""
-    offsets = {0}
+def token_boundaries(
+    tokens: Sequence[int], n_head: int, piece: Callable[[int], bytes]
+) -> dict[int, int]:
+    """Byte offsets (in the text after the ``n_head`` head tokens) where ``tokens`` break, each
+    with how many of ``tokens`` (the head included) come before it."""
+    offsets = {0: n_head}
     offset = 0
-    for token in tokens[n_head:]:
+    for i, token in enumerate(tokens[n_head:], start=n_head + 1):
         offset += len(piece(token))
-        offsets.add(offset)
+        offsets[offset] = i
     return offsets

@@ -271,13 +271,20 @@ class LlamaModel:
         Safe beside decoding on another thread: it reads the vocabulary only (llama-server
         tokenizes on its HTTP threads the same way)."""
         if not self._piecewise or len(text) <= 2 * PIECE_CHARS:
-            return self._tokenize_whole(text, add_special, parse_special)
+            return self.tokenize_whole(text, add_special, parse_special)
         tokens: list[int] = []
         for i, piece in enumerate(pieces(text)):
-            tokens += self._tokenize_whole(piece, add_special and i == 0, parse_special)
+            tokens += self.tokenize_whole(piece, add_special and i == 0, parse_special)
         return tokens
 
-    def _tokenize_whole(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    @property
+    def piecewise(self) -> bool:
+        """Whether this vocabulary may be tokenized in pieces (see :meth:`tokenize`)."""
+        return self._piecewise
+
+    def tokenize_whole(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        """``text`` to token ids in one llama.cpp call (quadratic in its newline and tab runs:
+        for pieces, see :meth:`tokenize`)."""
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
@@ -293,10 +300,10 @@ class LlamaModel:
         whole (then long texts are tokenized in pieces)."""
         for text in probe_texts():
             for parse_special in (False, True):
-                whole = self._tokenize_whole(text, True, parse_special)
+                whole = self.tokenize_whole(text, True, parse_special)
                 cut: list[int] = []
                 for i, piece in enumerate(pieces(text, target=1)):
-                    cut += self._tokenize_whole(piece, i == 0, parse_special)
+                    cut += self.tokenize_whole(piece, i == 0, parse_special)
                 if cut != whole:
                     return False
         return True

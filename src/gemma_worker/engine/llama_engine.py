@@ -50,6 +50,7 @@ from gemma_worker.engine.messages import (
 )
 from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.prompt import Prompt, PromptRenderer
+from gemma_worker.engine.prompt_tokens import SessionTokens, Tokenized
 from gemma_worker.engine.protocol import EngineState, EngineStats
 from gemma_worker.engine.sampler import (
     Grammar,
@@ -140,8 +141,9 @@ class _Prepared:
     job: Job
     prompt: Prompt
     tokens: list[int]
-    #: Byte offsets of the prompt text where its tokens break (worked out when first needed).
-    boundaries: set[int] | None = None
+    #: Byte offsets of the prompt text where its tokens break, each with the number of tokens
+    #: before it (worked out when first needed).
+    boundaries: dict[int, int] | None = None
 
     @functools.cached_property
     def text(self) -> bytes:
@@ -174,6 +176,8 @@ class LlamaEngine:
         )
         self._seqs: dict[int, SequenceState] = {}
         self._kv_files: KVFiles | None = None
+        #: Sessions' latest prompts, tokenized (used on the vocabulary threads).
+        self._prompt_tokens: SessionTokens | None = None
         self._samplers: dict[int, Sampler] = {}
         self._pacer = PrefillPacer(
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
@@ -334,6 +338,7 @@ class LlamaEngine:
                 prefer_chat=model.info.instruction_tuned,
             )
             self._model = model
+            self._prompt_tokens = SessionTokens(model)
             self._batch = Batch(max(self.config.n_batch, self.config.parallel))
             if self.config.kv_dir is not None and self.config.kv_disk_bytes > 0:
                 self._kv_files = KVFiles(
@@ -507,19 +512,25 @@ class LlamaEngine:
         params = job.params
         # A request that fits its answer to the context needs room for one token at least.
         budget = n_ctx - (1 if params.fit_context else params.max_tokens)
-        built: dict[int, tuple[Prompt, list[int]]] = {}
+        built: dict[int, tuple[Prompt, list[int], Tokenized]] = {}
+        session = job.spec.session
+        prompt_tokens = self._prompt_tokens
+        assert prompt_tokens is not None
 
-        def build(drop: int) -> tuple[Prompt, list[int]]:
+        def build(drop: int) -> tuple[Prompt, list[int], Tokenized]:
             if drop not in built:
                 prompt = (
                     renderer.render(source.without_oldest(drop))
                     if isinstance(source, Conversation)
                     else source
                 )
-                tokens = model.tokenize(
-                    prompt.text, add_special=prompt.add_special, parse_special=prompt.parse_special
+                tokenized = prompt_tokens.tokenize(  # a session's turn: its new text only
+                    session,
+                    prompt.text,
+                    add_special=prompt.add_special,
+                    parse_special=prompt.parse_special,
                 )
-                built[drop] = (prompt, tokens)
+                built[drop] = (prompt, tokenized.tokens.tolist(), tokenized)
             return built[drop]
 
         n_history = len(source.history) if isinstance(source, Conversation) else 0
@@ -537,7 +548,8 @@ class LlamaEngine:
             )
         if drop:
             job.channel.put(Trimmed(dropped_turns=drop, kept_turns=n_history - drop))
-        prompt, tokens = build(drop)
+        prompt, tokens, tokenized = build(drop)
+        prompt_tokens.remember(session, tokenized)
         job.parse_special = prompt.parse_special
         if params.fit_context:
             job.params = dataclasses.replace(
@@ -695,11 +707,15 @@ class LlamaEngine:
         assert model is not None
         prompt = prepared.prompt
         if match.n_tokens > 0:
-            rest = model.tokenize(
-                prepared.text[match.n_bytes :].decode("utf-8"),
-                add_special=False,
-                parse_special=prompt.parse_special,
-            )
+            split = (prepared.boundaries or {}).get(match.n_bytes)
+            if split is not None:  # the prompt's own tokens after the match: no tokenizing here
+                rest = prepared.tokens[split:]
+            else:
+                rest = model.tokenize(
+                    prepared.text[match.n_bytes :].decode("utf-8"),
+                    add_special=False,
+                    parse_special=prompt.parse_special,
+                )
             tokens = list(cached[: match.n_tokens]) + rest
             # At least one prompt token must be decoded to get the logits of the next one.
             n_cached = min(match.n_tokens, len(tokens) - 1)
@@ -769,6 +785,8 @@ class LlamaEngine:
                 seq.keep_cache = False
         if self._kv_files is not None:
             self._kv_files.forget(key)
+        if self._prompt_tokens is not None:
+            self._prompt_tokens.forget(key)
         for slot in self._slots.forget(key):
             self._model.clear_sequence(slot)
 

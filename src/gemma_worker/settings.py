@@ -26,7 +26,7 @@ from pydantic_settings import (
 )
 
 from gemma_worker.core.hosts import parse_pattern
-from gemma_worker.core.request import RequestLimits
+from gemma_worker.core.request import MAX_MESSAGES, RequestLimits
 from gemma_worker.engine.kernels import KernelChoices
 
 
@@ -152,6 +152,7 @@ class Settings(BaseSettings):
     max_messages: int = Field(
         default=2048,
         ge=1,
+        le=MAX_MESSAGES,
         description="Most messages in one chat request; more is refused before the costly "
         "rendering and tokenizing.",
     )

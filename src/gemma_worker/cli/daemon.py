@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from types import FrameType
 
@@ -22,6 +23,9 @@ from gemma_worker.core.hosts import is_loopback
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The kernel send buffer of every connection (see :func:`run_daemon`).
+SEND_BUFFER_BYTES = 256 * 1024
 
 
 class DrainingServer(uvicorn.Server):
@@ -117,6 +121,12 @@ def run_daemon(settings: Settings) -> int:
     check_tls(settings)
     app = create_app(settings)
     state: WorkerState = app.state.worker
-    server = DrainingServer(server_config(app, settings), state, settings.drain_grace_seconds)
-    server.run()
+    config = server_config(app, settings)
+    server = DrainingServer(config, state, settings.drain_grace_seconds)
+    listener = config.bind_socket()
+    # Accepted connections inherit it. A fixed send buffer instead of the kernel's autotuned
+    # one (up to 4 MiB): a client that stops reading is noticed (GEMMA_STREAM_STALL_TIMEOUT)
+    # once a quarter MiB waits for it, not megabytes later; ample for token streams.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    server.run(sockets=[listener])
     return 0

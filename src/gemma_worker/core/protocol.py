@@ -92,7 +92,7 @@ def parse_auth_message(raw: str | None) -> str | None:
         return None
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(message, dict) or message.get("type") != "auth":
         return None

@@ -221,6 +221,11 @@ class SamplingParams:
     fit_context: bool = False
 
 
+#: The most messages any chat request may carry, whatever the settings: the request types
+#: declare it, so validation stops at once past it (not after 65,000 messages, on the event
+#: loop). ``max_messages`` (a setting, at most this) is the limit in force.
+MAX_MESSAGES = 16_384
+
 #: The largest top-k sampled from: the candidates beyond the best thousand carry no mass
 #: that top-p or temperature would leave them, and each one kept costs sampling time.
 MAX_TOP_K = 1000

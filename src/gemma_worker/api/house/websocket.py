@@ -205,6 +205,15 @@ class Connection:
                 raise ClientGoneError from exc
 
     async def _on_message(self, raw: str | bytes) -> None:
+        try:
+            await self._handle(raw)
+        except ClientGoneError:
+            raise
+        except Exception:  # whatever a message makes go wrong, the client hears of it
+            error = internal_error("unexpected error handling a message")
+            await self.send(ev.error_event(error, None))
+
+    async def _handle(self, raw: str | bytes) -> None:
         keyless = not self.state.keys.enabled
         if keyless and isinstance(raw, str) and parse_auth_message(raw) is not None:
             return  # a key sent to a worker without keys: nothing to check, nothing to answer
@@ -212,10 +221,6 @@ class Connection:
             message = parse_client_message(raw)
         except ProtocolError as exc:
             await self.send(ev.error_event(exc, exc.request_id))
-            return
-        except Exception:  # whatever else parsing raises, the client hears of it
-            error = internal_error("unexpected error parsing a message")
-            await self.send(ev.error_event(error, None))
             return
         try:
             if isinstance(message, CancelMessage):

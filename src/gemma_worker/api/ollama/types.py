@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gemma_worker.api.openai.types import Tool
-from gemma_worker.core.request import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from gemma_worker.core.request import MAX_MESSAGES, MAX_STOP_LENGTH, MAX_STOP_STRINGS
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 
@@ -135,7 +135,7 @@ class Message(BaseModel):
 class ChatRequest(_Generating):
     """``POST /api/chat``."""
 
-    messages: list[Message] = Field(default_factory=list)
+    messages: list[Message] = Field(default_factory=list, max_length=MAX_MESSAGES)
     tools: list[Tool] | None = None
 
 

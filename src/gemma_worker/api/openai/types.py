@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gemma_worker.core.request import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from gemma_worker.core.request import MAX_MESSAGES, MAX_STOP_LENGTH, MAX_STOP_STRINGS
 from gemma_worker.core.response_format import ResponseFormat
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
@@ -166,7 +166,7 @@ class SamplingFields(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_completion_tokens: Annotated[int | None, Field(ge=1)] = None
     logprobs: bool = False
     top_logprobs: Annotated[int | None, Field(ge=0, le=20)] = None

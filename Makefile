@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/compare_llama_server.py
 	$(PY) bench/mixed_traffic.py
 	$(PY) bench/sampling.py
+	$(PY) bench/abuse.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

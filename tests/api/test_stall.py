@@ -63,23 +63,29 @@ def wait_running(worker: RunningWorker) -> None:
         time.sleep(0.05)
 
 
-def test_an_http_stream_nobody_reads_is_cancelled(stalling: RunningWorker) -> None:
+COUNT = "Count from 1 to 1000: 1, 2, 3,"
+STREAMS = {
+    "/v1/completions": {
+        "model": "gemma",
+        "prompt": COUNT,
+        "max_tokens": 2000,
+        "stream": True,
+        "logprobs": 5,
+        "temperature": 0,
+    },
+    "/v1/execute": {"input": COUNT, "max_tokens": 2000, "stream": True, "stateless": True},
+}
+
+
+@pytest.mark.parametrize("path", list(STREAMS))
+def test_an_http_stream_nobody_reads_is_cancelled(stalling: RunningWorker, path: str) -> None:
     before = stalled(stalling, "http")
-    body = json.dumps(
-        {
-            "model": "gemma",
-            "prompt": "Count from 1 to 1000: 1, 2, 3,",
-            "max_tokens": 2000,
-            "stream": True,
-            "logprobs": 5,
-            "temperature": 0,
-        }
-    ).encode()
+    body = json.dumps(STREAMS[path]).encode()
     s = reader_that_never_reads(stalling.settings.port)
     try:
         s.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+            + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

@@ -11,12 +11,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
 
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
 log = logging.getLogger(__name__)
+
+
+class _Metrics(Protocol):
+    stalled_streams: Any
+
+
+def guarded_stream(
+    body: AsyncIterator[str],
+    *,
+    media_type: str,
+    stall_timeout: float,
+    metrics: _Metrics,
+    headers: Mapping[str, str] | None = None,
+) -> StallGuardedStream:
+    """A streamed REST answer of ``body``, cancelled if its client stalls (counted)."""
+    return StallGuardedStream(
+        body,
+        media_type=media_type,
+        headers=headers,
+        stall_timeout=stall_timeout,
+        on_stall=metrics.stalled_streams.labels(transport="http").inc,
+    )
 
 
 class StallGuardedStream(StreamingResponse):

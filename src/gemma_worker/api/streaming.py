@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.disconnect import first_decisive, replay, unless_disconnected
 from gemma_worker.api.errors import error_response, internal_error
-from gemma_worker.api.stall import StallGuardedStream
+from gemma_worker.api.stall import guarded_stream
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import SamplingParams, new_id
@@ -164,10 +164,10 @@ async def stream(
         finally:
             gen.close()
 
-    return StallGuardedStream(
+    return guarded_stream(
         body(),
         media_type=fmt.media_type,
         headers=_HEADERS,
         stall_timeout=state.settings.stream_stall_timeout_seconds,
-        on_stall=state.metrics.stalled_streams.labels(transport="http").inc,
+        metrics=state.metrics,
     )

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.deps import State
@@ -22,6 +22,7 @@ from gemma_worker.api.house.generation import (
     turn_events,
 )
 from gemma_worker.api.schemas import ERROR_RESPONSES, ExecuteResponse, TimingsBody, UsageBody
+from gemma_worker.api.stall import guarded_stream
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
@@ -102,7 +103,12 @@ async def _stream(hg: HouseGeneration, state: WorkerState, request: Request) -> 
             state.metrics.error(error.code)
             yield ev.frame(ev.error_event(error, hg.request_id))
 
-    return StreamingResponse(lines(), media_type=NDJSON)
+    return guarded_stream(
+        lines(),
+        media_type=NDJSON,
+        stall_timeout=state.settings.stream_stall_timeout_seconds,
+        metrics=state.metrics,
+    )
 
 
 async def _collect(hg: HouseGeneration, state: WorkerState, request: Request) -> Any:

@@ -18,7 +18,8 @@ from gemma_worker.engine.prompt_tokens import SessionTokens
 
 UNITS = [
     *"ab ", "\n", "\n\n", "\t", "  ", "\r\n", "é", "日本", "1.", " The", "<start_of_turn>",
-    "<end_of_turn>", "user\n", "\u00a0", "\n\t", " \n",
+    "<end_of_turn>", "user\n", "\u00a0", "\n\t", " \n", "   ", "<b>", "</td>", "<td>", "x<",
+    "[multimodal]", "<start_of_image>", " <i>",
 ]  # fmt: skip
 
 
@@ -55,14 +56,15 @@ def test_pieces_give_the_tokens_of_the_whole(model: LlamaModel, parse_special: b
 
 
 def test_tokenizing_is_linear_in_newline_runs(model: LlamaModel) -> None:
-    def seconds(n: int) -> float:
+    def seconds(unit: str, n: int) -> float:
         started = time.perf_counter()
-        model.tokenize("a\n\n" * n, add_special=True, parse_special=False)
+        model.tokenize(unit * n, add_special=True, parse_special=False)
         return time.perf_counter() - started
 
-    small, large = seconds(4000), seconds(32000)  # the case: 3.5 s for 32,000
-    assert large < 1.0
-    assert large < 20 * max(small, 1e-3)  # 8x the text: far from 64x
+    for unit in ("a\n\n", "a  ", "<b>", "a<td>", "\n\t"):
+        small, large = seconds(unit, 4000), seconds(unit, 32000)  # "a\n\n" took 3.5 s
+        assert large < 1.0, unit
+        assert large < 20 * max(small, 1e-3), unit  # 8x the text: far from 64x
 
 
 class CountingModel:
@@ -72,6 +74,9 @@ class CountingModel:
         self.model = model
         self.chars = 0
         self.piecewise = model.piecewise
+
+    def pieces(self, text: str) -> Iterator[str]:
+        return self.model.pieces(text)
 
     def tokenize_whole(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
         self.chars += len(text)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
 
-from gemma_worker.core.text_chunks import PIECE_CHARS, pieces, probe_texts
+from gemma_worker.core.text_chunks import PIECE_CHARS, anchor_pattern, pieces, probe_texts
 from gemma_worker.engine.kernels import KernelChoices, KernelConflictError
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class LlamaModel:
         self._special_pieces: dict[int, bytes] = {}
         self.info = self._read_info()
         self._piecewise = False
+        self._anchors = anchor_pattern(self._user_defined_texts())
         self._piecewise = self._cuts_keep_tokens()
         if not self._piecewise:
             log.info("this vocabulary is tokenized whole (its tokens span the usual cut points)")
@@ -273,9 +275,14 @@ class LlamaModel:
         if not self._piecewise or len(text) <= 2 * PIECE_CHARS:
             return self.tokenize_whole(text, add_special, parse_special)
         tokens: list[int] = []
-        for i, piece in enumerate(pieces(text)):
+        for i, piece in enumerate(self.pieces(text)):
             tokens += self.tokenize_whole(piece, add_special and i == 0, parse_special)
         return tokens
+
+    def pieces(self, text: str, target: int = PIECE_CHARS) -> Iterator[str]:
+        """``text`` cut where this vocabulary's tokens never span
+        (:func:`gemma_worker.core.text_chunks.pieces`)."""
+        return pieces(text, target, self._anchors)
 
     @property
     def piecewise(self) -> bool:
@@ -295,6 +302,17 @@ class LlamaModel:
             n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
+    def _user_defined_texts(self) -> list[str]:
+        """The texts llama.cpp's partition always splits out (user-defined tokens without
+        whitespace stripping, whose cuts would move the whitespace)."""
+        strip = lc.LLAMA_TOKEN_ATTR_LSTRIP | lc.LLAMA_TOKEN_ATTR_RSTRIP
+        texts = []
+        for token in range(lc.llama_vocab_n_tokens(self.vocab)):
+            attr = lc.llama_vocab_get_attr(self.vocab, token)
+            if attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED and not attr & strip:
+                texts.append(self.token_text(token))
+        return texts
+
     def _cuts_keep_tokens(self) -> bool:
         """Whether this vocabulary tokenizes the probe texts cut at every cut point exactly as
         whole (then long texts are tokenized in pieces)."""
@@ -302,7 +320,7 @@ class LlamaModel:
             for parse_special in (False, True):
                 whole = self.tokenize_whole(text, True, parse_special)
                 cut: list[int] = []
-                for i, piece in enumerate(pieces(text, target=1)):
+                for i, piece in enumerate(self.pieces(text, target=1)):
                     cut += self.tokenize_whole(piece, i == 0, parse_special)
                 if cut != whole:
                     return False

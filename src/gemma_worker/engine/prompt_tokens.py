@@ -15,7 +15,6 @@ from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from gemma_worker.core.text_chunks import pieces
 from gemma_worker.engine.llama import LlamaModel
 
 
@@ -69,7 +68,7 @@ class SessionTokens:
                 cuts = list(known.cuts[: at + 1])
         tokens = array("i", head)
         rest = text[start:]
-        parts = pieces(rest) if self._model.piecewise else iter([rest])
+        parts = self._model.pieces(rest) if self._model.piecewise else iter([rest])
         offset = start
         for i, part in enumerate(parts):
             if i and offset > cuts[-1][0]:

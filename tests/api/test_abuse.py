@@ -55,7 +55,9 @@ async def beside(
 
 
 def assert_unharmed(normal: float, during: float) -> None:
-    assert during <= 2 * normal + 0.05, f"probe {during:.3f} s beside it, {normal:.3f} s alone"
+    """Within twice its normal time, plus 0.3 s for the noise of a shared 2-core machine (one
+    sample; the stalls this guards against were seconds: 5.4 s, 24.5 s, 61 s, 130 s)."""
+    assert during <= 2 * normal + 0.3, f"probe {during:.3f} s beside it, {normal:.3f} s alone"
 
 
 async def test_tokenizing_newline_runs(client: httpx.AsyncClient) -> None:
@@ -158,4 +160,15 @@ async def test_the_message_limit_is_a_setting(client: httpx.AsyncClient) -> None
 
 async def test_top_k_is_bounded(busy: RunningWorker) -> None:
     assert busy.settings.request_limits().cap_top_k(1_000_000) == 1000
-    assert busy.settings.request_limits().cap_top_k(0) == 0
+    assert busy.settings.request_limits().cap_top_k(0) == 1000  # "off" is bounded too
+    assert busy.settings.request_limits().cap_top_k(40) == 40
+
+
+async def test_the_character_limit_counts_tool_definitions(client: httpx.AsyncClient) -> None:
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "description": "x" * 300_000, "parameters": {"type": "object"}},
+    }
+    body = {"model": "g", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and "characters" in r.json()["error"]["message"]

@@ -79,3 +79,30 @@ async def test_the_503_goes_to_the_client_over_its_share(shared: RunningWorker) 
     assert statuses.count(200) == capacity - 1
     refused = next(r for r in results if r.status_code == 503)
     assert refused.json()["code"] == "OVERLOADED" and "largest share" in refused.json()["error"]
+
+
+async def test_a_newcomer_is_refused_when_the_largest_holder_has_nothing_waiting() -> None:
+    """Every place is a running request of one client: nothing can make room, so the places
+    stay bounded and the newcomer gets the 503."""
+    w = start_worker(make_settings(parallel=1, max_queue=0, api_keys=[GREEDY, POLITE]))
+    try:
+        async with httpx.AsyncClient(base_url=w.http) as c:
+            long = {**ASK, "max_tokens": 200}
+            running = asyncio.ensure_future(
+                c.post(
+                    "/v1/execute",
+                    json=long,
+                    headers={"Authorization": f"Bearer {GREEDY}"},
+                    timeout=300,
+                )
+            )
+            deadline = time.monotonic() + 30
+            while w.ready_body()["active"] == 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            refused = await execute(c, POLITE)
+            assert refused.status_code == 503 and refused.json()["code"] == "OVERLOADED"
+            assert (await running).status_code == 200
+            assert (await execute(c, POLITE)).status_code == 200  # its place came back
+    finally:
+        w.stop()

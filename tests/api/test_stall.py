@@ -92,6 +92,14 @@ def test_an_http_stream_nobody_reads_is_cancelled(stalling: RunningWorker, path:
         wait_running(stalling)
         wait_freed(stalling, within_s=60)
         assert stalled(stalling, "http") == before + 1
+        # reading again, the client sees the stream was cut: its last record says so
+        s.settimeout(10)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = s.recv(1 << 16)
+            assert chunk, "the connection closed before the end of the body"
+            data += chunk
+        assert b"stream_stalled" in data[-2000:].lower()
         # another client is served as usual
         r = httpx.post(
             f"{stalling.http}/v1/execute", json={"input": PARIS_PROMPT, "max_tokens": 3}, timeout=60

@@ -17,11 +17,21 @@ from typing import Any, Protocol
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from gemma_worker.core.errors import ErrorCode, WorkerError
+
 log = logging.getLogger(__name__)
 
 
 class _Metrics(Protocol):
     stalled_streams: Any
+
+
+def stalled_error(stall_timeout: float) -> WorkerError:
+    """What a stream cut for a stalled client ends with."""
+    return WorkerError(
+        ErrorCode.STREAM_STALLED,
+        f"the stream was cancelled: the client took no data for {stall_timeout:g} s",
+    )
 
 
 def guarded_stream(
@@ -30,15 +40,19 @@ def guarded_stream(
     media_type: str,
     stall_timeout: float,
     metrics: _Metrics,
+    stall_record: Callable[[WorkerError], str],
     headers: Mapping[str, str] | None = None,
 ) -> StallGuardedStream:
-    """A streamed REST answer of ``body``, cancelled if its client stalls (counted)."""
+    """A streamed REST answer of ``body``, cancelled if its client stalls (counted); a cut
+    stream ends with ``stall_record(error)`` (the dialect's error record), so a client that
+    reads again sees it was cut."""
     return StallGuardedStream(
         body,
         media_type=media_type,
         headers=headers,
         stall_timeout=stall_timeout,
         on_stall=metrics.stalled_streams.labels(transport="http").inc,
+        stall_record=stall_record(stalled_error(stall_timeout)),
     )
 
 
@@ -47,17 +61,24 @@ class StallGuardedStream(StreamingResponse):
     generation), once one write has waited ``stall_timeout`` seconds for the client."""
 
     def __init__(
-        self, *args: object, stall_timeout: float, on_stall: Callable[[], object], **kw: object
+        self,
+        *args: object,
+        stall_timeout: float,
+        on_stall: Callable[[], object],
+        stall_record: str = "",
+        **kw: object,
     ) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self.stall_timeout = stall_timeout
         self.on_stall = on_stall
+        self.stall_record = stall_record.encode()
 
     async def stream_response(self, send: Send) -> None:
         """Send the head and every chunk, each write within the stall timeout."""
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        stalled = False
         async with contextlib.aclosing(self.body_iterator) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 data = (
@@ -69,6 +90,11 @@ class StallGuardedStream(StreamingResponse):
                 except TimeoutError:
                     log.info("stream stalled: the client stopped reading; cancelled")
                     self.on_stall()
+                    stalled = True
                     break  # leaving the block closes the iterator: the generation ends
-        # The end of the body: it goes out when the client reads again, or never.
+        # What is left goes out when the client reads again, or never (the connection then
+        # closes when the client goes; the slot is already free).
+        if stalled and self.stall_record:
+            record = self.stall_record
+            await send({"type": "http.response.body", "body": record, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -170,4 +170,5 @@ async def stream(
         headers=_HEADERS,
         stall_timeout=state.settings.stream_stall_timeout_seconds,
         metrics=state.metrics,
+        stall_record=fmt.error,
     )

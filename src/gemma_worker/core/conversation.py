@@ -34,6 +34,12 @@ class Conversation:
     history: tuple[Turn, ...] = ()
     system: str | None = None
 
+    @property
+    def n_chars(self) -> int:
+        """Characters of all its text: input, history and system (what the limits count)."""
+        history = sum(len(t.user) + len(t.assistant) for t in self.history)
+        return len(self.input) + history + len(self.system or "")
+
     def without_oldest(self, n: int) -> Conversation:
         """The same conversation with its ``n`` oldest turns left out (the system prompt stays)."""
         return Conversation(self.input, self.format, self.history[n:], self.system)

@@ -13,6 +13,7 @@ sending everything from 127.0.0.1). When several want the worker at once:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -68,17 +69,17 @@ class FairQueue(Generic[T]):
 
     def ordered(self, running: Mapping[str, int]) -> list[T]:
         """Every waiting item in the order they would start if nothing else changed (for
-        queue positions)."""
-        counts = Counter(running)
-        heads = {c: 0 for c in self._by_client}
+        queue positions): O(n log clients)."""
+        lists = {c: list(q) for c, q in self._by_client.items()}
+        heap = [(running.get(c, 0), entries[0][0], c, 0) for c, entries in lists.items()]
+        heapq.heapify(heap)
         out: list[T] = []
-        while heads:
-            client = min(heads, key=lambda c: (counts[c], self._by_client[c][heads[c]][0]))
-            out.append(self._by_client[client][heads[client]][1])
-            counts[client] += 1
-            heads[client] += 1
-            if heads[client] == len(self._by_client[client]):
-                del heads[client]
+        while heap:
+            count, _, client, i = heapq.heappop(heap)
+            entries = lists[client]
+            out.append(entries[i][1])
+            if i + 1 < len(entries):
+                heapq.heappush(heap, (count + 1, entries[i + 1][0], client, i + 1))
         return out
 
     def remove(self, item: T) -> bool:

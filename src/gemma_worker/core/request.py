@@ -56,7 +56,8 @@ class GenerationRequest(BaseModel):
             default=None,
             ge=0,
             le=1_000_000,
-            description="0 = disabled; above 1000, 1000 (the worker's bound).",
+            description="0 = no top-k of the client's own; 0 or above 1000: 1000 (the "
+            "worker's bound).",
         ),
     ] = None
     stop: Annotated[
@@ -260,9 +261,9 @@ class RequestLimits:
             )
 
     def cap_top_k(self, top_k: int) -> int:
-        """``top_k`` within the worker's bound (0, off, stays off): a larger one costs sampling
-        time on every step and changes nothing a client could notice."""
-        return min(top_k, self.max_top_k)
+        """``top_k`` within the worker's bound; 0 ("off") is the bound too: sampling from the
+        whole 262k vocabulary costs every step and changes nothing a client could notice."""
+        return self.max_top_k if top_k <= 0 else min(top_k, self.max_top_k)
 
     def resolve(self, req: GenerationRequest) -> SamplingParams:
         """Apply defaults and check limits; raise ``INVALID_REQUEST`` when a limit is exceeded."""

@@ -65,6 +65,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+#: Vocabulary threads, and so preparations at once (the rest wait, fairly ordered).
+_PREP_THREADS = 2
+
 #: How long the engine waits before re-checking sequences paused for a slow client.
 _PAUSE_POLL_S = 0.005
 
@@ -119,9 +122,10 @@ class _Forget:
 @dataclass(frozen=True, slots=True)
 class _Evict:
     """Inbox message: every place is taken and ``client`` holds the most: its newest waiting
-    request makes room for another client's."""
+    request makes room for ``newcomer`` (which is refused if ``client`` has none waiting)."""
 
     client: str
+    newcomer: Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +191,17 @@ class LlamaEngine:
         # beside the engine thread, so decoding never waits for it; it never touches the
         # context (llama.cpp's tokenizer only reads the vocabulary). Two threads: one long
         # preparation does not hold up another request's.
-        self._vocab_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gemma-vocab")
-        #: Jobs being prepared on the vocabulary threads (engine-thread state).
+        self._vocab_thread = ThreadPoolExecutor(
+            max_workers=_PREP_THREADS, thread_name_prefix="gemma-vocab"
+        )
+        #: Jobs waiting to be prepared, fairly ordered, and those being prepared on the
+        #: vocabulary threads (at most ``_PREP_THREADS``: /tokenize and grammars get a turn);
+        #: newcomers refused because no request of the largest holder could make room.
+        self._to_prepare: FairQueue[Job] = FairQueue(
+            2 * (config.parallel + config.max_queue) + 2, client_of=lambda j: j.spec.client
+        )
         self._preparing: set[Job] = set()
+        self._refused: set[Job] = set()
 
     # --- Engine protocol (event loop side) --------------------------------------------------
     @property
@@ -229,14 +241,14 @@ class LlamaEngine:
         client holds the largest share of them (see :mod:`gemma_worker.core.fairness`)."""
         if self._state is not EngineState.READY:
             raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
-        with self._pending_lock:
+        job = Job(spec, EventChannel(asyncio.get_running_loop(), self.config.stream_buffer))
+        with self._pending_lock:  # held while queueing: the shutdown's drain cannot miss it
             if self._closed:
                 raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready")
             evict = self._shares.take(spec.client)
-        job = Job(spec, EventChannel(asyncio.get_running_loop(), self.config.stream_buffer))
-        if evict is not None:
-            self._inbox.put(_Evict(evict))
-        self._inbox.put(job)
+            if evict is not None:
+                self._inbox.put(_Evict(evict, job))
+            self._inbox.put(job)
         return GenerationHandle(job, self._wake)
 
     async def _on_vocab_thread(self, fn: Callable[[LlamaModel], T]) -> T:
@@ -287,7 +299,7 @@ class LlamaEngine:
         """Current load (a racy snapshot, fine for reporting)."""
         return EngineStats(
             active=len(self._seqs),
-            queued=len(self._waiting) + len(self._preparing),
+            queued=len(self._waiting) + len(self._preparing) + len(self._to_prepare),
             slots=self.config.parallel,
             max_queue=self.config.max_queue,
         )
@@ -407,7 +419,7 @@ class LlamaEngine:
             elif isinstance(msg, _Ready):
                 self._queue(msg)
             elif isinstance(msg, _Evict):
-                self._evict(msg.client)
+                self._evict(msg.client, msg.newcomer)
             elif isinstance(msg, _Forget):
                 self._forget(msg.key)
             try:
@@ -417,24 +429,53 @@ class LlamaEngine:
         return False
 
     def _accept(self, job: Job) -> None:
-        """Hand ``job`` to the vocabulary threads for its preparation (rendering, tokenizing:
+        """Queue ``job`` for its preparation on the vocabulary threads (rendering, tokenizing:
         costs that grow with the prompt, which the decode loop must never wait for)."""
+        if job in self._refused:
+            self._refused.discard(job)
+            error = WorkerError(
+                ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
+            )
+            self._fail(job, error)
+            return
         if job.cancelled:
             self._final(job, _cancelled_before_start(job, 0))
             return
-        self._preparing.add(job)
         try:
-            self._vocab_thread.submit(self._prepare_off_loop, job)
-        except RuntimeError:  # shut down: the engine is stopping
-            self._preparing.discard(job)
-            self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the model is not ready"))
+            self._to_prepare.push(job)
+        except QueueFullError:
+            self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the worker is at capacity"))
+            return
+        self._dispatch_preparations()
+
+    def _dispatch_preparations(self) -> None:
+        """Start preparations while a vocabulary thread is free: the next is the oldest job of
+        the client with the fewest being prepared (one client's flood of long prompts does
+        not hold up another's)."""
+        while len(self._preparing) < _PREP_THREADS and len(self._to_prepare) > 0:
+            counts: dict[str, int] = {}
+            for busy in self._preparing:
+                counts[busy.spec.client] = counts.get(busy.spec.client, 0) + 1
+            job = self._to_prepare.peek(counts)
+            assert job is not None
+            self._to_prepare.remove(job)
+            if job.cancelled:
+                self._final(job, _cancelled_before_start(job, 0))
+                continue
+            self._preparing.add(job)
+            try:
+                self._vocab_thread.submit(self._prepare_off_loop, job)
+            except RuntimeError:  # shut down: the engine is stopping
+                self._preparing.discard(job)
+                self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the model is not ready"))
 
     def _prepare_off_loop(self, job: Job) -> None:
         """On a vocabulary thread: prepare ``job`` and tell the engine thread."""
         prepared: _Prepared | None = None
         error: WorkerError | None = None
         try:
-            prepared = self._prepare(job)
+            if not job.cancelled:  # a cancelled one ends when the engine hears of it
+                prepared = self._prepare(job)
         except WorkerError as exc:
             error = exc
         except UnicodeEncodeError:
@@ -452,13 +493,15 @@ class LlamaEngine:
         if job not in self._preparing:
             return  # the engine stopped and ended it meanwhile
         self._preparing.discard(job)
+        self._dispatch_preparations()
+        if job.cancelled:
+            n_tokens = 0 if ready.prepared is None else len(ready.prepared.tokens)
+            self._final(job, _cancelled_before_start(job, n_tokens))
+            return
         if ready.error is not None or ready.prepared is None:
             self._fail(job, ready.error or WorkerError(ErrorCode.INFERENCE_ERROR, "failed"))
             return
         prepared = ready.prepared
-        if job.cancelled:
-            self._final(job, _cancelled_before_start(job, len(prepared.tokens)))
-            return
         try:
             self._waiting.push(prepared)
         except QueueFullError:
@@ -477,17 +520,26 @@ class LlamaEngine:
             counts[seq.job.spec.client] = counts.get(seq.job.spec.client, 0) + 1
         return counts
 
-    def _evict(self, client: str) -> None:
-        """``client``'s newest waiting request gives its place to another client's."""
-        victim = self._waiting.newest_of(client)
-        if victim is not None and self._waiting.remove(victim):
-            error = WorkerError(
-                ErrorCode.OVERLOADED,
-                "the worker is at capacity and this client holds the largest share of it; "
-                "retry later",
-                retry_after=1,
-            )
-            self._fail(victim.job, error)
+    def _evict(self, client: str, newcomer: Job) -> None:
+        """``client``'s newest waiting request (not yet prepared, else prepared) gives its
+        place to ``newcomer``; with none waiting (all running or being prepared), the
+        newcomer is refused instead, so the places stay bounded."""
+        victim: Job | None = self._to_prepare.newest_of(client)
+        if victim is not None:
+            self._to_prepare.remove(victim)
+        else:
+            prepared = self._waiting.newest_of(client)
+            if prepared is not None and self._waiting.remove(prepared):
+                victim = prepared.job
+        if victim is None:
+            self._refused.add(newcomer)
+            return
+        error = WorkerError(
+            ErrorCode.OVERLOADED,
+            "the worker is at capacity and this client holds the largest share of it; retry later",
+            retry_after=1,
+        )
+        self._fail(victim, error)
 
     def _prepare(self, job: Job) -> _Prepared:
         """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
@@ -796,6 +848,9 @@ class LlamaEngine:
         for entry in [e for e in self._waiting if e.job.cancelled]:
             self._waiting.remove(entry)
             self._final(entry.job, _cancelled_before_start(entry.job, len(entry.tokens)))
+        for job in [j for j in self._to_prepare if j.cancelled]:
+            self._to_prepare.remove(job)
+            self._final(job, _cancelled_before_start(job, 0))
 
     def _views(self) -> list[SlotView]:
         return [
@@ -925,7 +980,7 @@ class LlamaEngine:
         with self._pending_lock:
             self._closed = True  # no submit can slip in after the inbox is drained below
         pending = [(p.job, len(p.tokens)) for p in self._waiting]
-        pending += [(job, 0) for job in self._preparing]
+        pending += [(job, 0) for job in (*self._preparing, *self._to_prepare)]
         self._preparing.clear()
         while True:
             try:

@@ -108,6 +108,7 @@ async def _stream(hg: HouseGeneration, state: WorkerState, request: Request) -> 
         media_type=NDJSON,
         stall_timeout=state.settings.stream_stall_timeout_seconds,
         metrics=state.metrics,
+        stall_record=lambda error: ev.frame(ev.error_event(error, hg.request_id)),
     )
 
 

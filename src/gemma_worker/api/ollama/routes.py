@@ -16,7 +16,7 @@ from gemma_worker.api.ollama.chat import conversation
 from gemma_worker.api.ollama.encode import OllamaEncoder, ndjson
 from gemma_worker.api.ollama.errors import ollama_error_body
 from gemma_worker.api.ollama.types import ChatRequest, Format, GenerateRequest, Options, ShowRequest
-from gemma_worker.api.openai.chat import tools_instructions
+from gemma_worker.api.openai.chat import render_chat, tools_instructions
 from gemma_worker.api.state import WorkerState
 from gemma_worker.api.streaming import StreamFormat, answer_whole, start_rest_generation, stream
 from gemma_worker.core.conversation import Conversation
@@ -185,7 +185,7 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
             "tools" if tools else "format",
         )
         text = tools_instructions(tools, parallel=True, forced=None) if tools else None
-        prompt = state.engine.renderer.render(conversation(body.messages, text))
+        prompt = await render_chat(state, lambda: conversation(body.messages, text))
         gen = await start_rest_generation(
             state, request, prompt, params, grammar=grammar, transport="ollama", tools=bool(tools)
         )

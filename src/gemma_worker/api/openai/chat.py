@@ -9,8 +9,9 @@ role are merged. Any valid OpenAI conversation renders.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gemma_worker.api.openai.types import (
     AssistantMessage,
@@ -21,7 +22,9 @@ from gemma_worker.api.openai.types import (
     ToolMessage,
     UserMessage,
 )
+from gemma_worker.api.state import WorkerState
 from gemma_worker.core.conversation import Conversation, Turn
+from gemma_worker.engine.prompt import Prompt
 
 
 def content_text(content: Content | None) -> str:
@@ -62,19 +65,34 @@ def tools_instructions(tools: Sequence[Tool], *, parallel: bool, forced: str | N
     return f"{lead}. To call a function, {how}.\nFunctions:\n{listing}"
 
 
+async def render_chat(state: WorkerState, conversation: Callable[[], Conversation]) -> Prompt:
+    """The prompt of the chat ``conversation()`` builds, made off the event loop (a chat of
+    thousands of messages takes tens of ms to render), after the character limit is checked
+    on all its text: messages, tool definitions, tool calls."""
+    renderer = state.engine.renderer
+
+    def build() -> Prompt:
+        conv = conversation()
+        state.limits.check_chars(conv.n_chars)
+        return renderer.render(conv)
+
+    return await asyncio.to_thread(build)
+
+
 def to_conversation(messages: Sequence[Message], tools_text: str | None) -> Conversation:
     """The Gemma conversation for ``messages``; ``tools_text`` joins the system text."""
     system = [content_text(m.content) for m in messages if isinstance(m, SystemMessage)]
     if tools_text:
         system.append(tools_text)
     names: dict[str, str] = {}
-    turns: list[tuple[str, str]] = []  # (role, text) with roles user/assistant, merged
+    parts_of: list[tuple[str, list[str]]] = []  # (role, texts) with roles user/assistant, merged
 
     def add(role: str, text: str) -> None:
-        if turns and turns[-1][0] == role:
-            turns[-1] = (role, f"{turns[-1][1]}\n\n{text}" if text else turns[-1][1])
+        if parts_of and parts_of[-1][0] == role:
+            if text:  # joined once at the end: repeated concatenation is quadratic
+                parts_of[-1][1].append(text)
         else:
-            turns.append((role, text))
+            parts_of.append((role, [text]))
 
     for m in messages:
         if isinstance(m, UserMessage):
@@ -93,6 +111,7 @@ def to_conversation(messages: Sequence[Message], tools_text: str | None) -> Conv
         elif isinstance(m, ToolMessage):
             name = names.get(m.tool_call_id, "a function")
             add("user", f"Result of {name} (call {m.tool_call_id}):\n{content_text(m.content)}")
+    turns = [(role, "\n\n".join(texts)) for role, texts in parts_of]
     if not turns or turns[0][0] != "user":
         turns.insert(0, ("user", ""))
     if turns[-1][0] != "user":

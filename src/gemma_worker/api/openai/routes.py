@@ -12,7 +12,12 @@ from fastapi.responses import JSONResponse
 
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
-from gemma_worker.api.openai.chat import content_text, to_conversation, tools_instructions
+from gemma_worker.api.openai.chat import (
+    content_text,
+    render_chat,
+    to_conversation,
+    tools_instructions,
+)
 from gemma_worker.api.openai.encode import ChatEncoder, CompletionEncoder, sse
 from gemma_worker.api.openai.errors import openai_error
 from gemma_worker.api.openai.types import (
@@ -149,7 +154,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
             "tools" if use_tools else "response_format",
         )
         text = tools_instructions(offered, parallel=parallel, forced=forced) if use_tools else None
-        prompt = state.engine.renderer.render(to_conversation(body.messages, text))
+        prompt = await render_chat(state, lambda: to_conversation(body.messages, text))
         gen = await _start(
             state, request, prompt, params, grammar=grammar, body=body, tools=use_tools
         )

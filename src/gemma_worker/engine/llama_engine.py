@@ -449,15 +449,17 @@ class LlamaEngine:
         self._dispatch_preparations()
 
     def _dispatch_preparations(self) -> None:
-        """Start preparations while a vocabulary thread is free: the next is the oldest job of
-        the client with the fewest being prepared (one client's flood of long prompts does
-        not hold up another's)."""
+        """Start preparations while a vocabulary thread is free: the oldest job of a client
+        with none being prepared. One at a time per client keeps each client's requests in
+        their order, and one client's flood of long prompts does not hold up another's."""
         while len(self._preparing) < _PREP_THREADS and len(self._to_prepare) > 0:
             counts: dict[str, int] = {}
             for busy in self._preparing:
                 counts[busy.spec.client] = counts.get(busy.spec.client, 0) + 1
             job = self._to_prepare.peek(counts)
             assert job is not None
+            if counts.get(job.spec.client, 0) > 0:
+                return  # every client waiting has one being prepared
             self._to_prepare.remove(job)
             if job.cancelled:
                 self._final(job, _cancelled_before_start(job, 0))

@@ -24,6 +24,15 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 T = TypeVar("T")
 
 
+def at_capacity(*, largest_share: bool = False) -> WorkerError:
+    """The 503 of a full worker: for a newcomer, or (``largest_share``) for the waiting
+    request that made room for another client's."""
+    why = " and this client holds the largest share of it" if largest_share else ""
+    return WorkerError(
+        ErrorCode.OVERLOADED, f"the worker is at capacity{why}; retry later", retry_after=1
+    )
+
+
 class QueueFullError(Exception):
     """The admission queue is at capacity."""
 
@@ -141,9 +150,7 @@ class Shares:
         if self._total >= self.capacity:
             heaviest, most = max(self._held.items(), key=lambda kv: kv[1])
             if most <= held + 1:  # nobody holds more than this client would
-                raise WorkerError(
-                    ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
-                )
+                raise at_capacity()
             evict = heaviest
         self._held[client] += 1
         self._total += 1

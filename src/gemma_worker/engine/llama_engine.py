@@ -14,7 +14,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import TypeVar
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.events import FinishReason
-from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares
+from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares, at_capacity
 from gemma_worker.core.pacing import PrefillPacer
 from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
 from gemma_worker.core.scheduling import (
@@ -146,8 +147,8 @@ class _Prepared:
     prompt: Prompt
     tokens: list[int]
     #: Byte offsets of the prompt text where its tokens break, each with the number of tokens
-    #: before it (worked out when first needed).
-    boundaries: dict[int, int] | None = None
+    #: before it.
+    boundaries: dict[int, int]
 
     @functools.cached_property
     def text(self) -> bytes:
@@ -433,10 +434,7 @@ class LlamaEngine:
         costs that grow with the prompt, which the decode loop must never wait for)."""
         if job in self._refused:
             self._refused.discard(job)
-            error = WorkerError(
-                ErrorCode.OVERLOADED, "the worker is at capacity; retry later", retry_after=1
-            )
-            self._fail(job, error)
+            self._fail(job, at_capacity())
             return
         if job.cancelled:
             self._final(job, _cancelled_before_start(job, 0))
@@ -453,9 +451,7 @@ class LlamaEngine:
         with none being prepared. One at a time per client keeps each client's requests in
         their order, and one client's flood of long prompts does not hold up another's."""
         while len(self._preparing) < _PREP_THREADS and len(self._to_prepare) > 0:
-            counts: dict[str, int] = {}
-            for busy in self._preparing:
-                counts[busy.spec.client] = counts.get(busy.spec.client, 0) + 1
+            counts = _by_client(self._preparing)
             job = self._to_prepare.peek(counts)
             assert job is not None
             if counts.get(job.spec.client, 0) > 0:
@@ -515,12 +511,9 @@ class LlamaEngine:
             # Requests ahead of this one that will take the free slots are not "in the queue".
             job.channel.put(Queued(position - self._slots.n_free))
 
-    def _running(self) -> dict[str, int]:
+    def _running(self) -> Counter[str]:
         """How many requests each client has running now."""
-        counts: dict[str, int] = {}
-        for seq in self._seqs.values():
-            counts[seq.job.spec.client] = counts.get(seq.job.spec.client, 0) + 1
-        return counts
+        return _by_client(seq.job for seq in self._seqs.values())
 
     def _evict(self, client: str, newcomer: Job) -> None:
         """``client``'s newest waiting request (not yet prepared, else prepared) gives its
@@ -536,12 +529,7 @@ class LlamaEngine:
         if victim is None:
             self._refused.add(newcomer)
             return
-        error = WorkerError(
-            ErrorCode.OVERLOADED,
-            "the worker is at capacity and this client holds the largest share of it; retry later",
-            retry_after=1,
-        )
-        self._fail(victim, error)
+        self._fail(victim, at_capacity(largest_share=True))
 
     def _prepare(self, job: Job) -> _Prepared:
         """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
@@ -609,9 +597,10 @@ class LlamaEngine:
             job.params = dataclasses.replace(
                 params, max_tokens=min(params.max_tokens, n_ctx - len(tokens))
             )
-        prepared = _Prepared(job, prompt, tokens)
         head = model.bos_head if prompt.add_special else []
-        prepared.boundaries = token_boundaries(tokens, len(head), model.special_piece)
+        prepared = _Prepared(
+            job, prompt, tokens, token_boundaries(tokens, len(head), model.special_piece)
+        )
         _ = prepared.text  # encoded here, once
         return prepared
 
@@ -708,8 +697,6 @@ class LlamaEngine:
         assert model is not None
         prompt = prepared.prompt
         head = model.bos_head if prompt.add_special else []
-        if prepared.boundaries is None:
-            prepared.boundaries = token_boundaries(prepared.tokens, len(head), model.special_piece)
         return match_prefix(
             cached,
             head,
@@ -761,7 +748,7 @@ class LlamaEngine:
         assert model is not None
         prompt = prepared.prompt
         if match.n_tokens > 0:
-            split = (prepared.boundaries or {}).get(match.n_bytes)
+            split = prepared.boundaries.get(match.n_bytes)
             if split is not None:  # the prompt's own tokens after the match: no tokenizing here
                 rest = prepared.tokens[split:]
             else:
@@ -1006,6 +993,11 @@ class LlamaEngine:
             self._model.close()
         if crash is None:
             self._state = EngineState.CLOSED
+
+
+def _by_client(jobs: Iterable[Job]) -> Counter[str]:
+    """How many of ``jobs`` each client has."""
+    return Counter(job.spec.client for job in jobs)
 
 
 def _cancelled_before_start(job: Job, n_prompt_tokens: int) -> Finished:

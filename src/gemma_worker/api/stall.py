@@ -12,18 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
 
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from gemma_worker.api.metrics import Metrics
 from gemma_worker.core.errors import ErrorCode, WorkerError
 
 log = logging.getLogger(__name__)
-
-
-class _Metrics(Protocol):
-    stalled_streams: Any
 
 
 def stalled_error(stall_timeout: float) -> WorkerError:
@@ -39,7 +35,7 @@ def guarded_stream(
     *,
     media_type: str,
     stall_timeout: float,
-    metrics: _Metrics,
+    metrics: Metrics,
     stall_record: Callable[[WorkerError], str],
     headers: Mapping[str, str] | None = None,
 ) -> StallGuardedStream:

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     )
 
     # --- generation defaults and limits ---------------------------------------------------------
+    grammar_budget: bool = Field(
+        default=True,
+        description="Steer answers constrained by a JSON schema, json_object or a tool call to "
+        "close within their token budget (max_tokens, the context left), so they always parse; "
+        "an answer that fits is not changed. Off: such an answer may be cut (finish reason "
+        "length).",
+    )
     max_tokens: int = Field(
         default=2048, ge=1, description="Upper limit on a request's max_tokens."
     )

@@ -65,6 +65,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         kv_dir=settings.data_dir / "kv",
         kv_disk_bytes=settings.kv_disk_cache_mb * 1024 * 1024,
         kernels=settings.kernel_choices(),
+        grammar_budget=settings.grammar_budget,
     )
 
 

@@ -103,6 +103,8 @@ class EngineConfig:
     #: (``None`` or a zero budget: never).
     kv_dir: Path | None = None
     kv_disk_bytes: int = 0
+    #: Whether constrained answers are steered to close within their token budget.
+    grammar_budget: bool = True
 
 
 class _Stop:
@@ -274,7 +276,7 @@ class LlamaEngine:
         """Compile a GBNF grammar (root rule ``root``) off the decode loop;
         ``INVALID_REQUEST`` if llama.cpp refuses it."""
         try:
-            return await self._on_vocab_thread(lambda m: compile_grammar(m.vocab, gbnf))
+            return await self._on_vocab_thread(lambda m: compile_grammar(m, gbnf))
         except GrammarError as exc:
             raise WorkerError(ErrorCode.INVALID_REQUEST, "the output grammar is invalid") from exc
 
@@ -552,8 +554,12 @@ class LlamaEngine:
                 )
         n_ctx = model.n_ctx_seq
         params = job.params
-        # A request that fits its answer to the context needs room for one token at least.
-        budget = n_ctx - (1 if params.fit_context else params.max_tokens)
+        # A request that fits its answer to the context needs room for one token at least,
+        # or for the shortest answer its grammar allows.
+        grammar = job.spec.grammar
+        least = max(1, 0 if grammar is None else grammar.min_tokens)
+        answer = least if params.fit_context else params.max_tokens
+        budget = n_ctx - answer
         built: dict[int, tuple[Prompt, list[int], Tokenized]] = {}
         session = job.spec.session
         prompt_tokens = self._prompt_tokens
@@ -582,10 +588,15 @@ class LlamaEngine:
             what = "the input alone" if n_history else "prompt"
             raise WorkerError(
                 ErrorCode.CONTEXT_OVERFLOW,
-                f"{what} ({n_prompt} tokens) + max_tokens ({params.max_tokens}) "
-                f"exceeds the context of {n_ctx} tokens",
+                f"{what} ({n_prompt} tokens) + "
+                + (
+                    f"the answer (at least {answer})"
+                    if params.fit_context
+                    else f"max_tokens ({answer})"
+                )
+                + f" exceeds the context of {n_ctx} tokens",
                 n_prompt_tokens=n_prompt,
-                max_tokens=params.max_tokens,
+                max_tokens=answer,
                 n_ctx=n_ctx,
             )
         if drop:
@@ -675,6 +686,7 @@ class LlamaEngine:
                 grammar=job.spec.grammar,
                 piece=model.piece,
                 top_logprobs=job.spec.top_logprobs,
+                vocab=model if self.config.grammar_budget else None,
             )
         except Exception:
             log.exception("sampler setup failed", extra={"request_id": job.request_id})
@@ -895,8 +907,9 @@ class LlamaEngine:
             return
         for seq, idx in outputs:
             sampler = self._samplers[seq.slot]
+            room = min(seq.job.params.max_tokens - seq.n_generated, seq.n_ctx - seq.n_past)
             try:
-                token = sampler.sample(model.ctx, idx)
+                token = sampler.sample(model.ctx, idx, room)
             except SamplingError as exc:
                 log.info("sampling dead end", extra={"request_id": seq.job.request_id})
                 self._release(seq)
@@ -904,7 +917,9 @@ class LlamaEngine:
                 continue
             eog = model.is_eog(token)
             logprob = None if eog else sampler.logprob(model.ctx, idx, token)
-            text, reason = seq.on_token(model.piece(token), eog, logprob)
+            text, reason = seq.on_token(
+                model.piece(token), eog, logprob, complete=sampler.ends_answer
+            )
             if text is not None:
                 seq.job.channel.put(text)
             if reason is not None:

@@ -5,15 +5,22 @@ optional grammar, and log-probabilities. Runs on the engine thread, except
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 import math
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 import llama_cpp as lc
 import numpy as np
 
+from gemma_worker.core.gbnf import GbnfError
+from gemma_worker.core.gbnf_walk import GrammarWalk
 from gemma_worker.core.request import SamplingParams
+from gemma_worker.engine.budget import AnswerBudget, Step, Vocabulary, minimum_tokens
 from gemma_worker.engine.messages import TokenLogprob, TopLogprob
+
+log = logging.getLogger(__name__)
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(lc.llama_token_data)
@@ -30,11 +37,17 @@ class SamplingError(RuntimeError):
 
 class Grammar:
     """A compiled grammar sampler waiting for its request. The sampler that runs the request
-    takes it over (:meth:`take`); one never taken is freed when it is garbage-collected."""
+    takes it over (:meth:`take`); one never taken is freed when it is garbage-collected.
 
-    def __init__(self, ptr: Any) -> None:
+    ``walk`` follows the same grammar in Python to keep the answer within its token budget
+    (``None``: it could not be analysed, and the answer is only constrained); ``min_tokens``
+    is what its shortest answer takes."""
+
+    def __init__(self, ptr: Any, walk: GrammarWalk | None = None, min_tokens: int = 0) -> None:
         self._ptr: Any = ptr
         self._finalizer = weakref.finalize(self, lc.llama_sampler_free, ptr)
+        self.walk = walk
+        self.min_tokens = min_tokens
 
     def take(self) -> Any:
         """The llama.cpp sampler; the caller now owns (and frees) it."""
@@ -45,16 +58,36 @@ class Grammar:
         return ptr
 
 
-def compile_grammar(vocab: Any, gbnf: str) -> Grammar:
-    """Parse ``gbnf`` (root rule ``root``) for ``vocab``; :class:`GrammarError` if it is invalid."""
+class GrammarVocabulary(Vocabulary, Protocol):
+    """A model's vocabulary: its llama.cpp handle and what the budget reads."""
+
+    @property
+    def vocab(self) -> Any:
+        """The ``llama_vocab`` pointer."""
+
+
+@functools.lru_cache(maxsize=32)
+def _walk(gbnf: str) -> GrammarWalk | None:
+    """The (shared, cached) walk of ``gbnf``; ``None`` if it cannot be analysed."""
+    try:
+        return GrammarWalk.parse(gbnf)
+    except (GbnfError, RecursionError):
+        log.warning("a grammar could not be analysed; its answers are not kept within budget")
+        return None
+
+
+def compile_grammar(model: GrammarVocabulary, gbnf: str) -> Grammar:
+    """Parse ``gbnf`` (root rule ``root``) for ``model``'s vocabulary; :class:`GrammarError`
+    if it is invalid."""
     try:
         text = gbnf.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate in a schema's strings
         raise GrammarError("the grammar is not valid Unicode") from exc
-    ptr = lc.llama_sampler_init_grammar(vocab, text, b"root")
+    ptr = lc.llama_sampler_init_grammar(model.vocab, text, b"root")
     if not ptr:
         raise GrammarError("the grammar could not be compiled")
-    return Grammar(ptr)
+    walk = _walk(gbnf)
+    return Grammar(ptr, walk, 0 if walk is None else minimum_tokens(walk, model))
 
 
 def _pre_chain(params: SamplingParams, n_vocab: int) -> Any:
@@ -116,6 +149,12 @@ def _pick_chain(params: SamplingParams) -> Any:
 #: How many of the best candidates have been checked against the grammar at each try, when the
 #: picked token was rejected.
 _GRAMMAR_BATCHES = (256, 4096, 32768)
+#: When a token would not leave room to finish the answer: how many of the best candidates are
+#: checked against the grammar, how many that fit are sampled among (at most), and how many of
+#: all allowed tokens are tried when none of the best fit.
+_BUDGET_BEST = 256
+_BUDGET_PICKS = 40
+_BUDGET_SCAN = 4096
 
 
 class Sampler:
@@ -142,6 +181,7 @@ class Sampler:
         grammar: Grammar | None = None,
         piece: Any = None,
         top_logprobs: int | None = None,
+        vocab: Vocabulary | None = None,
     ) -> None:
         self._n_vocab = n_vocab
         self._pre = _pre_chain(params, n_vocab)
@@ -150,6 +190,12 @@ class Sampler:
         self._needed = 1 if self._pick is None else params.top_k
         self._top_p = params.top_p
         self._grammar = None if grammar is None else grammar.take()
+        #: Keeps the grammar's answer within the tokens left (see :mod:`.budget`).
+        self.budget = (
+            AnswerBudget(grammar.walk, vocab)
+            if grammar is not None and grammar.walk is not None and vocab is not None
+            else None
+        )
         self._piece = piece
         self._top_logprobs = top_logprobs
         self._cand: np.ndarray[Any, Any] | None = None
@@ -241,8 +287,9 @@ class Sampler:
         high = int(np.searchsorted(cum, self._top_p * (known + unseen)))
         return high < len(found) and low == high
 
-    def sample(self, ctx: Any, index: int) -> int:
-        """Sample (and accept) a token from the logits at batch ``index``."""
+    def sample(self, ctx: Any, index: int, room: int | None = None) -> int:
+        """Sample (and accept) a token from the logits at batch ``index``; ``room`` is how
+        many tokens the request may still generate, this one included (``None``: no limit)."""
         logits = self._logits(ctx, index)
         if self._pre is None and self._pick is None:
             token = int(logits.argmax())
@@ -255,10 +302,85 @@ class Sampler:
                 token = self._choose_allowed(logits)
                 if not self._grammar_allows(token):  # accepting it would abort the process
                     raise SamplingError("the sampled token breaks the grammar")
+            if self.budget is not None and room is not None:
+                token = self._keep_budget(token, logits, room)
             lc.llama_sampler_accept(self._grammar, token)
         if self._pre is not None:
             lc.llama_sampler_accept(self._pre, token)
         return token
+
+    def _keep_budget(self, token: int, logits: np.ndarray[Any, Any], room: int) -> int:
+        """``token``, or the pick among the allowed tokens that leave the answer completable
+        within ``room`` (see :mod:`.budget`)."""
+        budget = self.budget
+        assert budget is not None
+        step = budget.check(token, room)
+        if step is not None:
+            budget.take(step, room, steered=False)
+            return token
+        if budget.broken:
+            return token
+        step = self._choose_within(logits, room)
+        if step is None:  # nothing fits (a budget below the grammar's minimum): as before
+            budget.pass_over(token, room)
+            return token
+        budget.take(step, room, steered=step.token != token)
+        return step.token
+
+    def _choose_within(self, logits: np.ndarray[Any, Any], room: int) -> Step | None:
+        """The pick among the best allowed tokens that keep the budget (the plan's next token
+        always does); only when none of the best does, among all allowed tokens."""
+        budget = self.budget
+        assert budget is not None and self._grammar is not None
+        arr = self._candidates(logits)
+        assert self._cand is not None
+        adjusted = self._cand["logit"].copy()
+        want = max(1, min(self._needed or _BUDGET_PICKS, _BUDGET_PICKS))
+        n = min(_BUDGET_BEST, self._n_vocab)
+        order = np.argpartition(-adjusted, n - 1)[:n]
+        order = order[np.argsort(-adjusted[order], kind="stable")]
+        batch = np.zeros(n, dtype=_TOKEN_DATA)
+        batch["id"] = order
+        batch["logit"] = adjusted[order]
+        lc.llama_sampler_apply(self._grammar, ctypes.byref(_as_array(batch)))
+        steps = self._steps(batch["id"][~np.isinf(batch["logit"])], room, want)
+        fallback = budget.fallback(room)
+        if fallback is not None and all(s.token != fallback.token for s in steps):
+            steps.append(fallback)
+        if not steps:
+            lc.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+            live = self._cand[: arr.size]
+            live = live[np.isfinite(live["logit"])]
+            live = live[np.argsort(-live["logit"], kind="stable")][:_BUDGET_SCAN]
+            steps = self._steps(live["id"], room, want)
+        if not steps:
+            return None
+        pool = np.zeros(len(steps), dtype=_TOKEN_DATA)
+        pool["id"] = [s.token for s in steps]
+        pool["logit"] = adjusted[pool["id"]]
+        chosen = self._choose(_as_array(pool), pool)
+        return next(s for s in steps if s.token == chosen)
+
+    def _steps(self, tokens: np.ndarray[Any, Any], room: int, want: int) -> list[Step]:
+        """Up to ``want`` of ``tokens`` (best first) that keep the budget, as steps."""
+        budget = self.budget
+        assert budget is not None
+        steps: list[Step] = []
+        for token in tokens.tolist():
+            step = budget.check(int(token), room)
+            if budget.broken:
+                return []
+            if step is not None:
+                steps.append(step)
+                if len(steps) >= want:
+                    break
+        return steps
+
+    @property
+    def ends_answer(self) -> bool:
+        """Whether the grammar's answer is complete and ends with the token just sampled
+        (see :meth:`.budget.AnswerBudget.ends_answer`)."""
+        return self.budget is not None and self.budget.ends_answer()
 
     def logprob(self, ctx: Any, index: int, token: int) -> TokenLogprob | None:
         """``token``'s log-probability and the top alternatives (``None`` when not asked for)."""

@@ -64,9 +64,15 @@ class SequenceState:
         return self.prompt_tokens[: self.n_past] + self.decoded
 
     def on_token(
-        self, piece: bytes, eog: bool, logprob: TokenLogprob | None = None
+        self,
+        piece: bytes,
+        eog: bool,
+        logprob: TokenLogprob | None = None,
+        *,
+        complete: bool = False,
     ) -> tuple[Text | None, FinishReason | None]:
         """Account for a sampled token: return (text to emit now, finish reason or ``None``).
+        ``complete``: the token completes a constrained answer that ends here (``stop``).
         Log-probabilities of tokens whose text is held back (a possible stop string, an
         incomplete character) go out with the next text."""
         now = time.perf_counter()
@@ -81,6 +87,8 @@ class SequenceState:
         text = self._stops.feed(self._decoder.decode(piece))
         if self._stops.stopped:
             return self._emit(text), "stop"
+        if complete:
+            return self._emit(text + self._flush()), "stop"
         at_limit = self.n_generated >= self.job.params.max_tokens
         if at_limit or self.n_past + 1 >= self.n_ctx:
             return self._emit(text + self._flush()), "length"

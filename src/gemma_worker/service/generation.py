@@ -18,6 +18,7 @@ from gemma_worker.api.ratelimit import Lease
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import SchemaError
+from gemma_worker.core.request import SamplingParams
 from gemma_worker.core.tool_stream import (
     ContentDelta,
     ToolCallArguments,
@@ -131,18 +132,35 @@ def _deltas(
 
 
 async def compile_output_grammar(
-    state: WorkerState, make_gbnf: Callable[[], str | None], field_name: str
+    state: WorkerState,
+    make_gbnf: Callable[[], str | None],
+    field_name: str,
+    params: SamplingParams,
+    budget_param: str = "max_tokens",
 ) -> Grammar | None:
     """The grammar that ``make_gbnf`` describes (``None``: unconstrained), built off the event
     loop and the decode loop. A schema that cannot be enforced is ``INVALID_REQUEST`` naming
-    ``field_name`` and the schema keyword."""
+    ``field_name`` and the schema keyword; so is a token budget (``params.max_tokens``, which
+    the client sets as ``budget_param``) below what the shortest valid answer takes."""
     try:
         gbnf = await asyncio.to_thread(make_gbnf)
     except SchemaError as exc:
         raise WorkerError(
             ErrorCode.INVALID_REQUEST, f"{field_name}: {exc}", param=field_name
         ) from exc
-    return None if gbnf is None else await state.engine.compile_grammar(gbnf)
+    if gbnf is None:
+        return None
+    grammar = await state.engine.compile_grammar(gbnf)
+    if grammar.min_tokens > params.max_tokens:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"{budget_param}: {params.max_tokens} is too small for the {field_name}: its "
+            f"shortest valid answer takes {grammar.min_tokens} tokens",
+            param=budget_param,
+            max_tokens=params.max_tokens,
+            min_tokens=grammar.min_tokens,
+        )
+    return grammar
 
 
 async def start_generation(

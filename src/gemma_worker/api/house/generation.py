@@ -64,7 +64,9 @@ async def start_house_generation(
     params = state.limits.resolve(req)
     fmt = state.engine.renderer.resolve(req.prompt_format)
     fmt_spec = req.response_format
-    grammar = await compile_output_grammar(state, lambda: grammar_for(fmt_spec), "response_format")
+    grammar = await compile_output_grammar(
+        state, lambda: grammar_for(fmt_spec), "response_format", params
+    )
     turn = await state.sessions.begin(req, fmt, owner, may_create=may_create)
     spec = GenerationSpec(
         request_id=req.request_id or new_id(),

@@ -151,7 +151,9 @@ async def generate(body: GenerateRequest, request: Request, state: State, catalo
             conv = Conversation(body.prompt, renderer.default_format, (), body.system)
             prompt = renderer.render(conv)
         fmt = _output_format(body.format)
-        grammar = await compile_output_grammar(state, lambda: grammar_for(fmt), "format")
+        grammar = await compile_output_grammar(
+            state, lambda: grammar_for(fmt), "format", params, "options.num_predict"
+        )
         gen = await start_rest_generation(
             state, request, prompt, params, grammar=grammar, transport="ollama"
         )
@@ -183,6 +185,8 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
             if tools
             else (lambda: grammar_for(fmt)),
             "tools" if tools else "format",
+            params,
+            "options.num_predict",
         )
         text = tools_instructions(tools, parallel=True, forced=None) if tools else None
         prompt = await render_chat(state, lambda: conversation(body.messages, text))

@@ -152,6 +152,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
             if use_tools
             else (lambda: grammar_for(fmt)),
             "tools" if use_tools else "response_format",
+            params,
+            param,
         )
         text = tools_instructions(offered, parallel=parallel, forced=forced) if use_tools else None
         prompt = await render_chat(state, lambda: to_conversation(body.messages, text))

@@ -1,0 +1,165 @@
+"""Constrained answers within their token budget, on the real model and engine: an answer that
+fits is the one the unsteered engine gives; one that would not fit closes in time, valid, with
+finish reason ``stop``; free text is still cut (``length``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import jsonschema
+import pytest
+import pytest_asyncio
+
+from gemma_worker.api.app import engine_config
+from gemma_worker.core.errors import ErrorCode
+from gemma_worker.core.json_schema import ToolSpec, schema_to_gbnf, tool_call_gbnf
+from gemma_worker.core.request import SamplingParams
+from gemma_worker.engine.job import GenerationSpec
+from gemma_worker.engine.llama_engine import LlamaEngine
+from gemma_worker.engine.messages import Failed, Finished
+from gemma_worker.engine.prompt import Prompt
+from tests.conftest import make_settings
+from tests.engine.test_llama_engine import collect, running_engine
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "server": {"type": "string"},
+        "services": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "risk": {"enum": ["low", "medium", "high"]},
+                },
+                "required": ["name", "risk"],
+            },
+        },
+    },
+    "required": ["server", "services"],
+}
+TOOL = ToolSpec(
+    "restart",
+    {
+        "type": "object",
+        "properties": {"host": {"type": "string"}, "service": {"type": "string"}},
+        "required": ["host", "service"],
+    },
+)
+GRAMMARS = {
+    "schema": (schema_to_gbnf(SCHEMA), SCHEMA),
+    "tool": (tool_call_gbnf([TOOL], required=True, parallel=False), None),
+}
+PROMPT = Prompt(
+    "The services of a web server and their risk, as JSON:\n",
+    add_special=True,
+    parse_special=False,
+    format="plain",
+)
+
+
+def greedy(max_tokens: int, *, temperature: float = 0.0, seed: int | None = None) -> SamplingParams:
+    return SamplingParams(max_tokens, temperature, 0.95, 40, seed, ())
+
+
+# One pair of engines for the module (loading a model twice per test would double its time).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines() -> AsyncIterator[tuple[LlamaEngine, LlamaEngine]]:
+    """The engine as it is, and with the budget off (how answers came out before it)."""
+    async with (
+        running_engine(LlamaEngine(engine_config(make_settings(parallel=4)))) as on,
+        running_engine(
+            LlamaEngine(engine_config(make_settings(parallel=2, grammar_budget=False)))
+        ) as off,
+    ):
+        yield on, off
+
+
+async def run(eng: LlamaEngine, gbnf: str, params: SamplingParams) -> tuple[str, Finished]:
+    grammar = await eng.compile_grammar(gbnf)
+    return await collect(eng.submit(GenerationSpec("b", PROMPT, params, grammar=grammar)))
+
+
+def check(text: str, schema: object | None) -> None:
+    value = json.loads(text)
+    if schema is None:  # a tool call
+        assert value["name"] == "restart"
+        jsonschema.validate(value["arguments"], TOOL.parameters)
+    else:
+        jsonschema.validate(value, schema)
+
+
+@pytest.mark.parametrize("kind", sorted(GRAMMARS))
+async def test_an_answer_that_fits_is_untouched(
+    engines: tuple[LlamaEngine, LlamaEngine], kind: str
+) -> None:
+    on, off = engines
+    gbnf, schema = GRAMMARS[kind]
+    before, done_before = await run(off, gbnf, greedy(400))
+    after, done_after = await run(on, gbnf, greedy(400))
+    assert (after, done_after.finish_reason) == (before, done_before.finish_reason)
+    if done_before.finish_reason == "stop":
+        check(before, schema)
+        # exactly its own length: the same answer, now ended by its grammar (no room for EOS)
+        n = done_before.usage.completion_tokens
+        exact, done_exact = await run(on, gbnf, greedy(n))
+        assert (exact, done_exact.finish_reason) == (before, "stop")
+        cut, done_cut = await run(off, gbnf, greedy(n - 1))
+        assert done_cut.finish_reason == "length"
+        assert cut == before[: len(cut)]
+
+
+@pytest.mark.parametrize("kind", sorted(GRAMMARS))
+async def test_an_answer_that_would_not_fit_closes_in_time(
+    engines: tuple[LlamaEngine, LlamaEngine], kind: str
+) -> None:
+    on, _ = engines
+    gbnf, schema = GRAMMARS[kind]
+    grammar = await on.compile_grammar(gbnf)
+    least = grammar.min_tokens
+    assert least > 0
+    cases = [(budget, seed) for budget in (least, least + 1, least + 7, 40) for seed in range(3)]
+    answers = await asyncio.gather(
+        *(run(on, gbnf, greedy(budget, temperature=0.8, seed=seed)) for budget, seed in cases)
+    )
+    for (budget, seed), (text, done) in zip(cases, answers, strict=True):
+        assert done.finish_reason == "stop", (budget, seed, text)
+        assert done.usage.completion_tokens <= budget
+        check(text, schema)
+
+
+async def test_free_text_is_still_cut_with_length(
+    engines: tuple[LlamaEngine, LlamaEngine],
+) -> None:
+    on, _ = engines
+    text, done = await run(on, "root ::= [a-zA-Z ,.\\n]*\n", greedy(6))
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 6
+    tools = tool_call_gbnf([TOOL], required=False, parallel=True)
+    text, done = await run(on, tools, greedy(60))
+    if not text.lstrip().startswith(("{", "[")):  # the model answered in words: cut, not closed
+        _, short = await run(on, tools, greedy(3))
+        assert short.finish_reason == "length"
+
+
+async def test_a_fitted_answer_needs_room_for_the_shortest_valid_one() -> None:
+    """A request that fits its length to the context still needs room for the grammar's
+    shortest answer: with less, CONTEXT_OVERFLOW before anything is generated."""
+    async with running_engine(LlamaEngine(engine_config(make_settings(n_ctx=128)))) as eng:
+        gbnf = GRAMMARS["schema"][0]
+        grammar = await eng.compile_grammar(gbnf)
+        prompt_tokens = 128 - grammar.min_tokens + 1
+        words = Prompt(
+            " word" * (prompt_tokens - 1), add_special=True, parse_special=False, format="plain"
+        )
+        params = SamplingParams(64, 0.0, 1.0, 40, None, (), fit_context=True)
+        spec = GenerationSpec("f", words, params, grammar=grammar)
+        events = [event async for event in eng.submit(spec).events()]
+        failed = events[-1]
+        assert isinstance(failed, Failed) and failed.error.code == ErrorCode.CONTEXT_OVERFLOW
+        assert f"at least {grammar.min_tokens}" in failed.error.message

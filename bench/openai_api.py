@@ -7,6 +7,13 @@
    unconstrained (goal: >= 0.95).
 4. Prefix caching: a second turn that resends the first, time to first token with the first
    turn's cache in a slot against the same request after the cache was evicted.
+5. The token budget of constrained answers (issue 22): ``json_schema`` streams on a
+   deterministic worker against a second one with ``GEMMA_GRAMMAR_BUDGET=false`` (how they ran
+   before it; deterministic, so both write the same answer), 1 and 8 streams, an answer that
+   fits and one steered to close at the budget: tokens/s and the ratio (goal: >= 0.95);
+   then, in this process on the real vocabulary, what the budget costs per
+   token: following the grammar (every constrained token), the exact check near the end
+   (tokenizing the shortest completion), and a steered pick.
 
 Usage: ``python bench/openai_api.py [--rounds 3] [--tokens 64]``.
 """
@@ -22,9 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import numpy as np
 from websockets.sync.client import connect
 
-from _common import EventClock, free_port, worker_process
+from _common import EventClock, embedded_model_path, free_port, worker_process
+from gemma_worker.core.gbnf_walk import GrammarWalk
+from gemma_worker.core.json_schema import schema_to_gbnf
+from gemma_worker.core.request import SamplingParams
+from gemma_worker.engine.budget import AnswerBudget
+from gemma_worker.engine.kernels import KernelChoices
+from gemma_worker.engine.llama import LlamaModel
+from gemma_worker.engine.sampler import Sampler, compile_grammar
 
 QUESTION = "Write a long story about a lighthouse keeper and the sea."
 SCHEMA = {
@@ -212,6 +227,91 @@ def prefix_rounds(base: str, rounds: int, n_slots: int) -> None:
     print(f"  median: {warm:.1f} ms with the cache, {cold:.1f} ms without ({cold / warm:.1f}x)")
 
 
+def budget_rounds(on: str, off: str, rounds: int) -> None:
+    print("\n5. the token budget: json_schema streams, budget on vs off (tokens/s)")
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}
+    # Deterministic workers, so both write the same answer: seed 1 ends by itself (~180
+    # tokens), seed 8 would go on past 400 (on: steered to close there; off: cut).
+    cases = {"fits": 1, "steered": 8}
+    for label, seed in cases.items():
+        body = chat_body(400, response_format=fmt, temperature=0.8, seed=seed)
+        for clients in (1, 8):
+            ratios = []
+            lengths: dict[str, int] = {}
+            for r in range(rounds):
+                figures = {}
+                for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    base = on if name == "on" else off
+                    results = run_clients(clients, lambda _i, b=base, j=body: sse_chat(b, j)[:2])
+                    figures[name] = statistics.median(rate(x) for x in results)
+                    lengths[name] = results[0][0]
+                ratios.append(figures["on"] / figures["off"])
+            print(
+                f"  {label} ({lengths['on']} / {lengths['off']} tokens), {clients} stream(s): on "
+                f"{figures['on']:5.1f}, off {figures['off']:5.1f} tok/s per stream (last round); "
+                f"median ratio on / off = {statistics.median(ratios):.3f}"
+            )
+    budget_costs()
+
+
+def budget_costs() -> None:
+    """The budget's own work per token, measured on the real vocabulary in this process."""
+
+    model = LlamaModel(
+        embedded_model_path(),
+        n_ctx_seq=64,
+        n_seq=1,
+        n_batch=64,
+        n_threads=1,
+        n_gpu_layers=0,
+        kernels=KernelChoices.fast(),
+    )
+    gbnf = schema_to_gbnf(SCHEMA)
+    answer = json.dumps(
+        {
+            "title": "The keeper",
+            "chapters": [f"Chapter {i}: the sea" for i in range(12)],
+            "words": 9,
+        }
+    )
+    tokens = model.tokenize_whole(answer, False, False)
+    walk = GrammarWalk.parse(gbnf)
+    print(f"\n  per-token cost of the budget ({len(tokens)}-token answer, median of 5 runs):")
+    for label, tight in (("following the grammar (room to spare)", False), ("near the end", True)):
+        runs = []
+        for _ in range(5):
+            budget = AnswerBudget(walk, model)
+            t0 = time.perf_counter()
+            for i, token in enumerate(tokens):
+                room = len(tokens) - i if tight else 1 << 20
+                step = budget.check(token, room)
+                assert step is not None, "the recorded answer must stay within its budget"
+                budget.take(step, room, steered=False)
+            runs.append((time.perf_counter() - t0) / len(tokens) * 1e6)
+        print(f"    {label}: {statistics.median(runs):7.1f} us/token")
+    rng = np.random.default_rng(0)
+    params = SamplingParams(64, 0.8, 0.95, 40, 1, ())
+    times = []
+    for _ in range(20):
+        sampler = Sampler(
+            params, model.info.n_vocab, grammar=compile_grammar(model, gbnf), vocab=model
+        )
+        assert sampler.budget is not None
+        for token in tokens[:-8]:  # 8 tokens before the end of a 12-chapter answer
+            step = sampler.budget.check(token, 1 << 20)
+            assert step is not None
+            sampler.budget.take(step, 1 << 20, steered=False)
+        logits = rng.normal(0, 3, model.info.n_vocab).astype(np.float32)
+        t0 = time.perf_counter()
+        sampler._choose_within(logits, 6)  # a token that would not fit: pick one that does
+        times.append((time.perf_counter() - t0) * 1e3)
+        sampler.free()
+    print(
+        f"    a steered pick (the sampled token would not fit): {statistics.median(times):.2f} ms"
+    )
+    model.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -224,6 +324,12 @@ def main() -> None:
         protocol_rounds(base, args.rounds, args.tokens)
         grammar_rounds(base, args.rounds, args.tokens)
         prefix_rounds(base, args.rounds, slots)
+    same = {**env, "GEMMA_DETERMINISTIC": "true"}
+    off_env = {**same, "GEMMA_GRAMMAR_BUDGET": "false"}
+    with worker_process(free_port(), same) as on, worker_process(free_port(), off_env) as off:
+        for base in (on, off):
+            run_clients(8, lambda _i, b=base: sse_chat(b, chat_body(args.tokens)))  # warm-up
+        budget_rounds(on, off, args.rounds)
 
 
 if __name__ == "__main__":

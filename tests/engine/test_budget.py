@@ -134,6 +134,38 @@ async def test_an_answer_that_would_not_fit_closes_in_time(
         check(text, schema)
 
 
+async def test_a_call_started_in_auto_mode_closes_in_time(
+    engines: tuple[LlamaEngine, LlamaEngine],
+) -> None:
+    """With tools offered (``auto``), the model may answer in words or call; once it has begun
+    a call, the call is completed within the budget, like a forced one."""
+    on, _ = engines
+    gbnf = tool_call_gbnf([TOOL], required=False, parallel=True)
+    prompt = Prompt(
+        'Restart nginx on web-01. Answer with a call like {"name": "restart", "arguments": '
+        '{"host": "...", "service": "..."}}.\nCall:',
+        add_special=True,
+        parse_special=False,
+        format="plain",
+    )
+    grammar_text = gbnf
+
+    async def one(seed: int) -> tuple[str, Finished]:
+        grammar = await on.compile_grammar(grammar_text)
+        params = greedy(24, temperature=0.8, seed=seed)
+        return await collect(on.submit(GenerationSpec("a", prompt, params, grammar=grammar)))
+
+    answers = await asyncio.gather(*(one(seed) for seed in range(12)))
+    calls = [(text, done) for text, done in answers if text.lstrip().startswith(("{", "["))]
+    assert calls, "the model never began a call: the test shows nothing"
+    for text, done in calls:
+        assert done.finish_reason == "stop", text
+        value = json.loads(text)
+        for call in value if isinstance(value, list) else [value]:
+            assert call["name"] == "restart"
+            jsonschema.validate(call["arguments"], TOOL.parameters)
+
+
 async def test_free_text_is_still_cut_with_length(
     engines: tuple[LlamaEngine, LlamaEngine],
 ) -> None:

@@ -56,7 +56,12 @@ CASES: dict[str, tuple[str, list[str]]] = {
         schema_to_gbnf(SCHEMA),
         [
             json.dumps(
-                {"title": "Ünïcode – ok", "level": "medium", "tags": ["a b", "c\\"], "note": None}
+                {
+                    "title": "\u00dcn\u00efcode \u2013 ok",
+                    "level": "medium",
+                    "tags": ["a b", "c\\"],
+                    "note": None,
+                }
             ),
             '{"title":"x","level":"low","tags":[],"when":"2026-12-02"}',
         ],

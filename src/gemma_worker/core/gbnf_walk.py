@@ -110,7 +110,6 @@ class GrammarWalk:
             if kind in _CHAR_STARTS:
                 self._read_set(p)
         self._expansions: dict[int, tuple[Stack, ...]] = {}
-        self._expanding: set[int] = set()
         self._min = self._minimum_bytes()
         self._best_alt = [min(starts, key=lambda a: self._min[a]) for starts in self._alts]
         self._shortest_rule: dict[int, str] = {}
@@ -174,33 +173,31 @@ class GrammarWalk:
         return least
 
     # --- stacks -----------------------------------------------------------------------------
-    def _expand(self, p: int) -> tuple[Stack, ...]:
+    def _expand(self, p: int, busy: frozenset[int] = frozenset()) -> tuple[Stack, ...]:
         """What position ``p`` (the rest of a sequence) becomes on a stack: stack pieces
-        (bottom first) whose top is a character element, ``()`` when it can be empty."""
+        (bottom first) whose top is a character element, ``()`` when it can be empty.
+        ``busy``: the positions being expanded on the way here (one of them again is left
+        recursion). Memoized; threads may race to fill an entry, with the same result."""
         done = self._expansions.get(p)
         if done is not None:
             return done
-        if p in self._expanding:
+        if p in busy:
             raise GbnfError("the grammar is left-recursive")
-        self._expanding.add(p)
-        try:
-            kind = self.types[p]
-            if kind in (Type.END, Type.ALT):
-                out: list[Stack] = [()]
-            elif kind == Type.RULE_REF:
-                nxt = p + 1
-                head: Stack = () if self._is_end(nxt) else (nxt,)
-                out = []
-                for alt in self._alts[self.values[p]]:
-                    for piece in self._expand(alt):
-                        if piece:
-                            out.append(head + piece)
-                        else:
-                            out.extend(self._expand(nxt))
-            else:
-                out = [(p,)]
-        finally:
-            self._expanding.discard(p)
+        kind = self.types[p]
+        if kind in (Type.END, Type.ALT):
+            out: list[Stack] = [()]
+        elif kind == Type.RULE_REF:
+            nxt, inner = p + 1, busy | {p}
+            head: Stack = () if self._is_end(nxt) else (nxt,)
+            out = []
+            for alt in self._alts[self.values[p]]:
+                for piece in self._expand(alt, inner):
+                    if piece:
+                        out.append(head + piece)
+                    else:
+                        out.extend(self._expand(nxt, inner))
+        else:
+            out = [(p,)]
         result = tuple(dict.fromkeys(out))
         self._expansions[p] = result
         return result

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from gemma_worker.core.gbnf import GbnfError
 from gemma_worker.core.gbnf_walk import GrammarWalk, WalkState
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,15 @@ class AnswerBudget:
             return None
         if self._vocab.is_eog(token):  # allowed only where the answer may end
             return Step(token, self.state, None)
-        after = self._walk.accept(self.state, self._vocab.special_piece(token))
-        if after is None:
-            log.warning("the grammar walk refused an allowed token; budget off for this answer")
-            self.broken = True
-            return None
-        return self._fits(token, after, room)
+        try:
+            after = self._walk.accept(self.state, self._vocab.special_piece(token))
+            if after is not None:
+                return self._fits(token, after, room)
+        except (GbnfError, RecursionError):
+            pass
+        log.warning("the grammar walk refused an allowed token; budget off for this answer")
+        self.broken = True
+        return None
 
     def _fits(self, token: int, after: WalkState, room: int) -> Step | None:
         if self._plan and self._plan[0] == token:

@@ -324,6 +324,10 @@ class Sampler:
         if step is None:  # nothing fits (a budget below the grammar's minimum): as before
             budget.pass_over(token, room)
             return token
+        if not self._grammar_allows(step.token):  # the walk and llama.cpp disagree
+            log.warning("a budget pick is not allowed by the grammar; budget off for this answer")
+            budget.broken = True
+            return token
         budget.take(step, room, steered=step.token != token)
         return step.token
 

@@ -37,9 +37,10 @@ from gemma_worker.core.gbnf_walk import GrammarWalk
 from gemma_worker.core.json_schema import schema_to_gbnf
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.engine.budget import AnswerBudget
+from gemma_worker.engine.grammar import compile_grammar
 from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.llama import LlamaModel
-from gemma_worker.engine.sampler import Sampler, compile_grammar
+from gemma_worker.engine.sampler import Sampler
 
 QUESTION = "Write a long story about a lighthouse keeper and the sea."
 SCHEMA = {

@@ -22,10 +22,11 @@ from gemma_worker.core.json_schema import (
     tool_call_gbnf,
 )
 from gemma_worker.engine.budget import completion_tokens, minimum_tokens
+from gemma_worker.engine.grammar import compile_grammar
 from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.llama import LlamaModel
 from gemma_worker.engine.model_files import resolve_model_path
-from gemma_worker.engine.sampler import _TOKEN_DATA, _as_array, compile_grammar
+from gemma_worker.engine.sampler import _TOKEN_DATA, _as_array
 
 TOOL = ToolSpec(
     "read_logs",

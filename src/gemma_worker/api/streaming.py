@@ -23,10 +23,10 @@ from gemma_worker.api.stall import guarded_stream
 from gemma_worker.api.state import WorkerState
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.request import SamplingParams, new_id
+from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished
 from gemma_worker.engine.prompt import Prompt
-from gemma_worker.engine.sampler import Grammar
 from gemma_worker.service.generation import Generation, GenerationEvent, start_generation
 
 #: What a generation cancelled by the drain answers (it is an error in the REST dialects).

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.engine.channel import EventChannel
+from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.messages import EngineEvent, Failed, Finished
 from gemma_worker.engine.prompt import Prompt
-from gemma_worker.engine.sampler import Grammar
 
 
 @dataclass(frozen=True, slots=True, eq=False)

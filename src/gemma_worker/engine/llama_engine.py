@@ -37,6 +37,7 @@ from gemma_worker.core.scheduling import (
 from gemma_worker.core.usage import Timings, Usage
 from gemma_worker.engine.allocator import pin_mmap_threshold
 from gemma_worker.engine.channel import EventChannel
+from gemma_worker.engine.grammar import Grammar, GrammarError, compile_grammar
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
 from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.kv_files import KVFiles
@@ -53,13 +54,7 @@ from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.prompt import Prompt, PromptRenderer
 from gemma_worker.engine.prompt_tokens import SessionTokens, Tokenized
 from gemma_worker.engine.protocol import EngineState, EngineStats
-from gemma_worker.engine.sampler import (
-    Grammar,
-    GrammarError,
-    Sampler,
-    SamplingError,
-    compile_grammar,
-)
+from gemma_worker.engine.sampler import Sampler, SamplingError
 from gemma_worker.engine.sequence import SequenceState
 
 T = TypeVar("T")

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.llama import ModelInfo
 from gemma_worker.engine.prompt import PromptRenderer
-from gemma_worker.engine.sampler import Grammar
 
 
 class EngineState(StrEnum):

@@ -1,23 +1,20 @@
 """Per-request token sampling on llama.cpp: greedy or a seeded chain, logit bias, penalties, an
-optional grammar, and log-probabilities. Runs on the engine thread, except
-:func:`compile_grammar`, which only reads the (immutable) vocabulary."""
+optional grammar (:mod:`.grammar`) with its token budget (:mod:`.budget`), and
+log-probabilities. Runs on the engine thread."""
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import math
-import weakref
-from typing import Any, Protocol
+from typing import Any
 
 import llama_cpp as lc
 import numpy as np
 
-from gemma_worker.core.gbnf import GbnfError
-from gemma_worker.core.gbnf_walk import GrammarWalk
 from gemma_worker.core.request import SamplingParams
-from gemma_worker.engine.budget import AnswerBudget, Step, Vocabulary, minimum_tokens
+from gemma_worker.engine.budget import AnswerBudget, Step, Vocabulary
+from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.messages import TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -26,68 +23,9 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(lc.llama_token_data)
 
 
-class GrammarError(ValueError):
-    """llama.cpp refused the grammar text."""
-
-
 class SamplingError(RuntimeError):
     """No token can be sampled (e.g. every token the grammar allows is banned by the logit
     bias); the request ends, the others go on."""
-
-
-class Grammar:
-    """A compiled grammar sampler waiting for its request. The sampler that runs the request
-    takes it over (:meth:`take`); one never taken is freed when it is garbage-collected.
-
-    ``walk`` follows the same grammar in Python to keep the answer within its token budget
-    (``None``: it could not be analysed, and the answer is only constrained); ``min_tokens``
-    is what its shortest answer takes."""
-
-    def __init__(self, ptr: Any, walk: GrammarWalk | None = None, min_tokens: int = 0) -> None:
-        self._ptr: Any = ptr
-        self._finalizer = weakref.finalize(self, lc.llama_sampler_free, ptr)
-        self.walk = walk
-        self.min_tokens = min_tokens
-
-    def take(self) -> Any:
-        """The llama.cpp sampler; the caller now owns (and frees) it."""
-        self._finalizer.detach()
-        ptr, self._ptr = self._ptr, None
-        if ptr is None:
-            raise RuntimeError("grammar already taken")
-        return ptr
-
-
-class GrammarVocabulary(Vocabulary, Protocol):
-    """A model's vocabulary: its llama.cpp handle and what the budget reads."""
-
-    @property
-    def vocab(self) -> Any:
-        """The ``llama_vocab`` pointer."""
-
-
-@functools.lru_cache(maxsize=32)
-def _walk(gbnf: str) -> GrammarWalk | None:
-    """The (shared, cached) walk of ``gbnf``; ``None`` if it cannot be analysed."""
-    try:
-        return GrammarWalk.parse(gbnf)
-    except (GbnfError, RecursionError):
-        log.warning("a grammar could not be analysed; its answers are not kept within budget")
-        return None
-
-
-def compile_grammar(model: GrammarVocabulary, gbnf: str) -> Grammar:
-    """Parse ``gbnf`` (root rule ``root``) for ``model``'s vocabulary; :class:`GrammarError`
-    if it is invalid."""
-    try:
-        text = gbnf.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate in a schema's strings
-        raise GrammarError("the grammar is not valid Unicode") from exc
-    ptr = lc.llama_sampler_init_grammar(model.vocab, text, b"root")
-    if not ptr:
-        raise GrammarError("the grammar could not be compiled")
-    walk = _walk(gbnf)
-    return Grammar(ptr, walk, 0 if walk is None else minimum_tokens(walk, model))
 
 
 def _pre_chain(params: SamplingParams, n_vocab: int) -> Any:

@@ -26,6 +26,7 @@ from gemma_worker.core.tool_stream import (
     ToolCallStream,
     ToolDelta,
 )
+from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.messages import (
     Failed,
@@ -36,7 +37,6 @@ from gemma_worker.engine.messages import (
     TokenLogprob,
     Trimmed,
 )
-from gemma_worker.engine.sampler import Grammar
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
 from gemma_worker.core.request import SamplingParams
 from gemma_worker.core.response_format import TextFormat, grammar_for
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
+from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.messages import Finished, Text
 from gemma_worker.engine.prompt import Prompt
-from gemma_worker.engine.sampler import Grammar
 from gemma_worker.service.generation import (
     Generation,
     GenerationEvent,

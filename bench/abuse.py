@@ -85,7 +85,7 @@ def enum_body(n: int, top_k: int) -> dict[str, Any]:
     return {
         "model": "gemma",
         "messages": [{"role": "user", "content": "Pick one."}],
-        "max_tokens": 4,
+        "max_tokens": 8,
         "temperature": 1.0,
         "top_k": top_k,
         "response_format": {

@@ -295,7 +295,10 @@ def budget_costs() -> None:
     times = []
     for _ in range(20):
         sampler = Sampler(
-            params, model.info.n_vocab, grammar=compile_grammar(model, gbnf), vocab=model
+            params,
+            model.info.n_vocab,
+            grammar=compile_grammar(model, gbnf, budget_tokens=64),
+            vocab=model,
         )
         assert sampler.budget is not None
         for token in tokens[:-8]:  # 8 tokens before the end of a 12-chapter answer

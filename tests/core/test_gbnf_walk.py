@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 
 from gemma_worker.core.gbnf import GbnfError, Type, parse_gbnf
-from gemma_worker.core.gbnf_walk import INFINITE, GrammarWalk, WalkState
+from gemma_worker.core.gbnf_lengths import INFINITE
+from gemma_worker.core.gbnf_walk import MAX_STACKS, GrammarWalk, WalkState
 from gemma_worker.core.json_schema import (
     JSON_OBJECT_GBNF,
     ToolSpec,
@@ -245,9 +246,46 @@ def test_invalid_grammars_are_refused(text: str, what: str) -> None:
         GrammarWalk.parse(text)
 
 
-def test_left_recursion_is_refused() -> None:
+def test_left_recursion_is_refused_as_llama_cpp_refuses_it() -> None:
+    """llama.cpp counts a rule as possibly empty only with a literally empty alternative."""
     with pytest.raises(GbnfError, match="left-recursive"):
-        GrammarWalk.parse('root ::= empty root "x" | "y"\nempty ::= "z"?\n')
+        GrammarWalk.parse('root ::= empty root "x" | "y"\nempty ::= "z" |\n')
+    with pytest.raises(GbnfError, match="left-recursive"):
+        GrammarWalk.parse("root ::= root [a] | [b]\n")
+    GrammarWalk.parse('root ::= g* "x"\ng ::= "ab" | c\nc ::= "c" |\n')  # accepted by both
+
+
+@pytest.mark.parametrize("pattern", ["^(ab|c?)*$", "^(a?b?)*$", "^(a*)+$", "^x(y?)*$"])
+def test_a_repeated_group_that_may_match_nothing(pattern: str) -> None:
+    """``R ::= G R |`` with ``G`` able to match nothing: the shortest answer is the empty
+    repetition (not an endless ``G R``), and the stacks come back to themselves finitely."""
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": pattern}}}
+    schema["required"] = ["s"]
+    walk = GrammarWalk.parse(schema_to_gbnf(schema))
+    text = walk.shortest(walk.initial())
+    assert text is not None
+    jsonschema.validate(json.loads(text), schema)
+    body = "x" if pattern.startswith("^x") else ""
+    for word in ("ab", "c", "abcab", "a", "b", "ba", "aaa", "yy"):
+        candidate = '{"s": "' + body + word + '"}'
+        try:
+            jsonschema.validate(json.loads(candidate), schema)
+        except jsonschema.ValidationError:
+            continue
+        state = feed(walk, candidate[:-2])
+        assert walk.shortest(state) == '"}'
+
+
+def test_stacks_that_multiply_are_refused_not_followed() -> None:
+    """Nested optional groups double the live stacks at each level: past MAX_STACKS the walk
+    raises instead of taking seconds per token (the budget is then off for that answer)."""
+    depth = 14
+    text = "root ::= " + "(" * depth + '"a"?' + "){2}" * depth + ' "b"\n'
+    assert 2**depth > MAX_STACKS
+    walk = GrammarWalk.parse(text)
+    with pytest.raises(GbnfError, match="too many parse stacks"):
+        state = walk.initial()
+        walk.accept(state, b"a")
 
 
 def test_a_grammar_with_no_finite_answer_needs_infinitely_much() -> None:

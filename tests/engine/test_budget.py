@@ -16,11 +16,12 @@ from gemma_worker.api.app import engine_config
 from gemma_worker.core.errors import ErrorCode
 from gemma_worker.core.json_schema import ToolSpec, schema_to_gbnf, tool_call_gbnf
 from gemma_worker.core.request import SamplingParams
+from gemma_worker.engine.budget import AnswerBudget
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.llama_engine import LlamaEngine
 from gemma_worker.engine.messages import Failed, Finished
 from gemma_worker.engine.prompt import Prompt
-from tests.conftest import make_settings
+from tests.conftest import PARIS_PROMPT, make_settings
 from tests.engine.test_llama_engine import collect, running_engine
 
 SCHEMA = {
@@ -104,15 +105,15 @@ async def test_an_answer_that_fits_is_untouched(
     before, done_before = await run(off, gbnf, greedy(400))
     after, done_after = await run(on, gbnf, greedy(400))
     assert (after, done_after.finish_reason) == (before, done_before.finish_reason)
-    if done_before.finish_reason == "stop":
-        check(before, schema)
-        # exactly its own length: the same answer, now ended by its grammar (no room for EOS)
-        n = done_before.usage.completion_tokens
-        exact, done_exact = await run(on, gbnf, greedy(n))
-        assert (exact, done_exact.finish_reason) == (before, "stop")
-        cut, done_cut = await run(off, gbnf, greedy(n - 1))
-        assert done_cut.finish_reason == "length"
-        assert cut == before[: len(cut)]
+    assert done_before.finish_reason == "stop"  # the greedy answer ends by itself
+    check(before, schema)
+    # exactly its own length: the same answer, now ended by its grammar (no room for EOS)
+    n = done_before.usage.completion_tokens
+    exact, done_exact = await run(on, gbnf, greedy(n))
+    assert (exact, done_exact.finish_reason) == (before, "stop")
+    cut, done_cut = await run(off, gbnf, greedy(n - 1))
+    assert done_cut.finish_reason == "length"
+    assert cut == before[: len(cut)]
 
 
 @pytest.mark.parametrize("kind", sorted(GRAMMARS))
@@ -142,8 +143,10 @@ async def test_a_call_started_in_auto_mode_closes_in_time(
     on, _ = engines
     gbnf = tool_call_gbnf([TOOL], required=False, parallel=True)
     prompt = Prompt(
-        'Restart nginx on web-01. Answer with a call like {"name": "restart", "arguments": '
-        '{"host": "...", "service": "..."}}.\nCall:',
+        'Task: restart redis on db-02.\nCall: {"name": "restart", "arguments": {"host": '
+        '"db-02", "service": "redis"}}\nTask: restart postgres on db-07.\nCall: {"name": '
+        '"restart", "arguments": {"host": "db-07", "service": "postgres"}}\n'
+        "Task: restart nginx on web-01.\nCall:",
         add_special=True,
         parse_special=False,
         format="plain",
@@ -172,11 +175,34 @@ async def test_free_text_is_still_cut_with_length(
     on, _ = engines
     text, done = await run(on, "root ::= [a-zA-Z ,.\\n]*\n", greedy(6))
     assert done.finish_reason == "length" and done.usage.completion_tokens == 6
+    # tools offered (auto): the model answers in words here, and that text is cut
     tools = tool_call_gbnf([TOOL], required=False, parallel=True)
-    text, done = await run(on, tools, greedy(60))
-    if not text.lstrip().startswith(("{", "[")):  # the model answered in words: cut, not closed
-        _, short = await run(on, tools, greedy(3))
-        assert short.finish_reason == "length"
+    grammar = await on.compile_grammar(tools)
+    paris = Prompt(PARIS_PROMPT, add_special=True, parse_special=False, format="plain")
+    text, done = await collect(on.submit(GenerationSpec("p", paris, greedy(3), grammar=grammar)))
+    assert not text.lstrip().startswith(("{", "["))
+    assert done.finish_reason == "length" and done.usage.completion_tokens == 3
+
+
+async def test_a_failing_budget_leaves_the_answer_constrained(
+    engines: tuple[LlamaEngine, LlamaEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside the budget, the request goes on under its grammar (now
+    without the budget) and the engine serves the next one."""
+    on, _ = engines
+    gbnf, schema = GRAMMARS["schema"]
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in the budget")
+
+    monkeypatch.setattr(AnswerBudget, "check", broken)
+    text, done = await run(on, gbnf, greedy(400))
+    assert done.finish_reason == "stop"
+    check(text, schema)
+    monkeypatch.undo()
+    text, done = await run(on, gbnf, greedy(12))
+    assert done.finish_reason == "stop" and done.usage.completion_tokens <= 12
+    check(text, schema)
 
 
 async def test_a_fitted_answer_needs_room_for_the_shortest_valid_one() -> None:

@@ -67,6 +67,19 @@ CASES: dict[str, tuple[str, list[str]]] = {
             '{"title":"x","level":"low","tags":[],"when":"2026-12-02"}',
         ],
     ),
+    "optional_and_patterns": (
+        schema_to_gbnf(
+            {
+                "type": "object",
+                "properties": {
+                    **{f"p{i}": {"type": ["integer", "null"]} for i in range(6)},
+                    "code": {"type": "string", "pattern": "^(ab|c?)*-[0-9]{2,3}$"},
+                    "kind": {"anyOf": [{"const": "x"}, {"type": "array", "items": {}}]},
+                },
+            }
+        ),
+        ['{"p1": 5, "p4": null, "code": "abcab-123", "kind": [1, "x", {}]}', '{"kind": "x"}'],
+    ),
     "json_object": (JSON_OBJECT_GBNF, ['{"a": [1.5e3, true, null, {"b": "日本"}], "c": -0}']),
     "tool_auto": (
         tool_call_gbnf([TOOL], required=False, parallel=True),
@@ -124,7 +137,7 @@ def test_walk_allows_what_llama_cpp_allows(model: LlamaModel, case: str) -> None
     eog = next(t for t in range(model.info.n_vocab) if model.is_eog(t))
     for text in texts:
         natural = model.tokenize_whole(text, False, False)
-        grammar = compile_grammar(model, gbnf).take()
+        grammar = compile_grammar(model, gbnf).take()  # constraining only
         try:
             state = walk.initial()
             for step in range(40):
@@ -152,12 +165,14 @@ def test_the_shortest_answer_in_tokens(model: LlamaModel) -> None:
         walk = GrammarWalk.parse(gbnf)
         text = walk.shortest(walk.initial())
         assert text is not None
-        n = minimum_tokens(walk, model)
+        n = minimum_tokens(walk, model, 4096)
         if not text:
             assert n == 0
             continue
         tokens = completion_tokens(model, text)
         assert tokens is not None and len(tokens) == n <= len(text.encode())
-    assert compile_grammar(model, schema_to_gbnf(SCHEMA)).min_tokens == minimum_tokens(
-        GrammarWalk.parse(schema_to_gbnf(SCHEMA)), model
-    )
+    analysed = compile_grammar(model, schema_to_gbnf(SCHEMA), budget_tokens=4096)
+    walk = GrammarWalk.parse(schema_to_gbnf(SCHEMA))
+    assert analysed.walk is not None
+    assert analysed.min_tokens == minimum_tokens(walk, model, 4096) > 0
+    assert compile_grammar(model, schema_to_gbnf(SCHEMA)).walk is None  # budget off

@@ -228,28 +228,28 @@ class _Parser:
                 times: tuple[int, int | None] = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
                 n_prev = self.repeat(rule, last, rule_name, n_prev, times)
             elif c == "{":
-                pos, lo, hi = self.bounds(pos)
+                pos, lo, hi = self.bounds(pos, nested)
                 n_prev = self.repeat(rule, last, rule_name, n_prev, (lo, hi))
             else:
                 break
         return pos
 
-    def bounds(self, pos: int) -> tuple[int, int, int | None]:
+    def bounds(self, pos: int, nested: bool) -> tuple[int, int, int | None]:
         """``{m}``, ``{m,}`` or ``{m,n}`` at ``pos``: (position after, m, n or ``None``)."""
         s = self.src
-        pos = self.space(pos + 1, False)
+        pos = self.space(pos + 1, nested)
         end = self.integer(pos)
         lo = int(s[pos:end])
-        pos = self.space(end, False)
+        pos = self.space(end, nested)
         hi: int | None = None
         if s[pos] == "}":
             hi = lo
         elif s[pos] == ",":
-            pos = self.space(pos + 1, False)
+            pos = self.space(pos + 1, nested)
             if s[pos].isascii() and s[pos].isdigit():
                 end = self.integer(pos)
                 hi = int(s[pos:end])
-                pos = self.space(end, False)
+                pos = self.space(end, nested)
             if s[pos] != "}":
                 raise GbnfError(f"expecting '}}' at offset {pos}")
         else:
@@ -258,7 +258,7 @@ class _Parser:
             raise GbnfError("too many repetitions")
         if hi is not None and hi > MAX_REPETITIONS:
             hi = None
-        return self.space(pos + 1, False), lo, hi
+        return self.space(pos + 1, nested), lo, hi
 
     def rule(self, pos: int) -> int:
         end = self.name(pos)
@@ -292,4 +292,47 @@ def parse_gbnf(text: str, root: str = "root") -> Rules:
                 raise GbnfError("undefined rule")
     if root not in p.symbols:
         raise GbnfError(f"no rule {root!r}")
+    _refuse_left_recursion(p.rules)
     return Rules(tuple(tuple(r) for r in p.rules), p.symbols[root])
+
+
+def _refuse_left_recursion(rules: list[list[Element]]) -> None:
+    """``llama_grammar_detect_left_recursion``, with its notion of a rule that may be empty:
+    one with a literally empty alternative (not one whose alternatives may all match
+    nothing), so it refuses exactly the grammars llama.cpp refuses."""
+    visited = [False] * len(rules)
+    in_progress = [False] * len(rules)
+    may_be_empty = [False] * len(rules)
+
+    def detect(index: int) -> bool:
+        if in_progress[index]:
+            return True
+        in_progress[index] = True
+        rule = rules[index]
+        at_start = True
+        for kind, _ in rule:
+            if kind in (Type.END, Type.ALT):
+                if at_start:
+                    may_be_empty[index] = True
+                    break
+                at_start = True
+            else:
+                at_start = False
+        recurse = True
+        for kind, value in rule:
+            if kind == Type.RULE_REF and recurse:
+                if detect(value):
+                    return True
+                if not may_be_empty[value]:
+                    recurse = False
+            elif kind in (Type.END, Type.ALT):
+                recurse = True
+            else:
+                recurse = False
+        in_progress[index] = False
+        visited[index] = True
+        return False
+
+    for index in range(len(rules)):
+        if not visited[index] and detect(index):
+            raise GbnfError("the grammar is left-recursive")

@@ -18,11 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gemma_worker.core.gbnf import GbnfError, Rules, Type, parse_gbnf
+from gemma_worker.core.gbnf_lengths import INFINITE, shortest_derivations
 
-__all__ = ["INFINITE", "GrammarWalk", "WalkState"]
+__all__ = ["MAX_STACKS", "GrammarWalk", "WalkState"]
 
-#: ``needed_bytes`` of a state no text completes.
-INFINITE = 1 << 40
+#: The most parse stacks a state may have: past it, :meth:`GrammarWalk.accept` raises
+#: :class:`~gemma_worker.core.gbnf.GbnfError` (a pathological grammar, e.g. nested optional
+#: groups, whose stacks multiply: following it would cost seconds per token).
+MAX_STACKS = 2048
 
 Stack = tuple[int, ...]
 _CHAR_STARTS = (Type.CHAR, Type.CHAR_NOT, Type.CHAR_ANY)
@@ -110,17 +113,20 @@ class GrammarWalk:
             if kind in _CHAR_STARTS:
                 self._read_set(p)
         self._expansions: dict[int, tuple[Stack, ...]] = {}
-        self._min = self._minimum_bytes()
-        self._best_alt = [min(starts, key=lambda a: self._min[a]) for starts in self._alts]
+        costs = {
+            p: INFINITE if c is None else len(c.encode("utf-8", "surrogatepass"))
+            for p, c in self._stand_in.items()
+        }
+        derivations = shortest_derivations(self.types, self.values, self._alts, costs)
+        self._min = derivations.least
+        self._best_alt = derivations.best
         self._shortest_rule: dict[int, str] = {}
 
     @classmethod
     def parse(cls, text: str) -> GrammarWalk:
-        """The walk of GBNF ``text`` (:class:`~gemma_worker.core.gbnf.GbnfError` if invalid,
-        left-recursive, or if its root derives no text at all)."""
-        walk = cls(parse_gbnf(text))
-        walk.initial()  # expands the root: detects left recursion
-        return walk
+        """The walk of GBNF ``text`` (:class:`~gemma_worker.core.gbnf.GbnfError` where
+        llama.cpp refuses it)."""
+        return cls(parse_gbnf(text))
 
     # --- layout -----------------------------------------------------------------------------
     def _is_end(self, p: int) -> bool:
@@ -146,61 +152,51 @@ class GrammarWalk:
         c = charset.stand_in()
         self._stand_in[p] = None if c is None else chr(c)
 
-    def _minimum_bytes(self) -> list[int]:
-        """For every position, the fewest bytes that complete its sequence (``INFINITE``:
-        none). Rules' minimums are relaxed until stable: each round can only lower them."""
-        n = len(self.types)
-        rule_min = [INFINITE] * len(self._alts)
-        least = [0] * (n + 1)
-        changed = True
-        while changed:
-            changed = False
-            for p in range(n - 1, -1, -1):
-                kind = self.types[p]
-                if kind in (Type.END, Type.ALT):
-                    least[p] = 0
-                elif kind == Type.RULE_REF:
-                    least[p] = min(rule_min[self.values[p]] + least[p + 1], INFINITE)
-                elif kind in _CHAR_STARTS:
-                    c = self._stand_in[p]
-                    cost = INFINITE if c is None else len(c.encode("utf-8", "surrogatepass"))
-                    least[p] = min(cost + least[self._after[p]], INFINITE)
-            for r, starts in enumerate(self._alts):
-                best = min(least[a] for a in starts)
-                if best < rule_min[r]:
-                    rule_min[r] = best
-                    changed = True
-        return least
-
     # --- stacks -----------------------------------------------------------------------------
-    def _expand(self, p: int, busy: frozenset[int] = frozenset()) -> tuple[Stack, ...]:
+    def _expand(self, p: int) -> tuple[Stack, ...]:
         """What position ``p`` (the rest of a sequence) becomes on a stack: stack pieces
         (bottom first) whose top is a character element, ``()`` when it can be empty.
-        ``busy``: the positions being expanded on the way here (one of them again is left
-        recursion). Memoized; threads may race to fill an entry, with the same result."""
+        Memoized; threads may race to fill an entry, with the same result."""
+        done = self._expansions.get(p)
+        return done if done is not None else self._expand_from(p, frozenset())[0]
+
+    def _expand_from(self, p: int, busy: frozenset[int]) -> tuple[tuple[Stack, ...], set[int]]:
+        """:meth:`_expand` below the positions ``busy`` being expanded on the way here. A
+        position met again on its own way can only come back to what is being listed there
+        (llama.cpp skips a stack it has seen): it is skipped, and the results listed until
+        the way returns to it are partial, so they are not kept. Also the positions skipped."""
         done = self._expansions.get(p)
         if done is not None:
-            return done
+            return done, set()
         if p in busy:
-            raise GbnfError("the grammar is left-recursive")
+            return (), {p}
         kind = self.types[p]
+        skipped: set[int] = set()
+        out: list[Stack] = []
         if kind in (Type.END, Type.ALT):
-            out: list[Stack] = [()]
+            out.append(())
         elif kind == Type.RULE_REF:
             nxt, inner = p + 1, busy | {p}
             head: Stack = () if self._is_end(nxt) else (nxt,)
-            out = []
             for alt in self._alts[self.values[p]]:
-                for piece in self._expand(alt, inner):
+                pieces, cut = self._expand_from(alt, inner)
+                skipped |= cut
+                for piece in pieces:
                     if piece:
                         out.append(head + piece)
                     else:
-                        out.extend(self._expand(nxt, inner))
+                        rest, cut = self._expand_from(nxt, inner)
+                        skipped |= cut
+                        out.extend(rest)
+                if len(out) > MAX_STACKS:
+                    raise GbnfError("the grammar has too many parse stacks here")
         else:
-            out = [(p,)]
+            out.append((p,))
+        skipped.discard(p)
         result = tuple(dict.fromkeys(out))
-        self._expansions[p] = result
-        return result
+        if not skipped:
+            self._expansions[p] = result
+        return result, skipped
 
     def _advance(self, stack: Stack, out: list[Stack]) -> None:
         """``llama_grammar_advance_stack``: ``stack`` with its top expanded to characters."""
@@ -226,11 +222,14 @@ class GrammarWalk:
             if stack and self._sets[stack[-1]].matches(c):
                 after = self._after[stack[-1]]
                 self._advance(stack[:-1] if self._is_end(after) else (*stack[:-1], after), out)
+                if len(out) > MAX_STACKS:
+                    raise GbnfError("the grammar has too many parse stacks here")
         return tuple(dict.fromkeys(out))
 
     def accept(self, state: WalkState, piece: bytes) -> WalkState | None:
         """The state after a token whose text is ``piece``; ``None`` when the grammar refuses
-        it (llama.cpp would not have let it be sampled)."""
+        it (llama.cpp would not have let it be sampled). :class:`GbnfError` past
+        :data:`MAX_STACKS`."""
         if not piece or piece[0] == 0:
             return None
         piece = piece.split(b"\0", 1)[0]

@@ -25,6 +25,8 @@ from gemma_worker.core.gbnf_walk import GrammarWalk, WalkState
 log = logging.getLogger(__name__)
 
 _TOKENIZED_CACHE = 256
+#: No token's text is longer (the longest piece the model's ``piece`` reads).
+MAX_PIECE_BYTES = 256
 
 
 class Vocabulary(Protocol):
@@ -49,14 +51,19 @@ def completion_tokens(vocab: Vocabulary, text: str) -> list[int] | None:
     return tokens
 
 
-def minimum_tokens(walk: GrammarWalk, vocab: Vocabulary) -> int:
-    """The tokens the grammar's shortest answer takes (0 when it may be empty)."""
+def minimum_tokens(walk: GrammarWalk, vocab: Vocabulary, most: int) -> int:
+    """The tokens the grammar's shortest answer takes (0 when it may be empty): its
+    shortest text, tokenized. When that text is longer than ``most`` tokens could ever spell,
+    it is not built: a bound above ``most`` is returned instead."""
     state = walk.initial()
-    if walk.needed_bytes(state) == 0:
+    needed = walk.needed_bytes(state)
+    if needed == 0:
         return 0
+    if needed > most * MAX_PIECE_BYTES:
+        return most + 1
     text = walk.shortest(state)
     tokens = None if text is None else completion_tokens(vocab, text)
-    return walk.needed_bytes(state) if tokens is None else len(tokens)
+    return needed if tokens is None else len(tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +114,11 @@ class AnswerBudget:
     def _fits(self, token: int, after: WalkState, room: int) -> Step | None:
         if self._plan and self._plan[0] == token:
             return Step(token, after, self._plan[1:])
-        if self._walk.needed_bytes(after) < room:
+        needed = self._walk.needed_bytes(after)
+        if needed < room:
             return Step(token, after, None)
+        if needed > (room - 1) * MAX_PIECE_BYTES:  # no tokens could spell it: not built
+            return None
         plan = self._plan_for(after)
         return None if plan is None or len(plan) >= room else Step(token, after, plan)
 
@@ -126,14 +136,21 @@ class AnswerBudget:
         return plan
 
     def fallback(self, room: int) -> Step | None:
-        """The plan's next token as a step (the completion that is known to fit)."""
-        plan = self._plan if self._plan is not None else self._plan_for(self.state)
-        if not plan:
+        """The plan's next token as a step, if the plan fits ``room`` (a completion known to
+        fit; there is none when the budget was below the grammar's minimum)."""
+        if self.broken:
             return None
-        after = self._walk.accept(self.state, self._vocab.special_piece(plan[0]))
-        if after is None:
+        try:
+            plan = self._plan
+            if plan is None and self._walk.needed_bytes(self.state) <= room * MAX_PIECE_BYTES:
+                plan = self._plan_for(self.state)
+            if not plan or len(plan) > room:
+                return None
+            after = self._walk.accept(self.state, self._vocab.special_piece(plan[0]))
+        except (GbnfError, RecursionError):
+            self.broken = True
             return None
-        return Step(plan[0], after, plan[1:])
+        return None if after is None else Step(plan[0], after, plan[1:])
 
     def take(self, step: Step, room: int, *, steered: bool) -> None:
         """Move on past ``step``'s token, sampled with ``room`` tokens left."""
@@ -146,7 +163,10 @@ class AnswerBudget:
 
     def pass_over(self, token: int, room: int) -> None:
         """Move on past ``token`` although the answer cannot be completed after it."""
-        after = self._walk.accept(self.state, self._vocab.special_piece(token))
+        try:
+            after = self._walk.accept(self.state, self._vocab.special_piece(token))
+        except (GbnfError, RecursionError):
+            after = None
         if after is None:
             self.broken = True
         else:

@@ -62,15 +62,26 @@ def _walk(gbnf: str) -> GrammarWalk | None:
         return None
 
 
-def compile_grammar(model: GrammarVocabulary, gbnf: str) -> Grammar:
+def compile_grammar(
+    model: GrammarVocabulary, gbnf: str, *, budget_tokens: int | None = None
+) -> Grammar:
     """Parse ``gbnf`` (root rule ``root``) for ``model``'s vocabulary; :class:`GrammarError`
-    if it is invalid."""
+    if it is invalid. With ``budget_tokens`` (the most tokens any answer may have), the
+    grammar is analysed for the token budget (:mod:`.budget`); without, it only constrains."""
     try:
         text = gbnf.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate in a schema's strings
         raise GrammarError("the grammar is not valid Unicode") from exc
+    walk, least = None, 0
+    if budget_tokens is not None:
+        walk = _walk(gbnf)
+        if walk is not None:
+            try:
+                least = minimum_tokens(walk, model, budget_tokens)
+            except (GbnfError, RecursionError):
+                log.warning("a grammar's shortest answer could not be worked out")
+                walk = None
     ptr = lc.llama_sampler_init_grammar(model.vocab, text, b"root")
     if not ptr:
         raise GrammarError("the grammar could not be compiled")
-    walk = _walk(gbnf)
-    return Grammar(ptr, walk, 0 if walk is None else minimum_tokens(walk, model))
+    return Grammar(ptr, walk, least)

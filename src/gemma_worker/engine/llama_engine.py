@@ -271,7 +271,10 @@ class LlamaEngine:
         """Compile a GBNF grammar (root rule ``root``) off the decode loop;
         ``INVALID_REQUEST`` if llama.cpp refuses it."""
         try:
-            return await self._on_vocab_thread(lambda m: compile_grammar(m, gbnf))
+            most = self.config.n_ctx if self.config.grammar_budget else None
+            return await self._on_vocab_thread(
+                lambda m: compile_grammar(m, gbnf, budget_tokens=most)
+            )
         except GrammarError as exc:
             raise WorkerError(ErrorCode.INVALID_REQUEST, "the output grammar is invalid") from exc
 
@@ -591,7 +594,8 @@ class LlamaEngine:
                 )
                 + f" exceeds the context of {n_ctx} tokens",
                 n_prompt_tokens=n_prompt,
-                max_tokens=answer,
+                max_tokens=params.max_tokens,
+                min_answer_tokens=answer,
                 n_ctx=n_ctx,
             )
         if drop:
@@ -770,7 +774,9 @@ class LlamaEngine:
             job = prepared.job
             room = model.n_ctx_seq - len(tokens)
             params = job.params
-            if params.fit_context and room >= 1:
+            grammar = job.spec.grammar
+            least = max(1, 0 if grammar is None else grammar.min_tokens)
+            if params.fit_context and room >= least:
                 params = dataclasses.replace(
                     params, max_tokens=min(job.spec.params.max_tokens, room)
                 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import time
 from typing import Any
 
 import llama_cpp as lc
@@ -93,6 +94,7 @@ _GRAMMAR_BATCHES = (256, 4096, 32768)
 _BUDGET_BEST = 256
 _BUDGET_PICKS = 40
 _BUDGET_SCAN = 4096
+_BUDGET_SEARCH_SECONDS = 0.02
 
 
 class Sampler:
@@ -240,8 +242,12 @@ class Sampler:
                 token = self._choose_allowed(logits)
                 if not self._grammar_allows(token):  # accepting it would abort the process
                     raise SamplingError("the sampled token breaks the grammar")
-            if self.budget is not None and room is not None:
-                token = self._keep_budget(token, logits, room)
+            if self.budget is not None and room is not None and not self.budget.broken:
+                try:
+                    token = self._keep_budget(token, logits, room)
+                except Exception:  # the budget is a help: never the end of a request
+                    log.exception("the token budget failed; off for this answer")
+                    self.budget.broken = True
             lc.llama_sampler_accept(self._grammar, token)
         if self._pre is not None:
             lc.llama_sampler_accept(self._pre, token)
@@ -287,7 +293,11 @@ class Sampler:
         lc.llama_sampler_apply(self._grammar, ctypes.byref(_as_array(batch)))
         steps = self._steps(batch["id"][~np.isinf(batch["logit"])], room, want)
         fallback = budget.fallback(room)
-        if fallback is not None and all(s.token != fallback.token for s in steps):
+        if (
+            fallback is not None
+            and np.isfinite(adjusted[fallback.token])  # not banned by a logit bias
+            and all(s.token != fallback.token for s in steps)
+        ):
             steps.append(fallback)
         if not steps:
             lc.llama_sampler_apply(self._grammar, ctypes.byref(arr))
@@ -304,10 +314,13 @@ class Sampler:
         return next(s for s in steps if s.token == chosen)
 
     def _steps(self, tokens: np.ndarray[Any, Any], room: int, want: int) -> list[Step]:
-        """Up to ``want`` of ``tokens`` (best first) that keep the budget, as steps."""
+        """Up to ``want`` of ``tokens`` (best first) that keep the budget, as steps; the
+        search gives up after :data:`_BUDGET_SEARCH_SECONDS` (a grammar with hundreds of live
+        stacks makes each check costly), with what it found."""
         budget = self.budget
         assert budget is not None
         steps: list[Step] = []
+        deadline = time.perf_counter() + _BUDGET_SEARCH_SECONDS
         for token in tokens.tolist():
             step = budget.check(int(token), room)
             if budget.broken:
@@ -316,6 +329,8 @@ class Sampler:
                 steps.append(step)
                 if len(steps) >= want:
                     break
+            if time.perf_counter() > deadline:
+                break
         return steps
 
     @property

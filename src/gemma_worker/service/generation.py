@@ -152,10 +152,15 @@ async def compile_output_grammar(
         return None
     grammar = await state.engine.compile_grammar(gbnf)
     if grammar.min_tokens > params.max_tokens:
+        given = (
+            f"not set, and its default of {params.max_tokens}"
+            if params.fit_context
+            else str(params.max_tokens)
+        )
         raise WorkerError(
             ErrorCode.INVALID_REQUEST,
-            f"{budget_param}: {params.max_tokens} is too small for the {field_name}: its "
-            f"shortest valid answer takes {grammar.min_tokens} tokens",
+            f"{budget_param}: {given} is too small for the {field_name}: its shortest valid "
+            f"answer takes {grammar.min_tokens} tokens",
             param=budget_param,
             max_tokens=params.max_tokens,
             min_tokens=grammar.min_tokens,

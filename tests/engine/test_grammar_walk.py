@@ -6,8 +6,6 @@ from __future__ import annotations
 import ctypes
 import json
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
@@ -23,9 +21,7 @@ from gemma_worker.core.json_schema import (
 )
 from gemma_worker.engine.budget import completion_tokens, minimum_tokens
 from gemma_worker.engine.grammar import compile_grammar
-from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.llama import LlamaModel
-from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.sampler import _TOKEN_DATA, _as_array
 
 TOOL = ToolSpec(
@@ -93,21 +89,6 @@ CASES: dict[str, tuple[str, list[str]]] = {
         ['{"name": "read_logs", "arguments": {"host": "db", "service": "redis", "lines": 20}}'],
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    m = LlamaModel(
-        Path(resolve_model_path(None)),
-        n_ctx_seq=128,
-        n_seq=1,
-        n_batch=64,
-        n_threads=1,
-        n_gpu_layers=0,
-        kernels=KernelChoices.deterministic(),
-    )
-    yield m
-    m.close()
 
 
 def allowed_by_llama(grammar: Any, tokens: list[int]) -> set[int]:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from gemma_worker.core.text_chunks import PIECE_CHARS
-from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.llama import LlamaModel
-from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.engine.prompt_tokens import SessionTokens
 
 UNITS = [
@@ -21,21 +18,6 @@ UNITS = [
     "<end_of_turn>", "user\n", "\u00a0", "\n\t", " \n", "   ", "<b>", "</td>", "<td>", "x<",
     "[multimodal]", "<start_of_image>", " <i>",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[LlamaModel]:
-    m = LlamaModel(
-        Path(resolve_model_path(None)),
-        n_ctx_seq=128,
-        n_seq=1,
-        n_batch=64,
-        n_threads=1,
-        n_gpu_layers=0,
-        kernels=KernelChoices.deterministic(),
-    )
-    yield m
-    m.close()
 
 
 def random_text(rng: random.Random, n: int) -> str:

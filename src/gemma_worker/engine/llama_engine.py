@@ -554,9 +554,7 @@ class LlamaEngine:
         params = job.params
         # A request that fits its answer to the context needs room for one token at least,
         # or for the shortest answer its grammar allows.
-        grammar = job.spec.grammar
-        least = max(1, 0 if grammar is None else grammar.min_tokens)
-        answer = least if params.fit_context else params.max_tokens
+        answer = _least_answer(job.spec) if params.fit_context else params.max_tokens
         budget = n_ctx - answer
         built: dict[int, tuple[Prompt, list[int], Tokenized]] = {}
         session = job.spec.session
@@ -774,9 +772,7 @@ class LlamaEngine:
             job = prepared.job
             room = model.n_ctx_seq - len(tokens)
             params = job.params
-            grammar = job.spec.grammar
-            least = max(1, 0 if grammar is None else grammar.min_tokens)
-            if params.fit_context and room >= least:
+            if params.fit_context and room >= _least_answer(job.spec):
                 params = dataclasses.replace(
                     params, max_tokens=min(job.spec.params.max_tokens, room)
                 )
@@ -1009,6 +1005,11 @@ class LlamaEngine:
             self._model.close()
         if crash is None:
             self._state = EngineState.CLOSED
+
+
+def _least_answer(spec: GenerationSpec) -> int:
+    """The fewest tokens a request's answer needs room for: one, or its grammar's minimum."""
+    return max(1, 0 if spec.grammar is None else spec.grammar.min_tokens)
 
 
 def _by_client(jobs: Iterable[Job]) -> Counter[str]:

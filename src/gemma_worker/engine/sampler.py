@@ -184,17 +184,11 @@ class Sampler:
         assert self._cand is not None
         adjusted = self._cand["logit"].copy()
         if self._needed > 0 and self._n_vocab > _GRAMMAR_BATCHES[-1]:
-            limit = _GRAMMAR_BATCHES[-1]
-            order = np.argpartition(-adjusted, limit)[:limit]
-            order = order[np.argsort(-adjusted[order], kind="stable")]
+            order = _best_first(adjusted, _GRAMMAR_BATCHES[-1])
             parts: list[np.ndarray[Any, Any]] = []
             start = 0
             for end in _GRAMMAR_BATCHES:
-                batch = np.zeros(end - start, dtype=_TOKEN_DATA)
-                batch["id"] = order[start:end]
-                batch["logit"] = adjusted[order[start:end]]
-                lc.llama_sampler_apply(self._grammar, ctypes.byref(_as_array(batch)))
-                parts.append(batch[~np.isinf(batch["logit"])])
+                parts.append(self._allowed(order[start:end], adjusted))
                 start = end
                 allowed = np.ascontiguousarray(np.concatenate(parts)[: self._needed])
                 if len(allowed) == self._needed or (
@@ -211,6 +205,15 @@ class Sampler:
         if not np.isfinite(self._cand["logit"][: arr.size]).any():
             raise SamplingError("no token the grammar allows may be sampled")
         return self._choose(arr, self._cand)
+
+    def _allowed(self, ids: np.ndarray[Any, Any], logits: np.ndarray[Any, Any]) -> Any:
+        """Those of ``ids`` the grammar allows, in their order, as token data with their
+        ``logits``."""
+        batch = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        batch["id"] = ids
+        batch["logit"] = logits[ids]
+        lc.llama_sampler_apply(self._grammar, ctypes.byref(_as_array(batch)))
+        return batch[~np.isinf(batch["logit"])]
 
     def _nucleus_settled(self, found: np.ndarray[Any, Any], floor: float) -> bool:
         """Whether top-p keeps the same tokens among the ``found`` allowed ones (best first)
@@ -284,14 +287,8 @@ class Sampler:
         assert self._cand is not None
         adjusted = self._cand["logit"].copy()
         want = max(1, min(self._needed or _BUDGET_PICKS, _BUDGET_PICKS))
-        n = min(_BUDGET_BEST, self._n_vocab)
-        order = np.argpartition(-adjusted, n - 1)[:n]
-        order = order[np.argsort(-adjusted[order], kind="stable")]
-        batch = np.zeros(n, dtype=_TOKEN_DATA)
-        batch["id"] = order
-        batch["logit"] = adjusted[order]
-        lc.llama_sampler_apply(self._grammar, ctypes.byref(_as_array(batch)))
-        steps = self._steps(batch["id"][~np.isinf(batch["logit"])], room, want)
+        best = _best_first(adjusted, min(_BUDGET_BEST, self._n_vocab - 1))
+        steps = self._steps(self._allowed(best, adjusted)["id"], room, want)
         fallback = budget.fallback(room)
         if (
             fallback is not None
@@ -365,6 +362,12 @@ class Sampler:
             if chain is not None:
                 lc.llama_sampler_free(chain)
         self._pre = self._pick = self._grammar = None
+
+
+def _best_first(logits: np.ndarray[Any, Any], n: int) -> np.ndarray[Any, Any]:
+    """The ids of the ``n`` (fewer than all) highest ``logits``, best first."""
+    order = np.argpartition(-logits, n)[:n]
+    return order[np.argsort(-logits[order], kind="stable")]
 
 
 def _as_array(cand: np.ndarray[Any, Any]) -> Any:

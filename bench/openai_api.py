@@ -35,7 +35,7 @@ from websockets.sync.client import connect
 from _common import EventClock, embedded_model_path, free_port, worker_process
 from gemma_worker.core.gbnf_walk import GrammarWalk
 from gemma_worker.core.json_schema import schema_to_gbnf
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.budget import AnswerBudget
 from gemma_worker.engine.grammar import compile_grammar
 from gemma_worker.engine.kernels import KernelChoices

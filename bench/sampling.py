@@ -16,7 +16,7 @@ import statistics
 import time
 
 from _common import PROMPTS, embedded_model_path
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.llama import Batch, LlamaModel
 from gemma_worker.engine.sampler import Sampler

@@ -26,7 +26,8 @@ from pydantic_settings import (
 )
 
 from gemma_worker.core.hosts import parse_pattern
-from gemma_worker.core.request import MAX_MESSAGES, RequestLimits
+from gemma_worker.core.sampling import MAX_MESSAGES, RequestLimits
+from gemma_worker.engine.config import EngineConfig
 from gemma_worker.engine.kernels import KernelChoices
 
 
@@ -478,6 +479,21 @@ class Settings(BaseSettings):
         """The compute paths: the mode's, with the settings given one by one applied."""
         overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(KernelChoices)}
         return KernelChoices.for_mode(self.deterministic, **overrides)
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's part of the settings: every :class:`EngineConfig` field of the same
+        name, plus the ones derived here."""
+        same = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(EngineConfig)
+            if f.name in type(self).model_fields
+        }
+        return EngineConfig(
+            **same,
+            kv_dir=self.data_dir / "kv",
+            kv_disk_bytes=self.kv_disk_cache_mb * 1024 * 1024,
+            kernels=self.kernel_choices(),
+        )
 
     def request_limits(self) -> RequestLimits:
         """The limits and defaults requests are checked against."""

@@ -8,7 +8,6 @@ import threading
 import httpx
 import pytest
 
-from gemma_worker.api.app import engine_config
 from gemma_worker.engine import llama as llama_mod
 from gemma_worker.engine.llama_engine import LlamaEngine
 from tests.api.wsclient import connect, recv_event, run_request, send
@@ -29,7 +28,7 @@ class GatedEngine(LlamaEngine):
 
 def test_ready_is_503_until_the_model_is_loaded() -> None:
     settings = make_settings(parallel=1)
-    engine = GatedEngine(engine_config(settings))
+    engine = GatedEngine(settings.engine_config())
     worker = start_worker(settings, engine, wait_ready=False)
     try:
         r = httpx.get(f"{worker.http}/ready")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from gemma_worker.api.state import WorkerState
+from gemma_worker.runtime.state import WorkerState
 from tests.api.wsclient import connect, recv_event, run_request, send
 from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
 

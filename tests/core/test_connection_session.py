@@ -8,11 +8,11 @@ import pytest
 
 from gemma_worker.core.connection_session import ConnectionSession
 from gemma_worker.core.errors import WorkerError
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import ExecuteRequest
 
 
-def req(**fields: Any) -> GenerationRequest:
-    return GenerationRequest(input="hi", **fields)
+def req(**fields: Any) -> ExecuteRequest:
+    return ExecuteRequest(input="hi", **fields)
 
 
 def run(conn: ConnectionSession, **fields: Any) -> tuple[str | None, bool]:

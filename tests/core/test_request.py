@@ -3,17 +3,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import GenerationRequest, RequestLimits
-
-LIMITS = RequestLimits(
-    max_tokens_cap=100,
-    default_max_tokens=20,
-    max_input_chars=50,
-    temperature=0.7,
-    top_p=0.9,
-    top_k=40,
-)
+from gemma_worker.core.request import ExecuteRequest
 
 
 @pytest.mark.parametrize(
@@ -41,35 +31,19 @@ LIMITS = RequestLimits(
 )
 def test_bad_requests_are_rejected(body: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
-        GenerationRequest.model_validate(body)
+        ExecuteRequest.model_validate(body)
 
 
-def test_defaults_come_from_limits() -> None:
-    params = LIMITS.resolve(GenerationRequest(input="hi"))
-    assert (params.max_tokens, params.temperature, params.top_p, params.top_k) == (
-        20,
-        0.7,
-        0.9,
-        40,
-    )
-
-
-def test_request_values_override_defaults() -> None:
-    req = GenerationRequest.model_validate(
+def test_a_request_states_only_what_it_was_given() -> None:
+    req = ExecuteRequest.model_validate(
         {"input": "hi", "max_tokens": 7, "temperature": 0, "stop": ["\n"], "seed": 3}
     )
-    params = LIMITS.resolve(req)
-    assert (params.max_tokens, params.temperature, params.stop, params.seed) == (7, 0, ("\n",), 3)
-
-
-def test_max_tokens_above_cap_is_invalid() -> None:
-    with pytest.raises(WorkerError) as info:
-        LIMITS.resolve(GenerationRequest(input="hi", max_tokens=101))
-    assert info.value.code is ErrorCode.INVALID_REQUEST
-    assert "100" in info.value.message
-
-
-def test_input_over_limit_is_invalid() -> None:
-    with pytest.raises(WorkerError) as info:
-        LIMITS.resolve(GenerationRequest(input="x" * 51))
-    assert info.value.code is ErrorCode.INVALID_REQUEST
+    sampling = req.sampling()
+    assert (sampling.max_tokens, sampling.temperature, sampling.stop, sampling.seed) == (
+        7,
+        0,
+        ("\n",),
+        3,
+    )
+    assert (sampling.top_p, sampling.top_k) == (None, None)
+    assert sampling.length.unset == "default" and not sampling.length.fit

@@ -12,10 +12,9 @@ import jsonschema
 import pytest
 import pytest_asyncio
 
-from gemma_worker.api.app import engine_config
 from gemma_worker.core.errors import ErrorCode
 from gemma_worker.core.json_schema import ToolSpec, schema_to_gbnf, tool_call_gbnf
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.budget import AnswerBudget
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.llama_engine import LlamaEngine
@@ -74,9 +73,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def engines() -> AsyncIterator[tuple[LlamaEngine, LlamaEngine]]:
     """The engine as it is, and with the budget off (how answers came out before it)."""
     async with (
-        running_engine(LlamaEngine(engine_config(make_settings(parallel=4)))) as on,
+        running_engine(LlamaEngine(make_settings(parallel=4).engine_config())) as on,
         running_engine(
-            LlamaEngine(engine_config(make_settings(parallel=2, grammar_budget=False)))
+            LlamaEngine(make_settings(parallel=2, grammar_budget=False).engine_config())
         ) as off,
     ):
         yield on, off
@@ -208,7 +207,7 @@ async def test_a_failing_budget_leaves_the_answer_constrained(
 async def test_a_fitted_answer_needs_room_for_the_shortest_valid_one() -> None:
     """A request that fits its length to the context still needs room for the grammar's
     shortest answer: with less, CONTEXT_OVERFLOW before anything is generated."""
-    async with running_engine(LlamaEngine(engine_config(make_settings(n_ctx=128)))) as eng:
+    async with running_engine(LlamaEngine(make_settings(n_ctx=128).engine_config())) as eng:
         gbnf = GRAMMARS["schema"][0]
         grammar = await eng.compile_grammar(gbnf)
         prompt_tokens = 128 - grammar.min_tokens + 1

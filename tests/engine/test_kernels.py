@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from gemma_worker.api.app import engine_config
 from gemma_worker.engine.kernels import KernelChoices, KernelConflictError
 from gemma_worker.engine.llama_engine import LlamaEngine
 from tests.conftest import PARIS_PROMPT, make_settings
@@ -19,14 +18,13 @@ from tests.engine.test_llama_engine import PROMPTS, collect, running_engine, sub
 
 _FAST_RUN = """
 import asyncio, json, sys
-from gemma_worker.api.app import engine_config
 from gemma_worker.engine.llama_engine import LlamaEngine
 from tests.conftest import make_settings
 from tests.engine.test_llama_engine import collect, submit
 
 async def main():
     settings = make_settings(deterministic=False)
-    engine = LlamaEngine(engine_config(settings))
+    engine = LlamaEngine(settings.engine_config())
     await engine.start()
     prompts = json.loads(sys.argv[1])
     alone = (await collect(submit(engine, settings, prompts[0], 16)))[0]
@@ -67,7 +65,7 @@ async def test_fast_mode_outputs_are_sane() -> None:
     assert proc.returncode == 0
     fast = json.loads(out.decode().strip().splitlines()[-1])
     settings = make_settings()
-    async with running_engine(LlamaEngine(engine_config(settings))) as engine:
+    async with running_engine(LlamaEngine(settings.engine_config())) as engine:
         exact, _ = await collect(submit(engine, settings, PARIS_PROMPT, 16))
     assert exact.split()[0] == "Paris", exact
     # fast kernels round differently, so late tokens may differ; the answer may not

@@ -13,9 +13,8 @@ from typing import TypeVar
 
 import pytest
 
-from gemma_worker.api.app import engine_config
 from gemma_worker.core.conversation import Conversation
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import ExecuteRequest
 from gemma_worker.core.scheduling import StepEntry
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
@@ -47,14 +46,14 @@ async def running_engine(eng: E) -> AsyncIterator[E]:
 @pytest.fixture
 async def engine() -> AsyncIterator[LlamaEngine]:
     async with running_engine(
-        LlamaEngine(engine_config(make_settings(parallel=4, stream_buffer=4)))
+        LlamaEngine(make_settings(parallel=4, stream_buffer=4).engine_config())
     ) as eng:
         yield eng
 
 
 def submit(eng: LlamaEngine, settings: Settings, text: str, max_tokens: int) -> GenerationHandle:
-    req = GenerationRequest(input=text, max_tokens=max_tokens, temperature=0.0)
-    params = settings.request_limits().resolve(req)
+    req = ExecuteRequest(input=text, max_tokens=max_tokens, temperature=0.0)
+    params = settings.request_limits().resolve(req.sampling(), n_ctx=eng.n_ctx, n_vocab=262_144)
     return eng.submit(GenerationSpec(f"t-{text[:8]}", Conversation(text, "plain"), params))
 
 
@@ -120,7 +119,7 @@ class RecordingEngine(LlamaEngine):
 
 async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None:
     settings = make_settings(parallel=2, prefill_chunk=64, n_ctx=2048)
-    eng = RecordingEngine(engine_config(settings))
+    eng = RecordingEngine(settings.engine_config())
     await eng.start()
     try:
         running = submit(eng, settings, PARIS_PROMPT, 300)
@@ -172,7 +171,7 @@ async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None
 
 async def test_a_prompt_alone_takes_whole_batches() -> None:
     settings = make_settings(parallel=2, prefill_chunk=64, n_batch=256, n_ctx=2048)
-    async with running_engine(RecordingEngine(engine_config(settings))) as eng:
+    async with running_engine(RecordingEngine(settings.engine_config())) as eng:
         long_text = "The quick brown fox jumps over the lazy dog. " * 90  # ~900 tokens
         _, finished = await collect(submit(eng, settings, long_text, 2))
         n_prompt = finished.usage.prompt_tokens
@@ -197,7 +196,7 @@ async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
     # One KV buffer per slot: llama.cpp runs the model once per run of consecutive busy
     # slots, so a reused cache is copied next to the busy ones, and must give the same output.
     settings = make_settings(parallel=4, n_ctx=1024)
-    async with running_engine(RecordingEngine(engine_config(settings))) as eng:
+    async with running_engine(RecordingEngine(settings.engine_config())) as eng:
         question = (
             "Question: Which river flows through the city of Paris, the capital of France, "
             "and into which sea does it finally empty?\nAnswer:"
@@ -225,9 +224,9 @@ async def test_a_cache_far_from_the_busy_slots_is_copied_beside_them() -> None:
 async def test_a_gap_between_busy_slots_is_closed_by_moving_a_request() -> None:
     settings = make_settings(parallel=4, n_ctx=1024)
     prompt = "Once upon a time, in a small village by the sea,"
-    async with running_engine(LlamaEngine(engine_config(settings))) as alone:
+    async with running_engine(LlamaEngine(settings.engine_config())) as alone:
         alone_text, _ = await collect(submit(alone, settings, prompt, 40))
-    async with running_engine(RecordingEngine(engine_config(settings))) as eng:
+    async with running_engine(RecordingEngine(settings.engine_config())) as eng:
         a = submit(eng, settings, "The history of the Roman Empire begins", 60)  # slot 0
         b = submit(eng, settings, "def fibonacci(n):", 3)  # slot 1, soon done
         c = submit(eng, settings, prompt, 40)  # slot 2, moves to 1 when b is done

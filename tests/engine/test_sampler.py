@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gemma_worker.api.app import engine_config
 from gemma_worker.core.json_schema import schema_to_gbnf
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine import sampler
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.llama_engine import LlamaEngine
@@ -33,7 +32,7 @@ PROMPT = Prompt("A book described as JSON:", add_special=True, parse_special=Fal
 
 @pytest.fixture
 async def engine() -> AsyncIterator[LlamaEngine]:
-    eng = LlamaEngine(engine_config(make_settings(parallel=2)))
+    eng = LlamaEngine(make_settings(parallel=2).engine_config())
     await eng.start()
     yield eng
     await eng.close()

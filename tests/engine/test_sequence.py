@@ -1,4 +1,4 @@
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.job import GenerationSpec, Job
 from gemma_worker.engine.messages import Text, TokenLogprob
 from gemma_worker.engine.prompt import Prompt

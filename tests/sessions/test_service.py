@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from gemma_worker.cluster.leases import RedisLeases
+from gemma_worker.cluster.redis_client import connect
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import GenerationRequest
 from gemma_worker.sessions.redis_store import RedisSessionStore
-from gemma_worker.sessions.service import SessionService
-from gemma_worker.shared.leases import RedisLeases
-from gemma_worker.shared.redis_client import connect
+from gemma_worker.sessions.service import SessionService, TurnRequest
 from tests.programs import RedisServer
 
 
@@ -27,18 +26,16 @@ def test_a_finished_turn_frees_its_session_on_every_replica(redis_server: RedisS
     raw = connect(redis_server.url)
 
     async def run() -> None:
-        first = await a.begin(GenerationRequest(input="hi"), "plain")
+        first = await a.begin(TurnRequest(input="hi"), "plain")
         await a.record(first, "hello", 2, 1)
         await a.end_turn(first)
         sid = first.session_id
         for turn in range(5):
             here, there = (a, b) if turn % 2 else (b, a)
-            plan = await here.begin(
-                GenerationRequest(input=f"turn {turn}", session_id=sid), "plain"
-            )
+            plan = await here.begin(TurnRequest(input=f"turn {turn}", session_id=sid), "plain")
             assert len(plan.conversation.history) == turn + 1
             try:
-                await there.begin(GenerationRequest(input="clash", session_id=sid), "plain")
+                await there.begin(TurnRequest(input="clash", session_id=sid), "plain")
                 raise AssertionError("two replicas ran two turns of one session")
             except WorkerError as exc:
                 assert exc.code is ErrorCode.SESSION_BUSY

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gemma_worker.cluster.redis_client import connect
 from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
 from gemma_worker.sessions.store import SessionStore, Turn
-from gemma_worker.shared.redis_client import connect
 from tests.programs import RedisServer
 
 MakeStore = Callable[..., SessionStore]

@@ -15,58 +15,37 @@ from gemma_worker.api.auth import AuthMiddleware
 from gemma_worker.api.body_limit import BodyLimitMiddleware
 from gemma_worker.api.errors import install_error_handlers
 from gemma_worker.api.hosts import AllowedHostsMiddleware, TrustedOriginsCORS
-from gemma_worker.api.house.routes import router as house_router
-from gemma_worker.api.house.websocket import websocket_endpoint
-from gemma_worker.api.metrics import HttpMetricsMiddleware, Metrics
+from gemma_worker.api.metrics import HttpMetricsMiddleware
 from gemma_worker.api.metrics_route import router as metrics_router
+from gemma_worker.api.native.routes import router as native_router
+from gemma_worker.api.native.websocket import websocket_endpoint
 from gemma_worker.api.ollama.catalog import ModelCatalog
 from gemma_worker.api.ollama.content_type import JsonBodyMiddleware
 from gemma_worker.api.ollama.routes import router as ollama_router
 from gemma_worker.api.openai.routes import router as openai_router
-from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
-from gemma_worker.api.state import Phase, WorkerState
 from gemma_worker.api.ui import BrowserRedirectMiddleware, load_assets, ui_router
 from gemma_worker.api.worker_id import WorkerIdMiddleware
+from gemma_worker.cluster.leases import LeaseTable, LocalLeases, RedisLeases
+from gemma_worker.cluster.redis_client import connect
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.core.hosts import AllowedHosts, OriginPolicy
-from gemma_worker.engine.llama_engine import EngineConfig, LlamaEngine
+from gemma_worker.engine.llama_engine import LlamaEngine
 from gemma_worker.engine.protocol import Engine
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
 from gemma_worker.private_files import private_dir
+from gemma_worker.runtime.metrics import Metrics
+from gemma_worker.runtime.ratelimit import RateLimiter
+from gemma_worker.runtime.state import Phase, WorkerState
 from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
 from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
-from gemma_worker.shared.leases import LeaseTable, LocalLeases, RedisLeases
-from gemma_worker.shared.redis_client import connect
 from gemma_worker.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    """The engine's part of the settings."""
-    return EngineConfig(
-        model_path=settings.model_path,
-        n_ctx=settings.n_ctx,
-        parallel=settings.parallel,
-        n_batch=settings.n_batch,
-        prefill_chunk=settings.prefill_chunk,
-        prefill_gap_factor=settings.prefill_gap_factor,
-        max_queue=settings.max_queue,
-        n_threads=settings.n_threads,
-        n_gpu_layers=settings.n_gpu_layers,
-        stream_buffer=settings.stream_buffer,
-        max_input_tokens=settings.max_input_tokens,
-        max_pending_per_client=settings.max_pending_per_client,
-        kv_dir=settings.data_dir / "kv",
-        kv_disk_bytes=settings.kv_disk_cache_mb * 1024 * 1024,
-        kernels=settings.kernel_choices(),
-        grammar_budget=settings.grammar_budget,
-    )
 
 
 async def _load(state: WorkerState) -> None:
@@ -150,7 +129,7 @@ def create_app(
     private_dir(settings.data_dir, tighten=settings.own_data_dir)
     hosts = allowed_hosts(settings, keys)
     origins = OriginPolicy(settings.cors_origins, hosts)
-    engine = engine or LlamaEngine(engine_config(settings))
+    engine = engine or LlamaEngine(settings.engine_config())
     store = store or open_store(settings)
     leases = open_leases(settings)
     metrics = Metrics()
@@ -214,7 +193,7 @@ def create_app(
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)
-    app.include_router(house_router)
+    app.include_router(native_router)
     app.include_router(openai_router)
     app.include_router(ollama_router)
     app.include_router(session_router)

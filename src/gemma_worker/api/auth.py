@@ -24,6 +24,7 @@ from gemma_worker.api.errors import send_error
 from gemma_worker.api.ui import is_ui_path
 from gemma_worker.core.auth import KeyRing, bearer_token
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.runtime.request import Caller
 
 #: Routes that answer without a key: orchestrators and load balancers probe them.
 OPEN_PATHS = frozenset({"/health", "/ready"})
@@ -43,6 +44,11 @@ def client_identity(scope: Scope) -> str:
         return principal
     client = scope.get("client")
     return f"addr-{client[0]}" if client else "addr-unknown"
+
+
+def caller_of(scope: Scope) -> Caller:
+    """The request's caller: its key id (sessions and caches) and its rate-limit identity."""
+    return Caller(principal_of(scope), client_identity(scope))
 
 
 class AuthMiddleware:

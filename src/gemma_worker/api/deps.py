@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gemma_worker.api.state import WorkerState
+from gemma_worker.runtime.state import WorkerState
 
 
 def get_state(request: Request) -> WorkerState:

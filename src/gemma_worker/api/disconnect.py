@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from gemma_worker.engine.messages import Queued, Started, Trimmed
-from gemma_worker.service.generation import Generation, GenerationEvent
+from gemma_worker.runtime.generation import Generation, GenerationEvent
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -17,7 +17,8 @@ from gemma_worker.api.ollama.errors import is_ollama_path, ollama_error_body, ol
 from gemma_worker.api.openai.errors import is_openai_path, openai_error_body, openai_status
 from gemma_worker.core import events as ev
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import describe_errors, new_id
+from gemma_worker.core.ids import new_id
+from gemma_worker.core.request import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def dialect_error(
     path: str, exc: WorkerError, status: int | None = None, request_id: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     """The status and body of ``exc`` in the API dialect of ``path`` (``status`` overrides the
-    dialect's choice): OpenAI's, Ollama's, or the house protocol's."""
+    dialect's choice): OpenAI's, Ollama's, or the native protocol's."""
     if is_openai_path(path):
         return status or openai_status(exc), openai_error_body(exc, status)
     if is_ollama_path(path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,8 +15,8 @@ from gemma_worker.api.schemas import (
     HealthResponse,
     ReadyResponse,
 )
-from gemma_worker.api.state import Phase
 from gemma_worker.engine.protocol import EngineState
+from gemma_worker.runtime.state import Phase
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +71,12 @@ async def ready(state: State) -> JSONResponse:
     body = ReadyResponse(status=phase.value, model_loaded=model is not None)
     if phase is Phase.READY and model is not None:
         stats = state.engine.stats()
-        path = getattr(state.engine, "model_path", None)
+        identity = state.engine.identity
         body = ReadyResponse(
             status="ready",
             model_loaded=True,
             # only the file name: /ready answers without a key, directories are nobody's business
-            model_file=None if path is None else Path(path).name,
+            model_file=None if identity is None else identity.file_name,
             model=model.to_dict(),
             slots=stats.slots,
             active=stats.active,

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
-from gemma_worker.api.metrics import Metrics
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

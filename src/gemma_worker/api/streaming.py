@@ -10,55 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.disconnect import first_decisive, replay, unless_disconnected
 from gemma_worker.api.errors import error_response, internal_error
 from gemma_worker.api.stall import guarded_stream
-from gemma_worker.api.state import WorkerState
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import SamplingParams, new_id
-from gemma_worker.engine.grammar import Grammar
-from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished
-from gemma_worker.engine.prompt import Prompt
-from gemma_worker.service.generation import Generation, GenerationEvent, start_generation
+from gemma_worker.runtime.generation import Generation, GenerationEvent
+from gemma_worker.runtime.state import WorkerState
+
+_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 #: What a generation cancelled by the drain answers (it is an error in the REST dialects).
 _CANCELLED = WorkerError(
     ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
 )
-
-
-async def start_rest_generation(
-    state: WorkerState,
-    request: Request,
-    prompt: Prompt,
-    params: SamplingParams,
-    *,
-    grammar: Grammar | None,
-    transport: str,
-    tools: bool = False,
-    top_logprobs: int | None = None,
-) -> Generation:
-    """Admit and submit a dialect's REST request: a new request id, the caller's key as its
-    cache scope, its key or address for rate limits (see :func:`start_generation`)."""
-    spec = GenerationSpec(
-        request_id=new_id(),
-        prompt=prompt,
-        params=params,
-        scope=principal_of(request.scope),
-        grammar=grammar,
-        top_logprobs=top_logprobs,
-    )
-    return await start_generation(
-        state, spec, identity=client_identity(request.scope), transport=transport, tools=tools
-    )
 
 
 def _client_left() -> Response:
@@ -95,39 +66,45 @@ async def answer_whole(
     request: Request,
     on_event: Callable[[GenerationEvent], object],
     respond: Callable[[Finished], Any],
+    *,
+    cancel_is_error: bool = True,
 ) -> Any:
     """The whole answer: :func:`_collect`, then ``respond(finished)``, or the error response
-    of a failed or cancelled generation."""
+    of a failed generation, or of a cancelled one unless the dialect answers those
+    (``cancel_is_error=False``: the native protocol's ``finish_reason: cancelled``)."""
     final = await _collect(gen, request, on_event)
     if isinstance(final, Response):
         return final
-    failed = _failure_of(final)
+    failed = _failure_of(final, cancel_is_error)
     if failed is not None:
-        return error_response(request, failed)
+        return error_response(request, failed, gen.request_id)
     assert isinstance(final, Finished)
     return respond(final)
 
 
-def _failure_of(final: Finished | Failed) -> WorkerError | None:
-    """The error a final event stands for in a REST answer (a cancel is one), else ``None``."""
+def _failure_of(final: Finished | Failed, cancel_is_error: bool = True) -> WorkerError | None:
+    """The error a final event stands for in a REST answer (a cancel, unless the dialect
+    answers those), else ``None``."""
     if isinstance(final, Failed):
         return final.error
-    return _CANCELLED if final.finish_reason == "cancelled" else None
+    cancelled = cancel_is_error and final.finish_reason == "cancelled"
+    return _CANCELLED if cancelled else None
 
 
 @dataclass(frozen=True)
 class StreamFormat:
-    """How a dialect writes a stream: ``encode`` turns an event into records (``Finished``
-    included; never a cancelled one), ``error`` writes the one record a broken stream ends
-    with, ``done`` is a last record after success (SSE's ``[DONE]``)."""
+    """How a dialect writes a stream: ``head`` are the records before the first event,
+    ``encode`` turns an event into records (``Finished`` included; a cancelled one only with
+    ``cancel_is_error=False``), ``error`` writes the one record a broken stream ends with,
+    ``done`` is a last record after success (SSE's ``[DONE]``)."""
 
     encode: Callable[[GenerationEvent], list[str]]
     error: Callable[[WorkerError], str]
     media_type: str
     done: str | None = None
-
-
-_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    head: tuple[str, ...] = ()
+    cancel_is_error: bool = True
+    headers: dict[str, str] = field(default_factory=lambda: dict(_HEADERS))
 
 
 async def stream(
@@ -142,13 +119,19 @@ async def stream(
     if isinstance(taken[-1], Failed):
         await rest.aclose()
         gen.close()
-        return error_response(request, taken[-1].error)
+        return error_response(request, taken[-1].error, gen.request_id)
 
     async def body() -> AsyncIterator[str]:
         try:
+            for record in fmt.head:
+                yield record
             async with contextlib.aclosing(replay(taken, rest)) as events:
                 async for event in events:
-                    failed = _failure_of(event) if isinstance(event, Finished | Failed) else None
+                    failed = (
+                        _failure_of(event, fmt.cancel_is_error)
+                        if isinstance(event, Finished | Failed)
+                        else None
+                    )
                     if failed is not None:
                         state.metrics.error(str(failed.code))
                         yield fmt.error(failed)
@@ -167,7 +150,7 @@ async def stream(
     return guarded_stream(
         body(),
         media_type=fmt.media_type,
-        headers=_HEADERS,
+        headers=fmt.headers,
         stall_timeout=state.settings.stream_stall_timeout_seconds,
         metrics=state.metrics,
         stall_record=fmt.error,

@@ -1,5 +1,5 @@
 """``X-Worker-Id`` on responses (pure ASGI): operators see which replica answered, when they
-may (:meth:`~gemma_worker.api.state.WorkerState.worker_id_for` decides)."""
+may (:meth:`~gemma_worker.runtime.state.WorkerState.worker_id_for` decides)."""
 
 from __future__ import annotations
 

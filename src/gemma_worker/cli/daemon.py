@@ -17,9 +17,9 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gemma_worker.api.app import create_app, load_keys
-from gemma_worker.api.state import WorkerState
 from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.hosts import is_loopback
+from gemma_worker.runtime.state import WorkerState
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,10 @@ import signal
 import sys
 import uuid
 
-from gemma_worker.cli.loading import load_engine
+from gemma_worker.cli.loading import load_engine, sampling_params
 from gemma_worker.cli.progress import Progress
 from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import ExecuteRequest
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished, Text
 from gemma_worker.engine.protocol import Engine
@@ -83,8 +83,8 @@ async def run_interactive(settings: Settings) -> int:
                 continue
             if line in {"/exit", "/quit"}:
                 return 0
-            req = GenerationRequest(input=line, stop=chat.stop or None)
-            params = settings.request_limits().resolve(req)
+            req = ExecuteRequest(input=line, stop=chat.stop or None)
+            params = sampling_params(settings, engine, req)
             handle = engine.submit(
                 GenerationSpec("cli-chat", chat.conversation(line), params, session=chat.key)
             )

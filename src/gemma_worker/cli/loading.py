@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from gemma_worker.api.app import engine_config
 from gemma_worker.cli.progress import Progress
+from gemma_worker.core.request import ExecuteRequest
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.llama_engine import LlamaEngine
 from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.settings import Settings
@@ -26,8 +27,16 @@ def resolve_with_progress(settings: Settings, progress: Progress) -> Settings:
 async def load_engine(settings: Settings, progress: Progress) -> tuple[LlamaEngine, float]:
     """A started engine and its load time in seconds."""
     settings = resolve_with_progress(settings, progress)
-    engine = LlamaEngine(engine_config(settings))
+    engine = LlamaEngine(settings.engine_config())
     t0 = time.perf_counter()
     with progress.step("loading the model into llama.cpp"):
         await engine.start()
     return engine, time.perf_counter() - t0
+
+
+def sampling_params(settings: Settings, engine: LlamaEngine, req: ExecuteRequest) -> SamplingParams:
+    """The parameters ``req`` runs with on ``engine`` (the worker's defaults and limits)."""
+    info = engine.info
+    return settings.request_limits().resolve(
+        req.sampling(), n_ctx=engine.n_ctx, n_vocab=info.n_vocab if info is not None else 0
+    )

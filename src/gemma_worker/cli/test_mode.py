@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-from gemma_worker.cli.loading import load_engine
+from gemma_worker.cli.loading import load_engine, sampling_params
 from gemma_worker.cli.progress import Progress
 from gemma_worker.core.conversation import Conversation
-from gemma_worker.core.request import GenerationRequest
+from gemma_worker.core.request import ExecuteRequest
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished, Text
 from gemma_worker.settings import Settings
@@ -21,8 +21,8 @@ async def run_test(settings: Settings, prompt: str, max_tokens: int) -> int:
     progress = Progress(3)
     engine, load_s = await load_engine(settings, progress)
     try:
-        req = GenerationRequest(input=prompt, max_tokens=max_tokens, temperature=0.0)
-        params = settings.request_limits().resolve(req)
+        req = ExecuteRequest(input=prompt, max_tokens=max_tokens, temperature=0.0)
+        params = sampling_params(settings, engine, req)
         conv = Conversation(prompt, engine.renderer.default_format)
         handle = engine.submit(GenerationSpec("cli-test", conv, params))
         out = sys.stdout

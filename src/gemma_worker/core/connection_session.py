@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gemma_worker.core.request import GenerationRequest, new_id, route_session
+from gemma_worker.core.ids import new_id
+from gemma_worker.core.request import ExecuteRequest, route_session
 
 _WHERE = "the connection's session_id"
 
@@ -21,7 +22,7 @@ class Routed:
     """A request with the session it runs in filled in; ``may_create``: that session is the
     connection's own and may not exist yet (its first turn starts it)."""
 
-    request: GenerationRequest
+    request: ExecuteRequest
     may_create: bool
 
 
@@ -34,7 +35,7 @@ class ConnectionSession:
         self._bound = routed is not None
         self._own = False  # ``current`` was made up here and may not exist yet
 
-    def route(self, req: GenerationRequest) -> Routed:
+    def route(self, req: ExecuteRequest) -> Routed:
         """The session ``req`` runs in; ``INVALID_REQUEST`` when it contradicts the
         connection's binding."""
         if req.stateless:

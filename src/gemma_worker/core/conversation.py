@@ -8,6 +8,9 @@ from typing import Literal
 
 #: How a conversation becomes a prompt: a running plain-text transcript, or chat turns.
 ConversationFormat = Literal["plain", "chat"]
+#: What a client may ask for: a format, or ``auto`` (the model's chat template when it has one
+#: and is instruction-tuned, else plain).
+PromptFormat = Literal["auto", "plain", "chat"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,10 @@ one connection.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.usage import Timings, Usage
-
-FinishReason = Literal["stop", "length", "cancelled"]
+from gemma_worker.core.usage import FinishReason, Timings, Usage
 
 Event = dict[str, Any]
 

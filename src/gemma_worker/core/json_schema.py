@@ -63,6 +63,7 @@ class ToolSpec:
 
     name: str
     parameters: Mapping[str, Any]
+    description: str = ""
 
 
 def _gbnf_literal(text: str) -> str:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -17,10 +15,10 @@ from pydantic import (
     model_validator,
 )
 
+from gemma_worker.core.conversation import PromptFormat
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.response_format import ResponseFormat
-
-PromptFormat = Literal["auto", "plain", "chat"]
+from gemma_worker.core.sampling import SamplingRequest
 
 _ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 _ID_RE = re.compile(_ID_PATTERN)
@@ -30,7 +28,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 
 
-class GenerationRequest(BaseModel):
+class ExecuteRequest(BaseModel):
     """What a client asks for. Types are strict: ``"0.5"`` is not a temperature.
 
     Fields left out fall back to the worker's configured defaults.
@@ -127,7 +125,7 @@ class GenerationRequest(BaseModel):
     ] = False
 
     @model_validator(mode="after")
-    def _one_session_choice(self) -> GenerationRequest:
+    def _one_session_choice(self) -> ExecuteRequest:
         chosen = [
             name
             for name, on in (
@@ -141,6 +139,17 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"{' and '.join(chosen)} cannot be combined")
         return self
 
+    def sampling(self) -> SamplingRequest:
+        """What this request asks of sampling (an unset length: the worker's default)."""
+        return SamplingRequest(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=tuple(self.stop or ()),
+        )
+
     @field_validator("input")
     @classmethod
     def _input_not_blank(cls, value: str) -> str:
@@ -149,12 +158,7 @@ class GenerationRequest(BaseModel):
         return value
 
 
-def new_id() -> str:
-    """A fresh random id (UUID4, 122 random bits) for a request, session or error."""
-    return str(uuid.uuid4())
-
-
-def route_session(req: GenerationRequest, routed: str | None, where: str) -> GenerationRequest:
+def route_session(req: ExecuteRequest, routed: str | None, where: str) -> ExecuteRequest:
     """``req`` with the session a balancer routed it by (the ``X-Session-Id`` header, or the
     WebSocket's ``session_id`` query parameter, named by ``where``).
 
@@ -197,93 +201,3 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
         message = str(err.get("msg")).removeprefix("Value error, ")  # pydantic's prefix
         parts.append(f"{loc}: {message}")
     return "; ".join(parts) or "invalid request"
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """Resolved sampling parameters for one generation (defaults applied, limits checked)."""
-
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    seed: int | None
-    stop: tuple[str, ...]
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    #: llama.cpp's repetition penalty over the last ``repeat_last_n`` tokens (1.0: off).
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    #: (token id, bias added to its logit) pairs; ``-inf`` bans the token.
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    #: When true, ``max_tokens`` is lowered to what the context leaves after the prompt instead
-    #: of the request being refused (for a request that did not ask for a length).
-    fit_context: bool = False
-
-
-#: The most messages any chat request may carry, whatever the settings: the request types
-#: declare it, so validation stops at once past it (not after 65,000 messages, on the event
-#: loop). ``max_messages`` (a setting, at most this) is the limit in force.
-MAX_MESSAGES = 16_384
-
-#: The largest top-k sampled from: the candidates beyond the best thousand carry no mass
-#: that top-p or temperature would leave them, and each one kept costs sampling time.
-MAX_TOP_K = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """Worker-wide limits and defaults that a request is checked against."""
-
-    max_tokens_cap: int
-    default_max_tokens: int
-    max_input_chars: int
-    temperature: float
-    top_p: float
-    top_k: int
-    max_messages: int = 2048
-    max_top_k: int = MAX_TOP_K
-
-    def check_chars(self, n_chars: int, n_messages: int = 0) -> None:
-        """``INVALID_REQUEST`` when a prompt of ``n_chars`` characters (over ``n_messages``
-        messages) is over the limits: checked before any costly step (rendering, tokenizing)."""
-        if n_messages > self.max_messages:
-            raise WorkerError(
-                ErrorCode.INVALID_REQUEST,
-                f"the request has {n_messages} messages; the limit is {self.max_messages}",
-                param="messages",
-            )
-        if n_chars > self.max_input_chars:
-            raise WorkerError(
-                ErrorCode.INVALID_REQUEST,
-                f"the prompt is {n_chars} characters; the limit is {self.max_input_chars}",
-            )
-
-    def cap_top_k(self, top_k: int) -> int:
-        """``top_k`` within the worker's bound; 0 ("off") is the bound too: sampling from the
-        whole 262k vocabulary costs every step and changes nothing a client could notice."""
-        return self.max_top_k if top_k <= 0 else min(top_k, self.max_top_k)
-
-    def resolve(self, req: GenerationRequest) -> SamplingParams:
-        """Apply defaults and check limits; raise ``INVALID_REQUEST`` when a limit is exceeded."""
-        n_chars = len(req.input) + len(req.system or "")
-        if n_chars > self.max_input_chars:
-            raise WorkerError(
-                ErrorCode.INVALID_REQUEST,
-                f"input is {n_chars} characters; the limit is {self.max_input_chars}",
-            )
-        if req.max_tokens is not None and req.max_tokens > self.max_tokens_cap:
-            raise WorkerError(
-                ErrorCode.INVALID_REQUEST,
-                f"max_tokens {req.max_tokens} is above the limit of {self.max_tokens_cap}",
-            )
-        max_tokens = req.max_tokens or min(self.default_max_tokens, self.max_tokens_cap)
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=self.temperature if req.temperature is None else req.temperature,
-            top_p=self.top_p if req.top_p is None else req.top_p,
-            top_k=self.cap_top_k(self.top_k if req.top_k is None else req.top_k),
-            seed=req.seed,
-            stop=tuple(req.stop or ()),
-        )

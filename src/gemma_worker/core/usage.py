@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+#: Why a generation ended: a stop (end of turn, stop string, grammar complete), its length, or a
+#: cancel (client gone, drain).
+FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from gemma_worker.core.conversation import Conversation
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.messages import EngineEvent, Failed, Finished
@@ -19,12 +19,13 @@ from gemma_worker.engine.prompt import Prompt
 class GenerationSpec:
     """What to generate: the engine's one input type, whatever API the request came through.
 
-    ``prompt`` is a conversation (rendered by the engine, oldest turns left out if it does not
-    fit) or a prompt already rendered. The KV cache a request leaves behind may be reused by any
-    later request of the same ``scope`` (an API key id; ``None`` when keys are off) whose prompt
-    starts with the same tokens. ``session`` names a session whose cache may also be saved to
-    disk when its slot is taken, and is dropped with :meth:`Engine.forget`. ``grammar``
-    constrains the output; ``top_logprobs`` (0-20) asks for log-probabilities of each token.
+    ``prompt`` is a conversation (rendered by the engine; with ``trim_history`` its oldest
+    turns are left out if it does not fit, else it is refused) or raw text. The KV cache a
+    request leaves behind may be reused by any later request of the same ``scope`` (an API key
+    id; ``None`` when keys are off) whose prompt starts with the same tokens. ``session`` names
+    a session whose cache may also be saved to disk when its slot is taken, and is dropped
+    with :meth:`Engine.forget`. ``grammar`` constrains the output; ``top_logprobs`` (0-20)
+    asks for log-probabilities of each token.
     """
 
     request_id: str
@@ -34,6 +35,7 @@ class GenerationSpec:
     session: str | None = None
     grammar: Grammar | None = None
     top_logprobs: int | None = None
+    trim_history: bool = True
     #: Whom the request counts for when the worker is shared out (an API key id, else the
     #: client's address): see :mod:`gemma_worker.core.fairness`.
     client: str = "anonymous"

@@ -17,13 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.events import FinishReason
 from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares, at_capacity
 from gemma_worker.core.pacing import PrefillPacer
 from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
@@ -34,12 +33,12 @@ from gemma_worker.core.scheduling import (
     StepEntry,
     plan_step,
 )
-from gemma_worker.core.usage import Timings, Usage
+from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.allocator import pin_mmap_threshold
 from gemma_worker.engine.channel import EventChannel
+from gemma_worker.engine.config import EngineConfig
 from gemma_worker.engine.grammar import Grammar, GrammarError, compile_grammar
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
-from gemma_worker.engine.kernels import KernelChoices
 from gemma_worker.engine.kv_files import KVFiles
 from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError
 from gemma_worker.engine.messages import (
@@ -50,7 +49,7 @@ from gemma_worker.engine.messages import (
     Started,
     Trimmed,
 )
-from gemma_worker.engine.model_files import resolve_model_path
+from gemma_worker.engine.model_files import ModelIdentity, resolve_model_path
 from gemma_worker.engine.prompt import Prompt, PromptRenderer
 from gemma_worker.engine.prompt_tokens import SessionTokens, Tokenized
 from gemma_worker.engine.protocol import EngineState, EngineStats
@@ -74,32 +73,6 @@ KV_DISK_MIN_TOKENS = 256
 #: While an empty slot is free, another conversation's cache is reused only for a shared prefix
 #: of at least this many tokens (beyond the BOS).
 MIN_SHARED_PREFIX = 32
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """What the engine needs from the settings."""
-
-    model_path: Path | None
-    n_ctx: int
-    parallel: int
-    n_batch: int
-    prefill_chunk: int
-    max_queue: int
-    n_threads: int | None
-    n_gpu_layers: int
-    stream_buffer: int
-    kernels: KernelChoices = field(default_factory=KernelChoices.deterministic)
-    prefill_gap_factor: float = 2.0
-    max_input_tokens: int | None = None
-    #: Most requests one client may have running or waiting (``None``: no cap of its own).
-    max_pending_per_client: int | None = None
-    #: Where idle sessions' KV caches are saved when their slot is taken or the worker stops
-    #: (``None`` or a zero budget: never).
-    kv_dir: Path | None = None
-    kv_disk_bytes: int = 0
-    #: Whether constrained answers are steered to close within their token budget.
-    grammar_budget: bool = True
 
 
 class _Stop:
@@ -170,6 +143,7 @@ class LlamaEngine:
         self._model: LlamaModel | None = None
         self._renderer: PromptRenderer | None = None
         self.model_path: Path | None = None
+        self._identity: ModelIdentity | None = None
         # Engine-thread state.
         # With a KV buffer per slot, busy slots are kept together (see SlotPool).
         self._slots = SlotPool(config.parallel, compact=not config.kernels.kv_unified)
@@ -211,6 +185,11 @@ class LlamaEngine:
     def info(self) -> ModelInfo | None:
         """The loaded model's description."""
         return None if self._model is None else self._model.info
+
+    @property
+    def identity(self) -> ModelIdentity | None:
+        """Which model this is (``None`` until it is loaded)."""
+        return self._identity if self._model is not None else None
 
     @property
     def renderer(self) -> PromptRenderer:
@@ -334,6 +313,7 @@ class LlamaEngine:
             t0 = time.perf_counter()
             pin_mmap_threshold()
             self.model_path = resolve_model_path(self.config.model_path)
+            self._identity = ModelIdentity.of(self.model_path)
             model = LlamaModel(
                 self.model_path,
                 n_ctx_seq=self.config.n_ctx,
@@ -577,7 +557,9 @@ class LlamaEngine:
                 built[drop] = (prompt, tokenized.tokens.tolist(), tokenized)
             return built[drop]
 
-        n_history = len(source.history) if isinstance(source, Conversation) else 0
+        n_history = (
+            len(source.history) if isinstance(source, Conversation) and job.spec.trim_history else 0
+        )
         drop = turns_to_drop(n_history, lambda d: len(build(d)[1]) <= budget)
         if drop is None:
             n_prompt = len(build(n_history)[1])

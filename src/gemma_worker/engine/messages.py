@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gemma_worker.core.errors import WorkerError
-from gemma_worker.core.events import FinishReason
-from gemma_worker.core.usage import Timings, Usage
+from gemma_worker.core.usage import FinishReason, Timings, Usage
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from gemma_worker.engine.llama import ModelLoadError
 
 EMBEDDED_MODEL_NAME = "gemma-3-270m (Q4_K_M, embedded)"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """Which model an engine serves. ``id`` is what the APIs call it (the file's stem);
+    ``path`` is its file, which no answer shows beyond its name."""
+
+    id: str
+    path: Path
+
+    @classmethod
+    def of(cls, path: Path) -> ModelIdentity:
+        """The identity of the model in ``path``."""
+        return cls(path.stem, path)
+
+    @property
+    def file_name(self) -> str:
+        """The file's name, without its directory."""
+        return self.path.name
+
+    @property
+    def created(self) -> int:
+        """When the file was written (Unix seconds), as OpenAI's model cards give it."""
+        return int(self.path.stat().st_mtime)
 
 
 def resolve_model_path(configured: Path | None) -> Path:

@@ -10,9 +10,8 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
+from gemma_worker.core.conversation import Conversation, ConversationFormat, PromptFormat, Turn
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import PromptFormat
 from gemma_worker.core.special import SpecialTextEscaper
 
 

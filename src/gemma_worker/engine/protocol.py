@@ -9,6 +9,7 @@ from typing import Protocol
 from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.llama import ModelInfo
+from gemma_worker.engine.model_files import ModelIdentity
 from gemma_worker.engine.prompt import PromptRenderer
 
 
@@ -42,6 +43,11 @@ class Engine(Protocol):
     @property
     def info(self) -> ModelInfo | None:
         """The loaded model's description (``None`` until loaded)."""
+        ...
+
+    @property
+    def identity(self) -> ModelIdentity | None:
+        """Which model this is (``None`` until it is loaded)."""
         ...
 
     @property

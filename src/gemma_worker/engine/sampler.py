@@ -13,7 +13,7 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from gemma_worker.core.request import SamplingParams
+from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.engine.budget import AnswerBudget, Step, Vocabulary
 from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.messages import TokenLogprob, TopLogprob

@@ -9,9 +9,8 @@ from __future__ import annotations
 import codecs
 import time
 
-from gemma_worker.core.events import FinishReason
 from gemma_worker.core.stops import StopMatcher
-from gemma_worker.core.usage import Timings, Usage
+from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.job import Job
 from gemma_worker.engine.messages import Finished, Text, TokenLogprob
 

@@ -19,8 +19,8 @@ from typing import Any, TypeVar, cast
 
 from redis import Redis, RedisError
 
+from gemma_worker.cluster.errors import SharedStateError
 from gemma_worker.sessions.store import SessionFormat, SessionInfo, Turn
-from gemma_worker.shared.errors import SharedStateError
 
 T = TypeVar("T")
 

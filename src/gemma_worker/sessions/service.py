@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
+from gemma_worker.cluster.errors import SharedStateError
+from gemma_worker.cluster.leases import Hold, LeaseTable, LocalLeases
+from gemma_worker.core.conversation import Conversation, ConversationFormat, PromptFormat, Turn
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import GenerationRequest, new_id
+from gemma_worker.core.ids import new_id
 from gemma_worker.sessions.store import SessionInfo, SessionStore
-from gemma_worker.shared.errors import SharedStateError
-from gemma_worker.shared.leases import Hold, LeaseTable, LocalLeases
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,22 @@ def _not_found(session_id: str) -> WorkerError:
     return WorkerError(
         ErrorCode.SESSION_NOT_FOUND, "no such session (it may have expired)", session_id=session_id
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """What a request asks of sessions: continue ``session_id``, start a new session (none
+    named), or neither (``stateless``: no history, nothing stored). ``system`` is a new
+    session's system prompt; ``prompt_format`` what the request asked for (``auto``: any).
+    ``may_create``: the named session is the caller's own (a WebSocket connection's) and may
+    not exist yet."""
+
+    input: str
+    session_id: str | None = None
+    system: str | None = None
+    stateless: bool = False
+    prompt_format: PromptFormat = "auto"
+    may_create: bool = False
 
 
 @dataclass(eq=False)
@@ -116,15 +132,10 @@ class SessionService:
         )
 
     async def begin(
-        self,
-        req: GenerationRequest,
-        fmt: ConversationFormat,
-        owner: str | None = None,
-        *,
-        may_create: bool = False,
+        self, req: TurnRequest, fmt: ConversationFormat, owner: str | None = None
     ) -> TurnPlan:
         """Plan the turn for ``req``: a new session when it names none, else the named one's
-        next turn; with ``may_create``, a named session that does not exist yet is started
+        next turn; with ``req.may_create``, a named session that does not exist yet is started
         under that id (a WebSocket connection's own session). A stateless request gets a plan
         that stores nothing. ``fmt`` is the prompt format the request resolved to (for a new
         session).
@@ -144,7 +155,7 @@ class SessionService:
         await self._claim(plan)
         try:
             info = await _off_loop(lambda: self.store.get(sid, owner=owner))
-            if info is None and may_create:
+            if info is None and req.may_create:
                 plan.is_new, plan.conversation = True, fresh
                 return plan
             if info is None:
@@ -232,7 +243,7 @@ class SessionService:
             await asyncio.sleep(interval_s)
 
 
-def _check_consistent(req: GenerationRequest, info: SessionInfo) -> None:
+def _check_consistent(req: TurnRequest, info: SessionInfo) -> None:
     if req.prompt_format not in {"auto", info.format}:
         raise WorkerError(
             ErrorCode.INVALID_REQUEST,

@@ -8,12 +8,19 @@ from pydantic import TypeAdapter
 
 from gemma_worker.api.openai.chat import to_conversation
 from gemma_worker.api.openai.types import Message
+from gemma_worker.core.json_schema import ToolSpec
+from gemma_worker.core.tool_prompt import with_tool_instructions
 
 MESSAGES = TypeAdapter(list[Message])
 
 
 def conv(messages: list[dict[str, Any]], tools: str | None = None) -> Any:
-    return to_conversation(MESSAGES.validate_python(messages), tools)
+    c = to_conversation(MESSAGES.validate_python(messages))
+    if tools is None:
+        return c
+    return with_tool_instructions(
+        c, [ToolSpec(tools, {"type": "object"})], parallel=False, forced=None
+    )
 
 
 def test_system_and_developer_fold_into_the_system_text() -> None:
@@ -25,7 +32,8 @@ def test_system_and_developer_fold_into_the_system_text() -> None:
         ],
         tools="TOOLS",
     )
-    assert c.system == "Be brief.\n\nNo lists.\n\nTOOLS"
+    assert c.system.startswith("Be brief.\n\nNo lists.\n\nYou may call these functions")
+    assert '"name": "TOOLS"' in c.system
     assert c.history == () and c.input == "Hi" and c.format == "chat"
 
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gemma_worker.api.state import WorkerState
 from gemma_worker.engine.llama import ModelInfo
+from gemma_worker.runtime.state import WorkerState
 
 #: ``expires_at`` of a model that stays loaded (Ollama's ``keep_alive: -1`` shows a far date).
 NEVER = "2318-11-26T00:00:00Z"
@@ -39,16 +39,14 @@ class ModelCatalog:
 
     @property
     def path(self) -> Path | None:
-        path = getattr(self.state.engine, "model_path", None)
-        return path if isinstance(path, Path) else None
+        identity = self.state.engine.identity
+        return identity.path if identity is not None else None
 
     @property
     def name(self) -> str:
         """The model's name in answers: its file name without ``.gguf``, tagged ``latest``."""
-        path = self.path
-        info = self.state.engine.info
-        base = path.stem if path is not None else info.name if info is not None else "unknown"
-        return f"{base}:latest"
+        identity = self.state.engine.identity
+        return f"{identity.id if identity is not None else 'unknown'}:latest"
 
     async def digest(self) -> str:
         """The sha256 of the model file (hex)."""

@@ -49,6 +49,6 @@ def to_openai(messages: Sequence[Message]) -> list[oa.Message]:
     return out
 
 
-def conversation(messages: Sequence[Message], tools_text: str | None) -> Conversation:
-    """The Gemma conversation for ``messages``; ``tools_text`` joins the system text."""
-    return to_conversation(to_openai(messages), tools_text)
+def conversation(messages: Sequence[Message]) -> Conversation:
+    """The Gemma conversation for ``messages``."""
+    return to_conversation(to_openai(messages))

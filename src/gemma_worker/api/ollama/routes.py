@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from gemma_worker import __version__
+from gemma_worker.api.auth import caller_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.ollama.catalog import ModelCatalog
@@ -16,28 +17,19 @@ from gemma_worker.api.ollama.chat import conversation
 from gemma_worker.api.ollama.encode import OllamaEncoder, ndjson
 from gemma_worker.api.ollama.errors import ollama_error_body
 from gemma_worker.api.ollama.types import ChatRequest, Format, GenerateRequest, Options, ShowRequest
-from gemma_worker.api.openai.chat import render_chat, tools_instructions
-from gemma_worker.api.state import WorkerState
-from gemma_worker.api.streaming import StreamFormat, answer_whole, start_rest_generation, stream
-from gemma_worker.core.conversation import Conversation
+from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
-from gemma_worker.core.request import SamplingParams
-from gemma_worker.core.response_format import (
-    JsonObjectFormat,
-    JsonSchemaFormat,
-    JsonSchemaSpec,
-    grammar_for,
-)
+from gemma_worker.core.json_schema import ToolSpec
+from gemma_worker.core.response_format import JsonObjectFormat, JsonSchemaFormat, JsonSchemaSpec
+from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
 from gemma_worker.engine.llama import ModelInfo
 from gemma_worker.engine.messages import Finished, Text
-from gemma_worker.engine.prompt import Prompt
-from gemma_worker.service.generation import (
-    Generation,
-    GenerationEvent,
-    compile_output_grammar,
-)
+from gemma_worker.runtime.generation import Generation, GenerationEvent
+from gemma_worker.runtime.pipeline import start_generation
+from gemma_worker.runtime.request import GenerationRequest, Output, RawPrompt, ToolUse
+from gemma_worker.runtime.state import WorkerState
+from gemma_worker.sessions.service import TurnRequest
 
 router = APIRouter(tags=["Ollama-compatible"])
 
@@ -93,35 +85,27 @@ async def show(body: ShowRequest, request: Request, state: State, catalog: Catal
         return error_response(request, exc)
 
 
-def _sampling(state: WorkerState, options: Options | None) -> SamplingParams:
+def _sampling(options: Options | None) -> SamplingRequest:
     o = options or Options()
-    limits = state.limits
-    n_ctx = state.engine.n_ctx
-    if o.num_ctx is not None and o.num_ctx > n_ctx:
-        raise _invalid(f"num_ctx {o.num_ctx} is above this worker's context of {n_ctx} tokens")
     if o.num_predict == 0:
         raise _invalid("num_predict must not be 0")
-    if o.num_predict is not None and o.num_predict > limits.max_tokens_cap:
-        raise _invalid(f"num_predict {o.num_predict} is above the limit of {limits.max_tokens_cap}")
     until_full = o.num_predict is not None and o.num_predict < 0
-    if o.num_predict is None:
-        max_tokens = limits.default_max_tokens
-    else:
-        max_tokens = limits.max_tokens_cap if until_full else o.num_predict
-    last_n = o.repeat_last_n if o.repeat_last_n is not None else 64
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=limits.temperature if o.temperature is None else o.temperature,
-        top_p=limits.top_p if o.top_p is None else o.top_p,
-        top_k=limits.cap_top_k(limits.top_k if o.top_k is None else o.top_k),
-        seed=None if o.seed is None or o.seed < 0 else o.seed % (2**32 - 1),
+    return SamplingRequest(
+        max_tokens=None if until_full else o.num_predict,
+        temperature=o.temperature,
+        top_p=o.top_p,
+        top_k=o.top_k,
+        seed=None if o.seed is None or o.seed < 0 else o.seed,  # Ollama: -1 is random
         stop=o.stops,
-        min_p=o.min_p or 0.0,
+        min_p=o.min_p,
         presence_penalty=o.presence_penalty,
         frequency_penalty=o.frequency_penalty,
-        repeat_penalty=1.0 if o.repeat_penalty is None else o.repeat_penalty,
-        repeat_last_n=n_ctx if last_n < 0 else last_n,
-        fit_context=until_full or o.num_predict is None,
+        repeat_penalty=o.repeat_penalty,
+        repeat_last_n=o.repeat_last_n,
+        until_full=until_full,
+        context_tokens=o.num_ctx,
+        # Ollama: an unset length is the default, shortened to what the context leaves.
+        length=LengthRule(param="options.num_predict", unset="default", fit=True),
     )
 
 
@@ -134,28 +118,35 @@ def _output_format(fmt: Format) -> JsonObjectFormat | JsonSchemaFormat | None:
     return None
 
 
+def _output(fmt: Format, field: str = "format") -> Output | None:
+    json_format = _output_format(fmt)
+    return None if json_format is None else Output(field, format=json_format)
+
+
 @router.post("/api/generate", summary="Completion (Ollama-compatible)")
 async def generate(body: GenerateRequest, request: Request, state: State, catalog: Catalog) -> Any:
     """A completion of ``prompt``: an ND-JSON stream (the default) or one JSON object."""
     encoder = OllamaEncoder(catalog.name, "generate")
     try:
-        state.admit()
-        params = _sampling(state, body.options)
-        state.limits.check_chars(len(body.prompt) + len(body.system or ""))
+        sampling = _sampling(body.options)
         if not body.prompt:
+            state.admit()
             return _loaded(encoder, body.stream)
-        if body.raw:
-            prompt = Prompt(body.prompt, add_special=True, parse_special=True, format="plain")
-        else:
-            renderer = state.engine.renderer
-            conv = Conversation(body.prompt, renderer.default_format, (), body.system)
-            prompt = renderer.render(conv)
-        fmt = _output_format(body.format)
-        grammar = await compile_output_grammar(
-            state, lambda: grammar_for(fmt), "format", params, "options.num_predict"
+        source: RawPrompt | TurnRequest = (
+            RawPrompt(body.prompt, parse_special=True)
+            if body.raw
+            else TurnRequest(body.prompt, system=body.system, stateless=True)
         )
-        gen = await start_rest_generation(
-            state, request, prompt, params, grammar=grammar, transport="ollama"
+        gen = await start_generation(
+            state,
+            GenerationRequest(
+                input=source,
+                sampling=sampling,
+                caller=caller_of(request.scope),
+                transport="ollama",
+                output=_output(body.format),
+                model=body.model,
+            ),
         )
     except WorkerError as exc:
         return error_response(request, exc)
@@ -167,31 +158,32 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
     """The next assistant message: text, or tool calls with JSON-object arguments."""
     encoder = OllamaEncoder(catalog.name, "chat")
     try:
-        state.admit()
-        params = _sampling(state, body.options)
-        state.limits.check_chars(sum(len(m.content) for m in body.messages), len(body.messages))
+        sampling = _sampling(body.options)
         if not body.messages:
+            state.admit()
             return _loaded(encoder, body.stream)
         tools = body.tools or []
         if tools and body.format:
             raise _invalid("format cannot be combined with tools")
-        specs = [
-            ToolSpec(t.function.name, t.function.parameters or {"type": "object"}) for t in tools
-        ]
-        fmt = _output_format(body.format)
-        grammar = await compile_output_grammar(
-            state,
-            (lambda: tool_call_gbnf(specs, required=False, parallel=True))
-            if tools
-            else (lambda: grammar_for(fmt)),
-            "tools" if tools else "format",
-            params,
-            "options.num_predict",
+        specs = tuple(
+            ToolSpec(
+                t.function.name,
+                t.function.parameters or {"type": "object"},
+                t.function.description or "",
+            )
+            for t in tools
         )
-        text = tools_instructions(tools, parallel=True, forced=None) if tools else None
-        prompt = await render_chat(state, lambda: conversation(body.messages, text))
-        gen = await start_rest_generation(
-            state, request, prompt, params, grammar=grammar, transport="ollama", tools=bool(tools)
+        gen = await start_generation(
+            state,
+            GenerationRequest(
+                input=conversation(body.messages),
+                sampling=sampling,
+                caller=caller_of(request.scope),
+                transport="ollama",
+                output=Output("tools", tools=ToolUse(specs)) if tools else _output(body.format),
+                model=body.model,
+                n_messages=len(body.messages),
+            ),
         )
     except WorkerError as exc:
         return error_response(request, exc)

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gemma_worker.api.openai.types import Tool
-from gemma_worker.core.request import MAX_MESSAGES, MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from gemma_worker.core.request import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from gemma_worker.core.sampling import MAX_MESSAGES
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 

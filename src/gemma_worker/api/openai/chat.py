@@ -4,27 +4,24 @@ Gemma's template has no system or tool role and wants strict user/model alternat
 with a user turn. So: system and developer messages are folded into the first user turn (with
 the tool list, when tools are offered); tool results become user text; assistant tool calls are
 written in the same JSON form the model is constrained to answer in; consecutive messages of one
-role are merged. Any valid OpenAI conversation renders.
+role are merged. Any valid OpenAI conversation renders. The tool list joins the system text in
+the pipeline (:mod:`gemma_worker.core.tool_prompt`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from gemma_worker.api.openai.types import (
     AssistantMessage,
     Content,
     Message,
     SystemMessage,
-    Tool,
     ToolMessage,
     UserMessage,
 )
-from gemma_worker.api.state import WorkerState
 from gemma_worker.core.conversation import Conversation, Turn
-from gemma_worker.engine.prompt import Prompt
 
 
 def content_text(content: Content | None) -> str:
@@ -45,45 +42,9 @@ def call_json(name: str, arguments: str) -> str:
     return f'{{"name": "{name}", "arguments": {args}}}'
 
 
-def tools_instructions(tools: Sequence[Tool], *, parallel: bool, forced: str | None) -> str:
-    """What the model is told about the functions it may call."""
-    listing = "\n".join(
-        json.dumps(
-            {
-                "name": t.function.name,
-                "description": t.function.description or "",
-                "parameters": t.function.parameters or {"type": "object", "properties": {}},
-            },
-            ensure_ascii=False,
-        )
-        for t in tools
-    )
-    how = 'answer with only a JSON object {"name": <function name>, "arguments": <object>}'
-    if parallel:
-        how += ", or a JSON array of such objects to call several"
-    lead = f"Call the function {forced}" if forced else "You may call these functions"
-    return f"{lead}. To call a function, {how}.\nFunctions:\n{listing}"
-
-
-async def render_chat(state: WorkerState, conversation: Callable[[], Conversation]) -> Prompt:
-    """The prompt of the chat ``conversation()`` builds, made off the event loop (a chat of
-    thousands of messages takes tens of ms to render), after the character limit is checked
-    on all its text: messages, tool definitions, tool calls."""
-    renderer = state.engine.renderer
-
-    def build() -> Prompt:
-        conv = conversation()
-        state.limits.check_chars(conv.n_chars)
-        return renderer.render(conv)
-
-    return await asyncio.to_thread(build)
-
-
-def to_conversation(messages: Sequence[Message], tools_text: str | None) -> Conversation:
-    """The Gemma conversation for ``messages``; ``tools_text`` joins the system text."""
+def to_conversation(messages: Sequence[Message]) -> Conversation:
+    """The Gemma conversation for ``messages`` (the pipeline adds the tool instructions)."""
     system = [content_text(m.content) for m in messages if isinstance(m, SystemMessage)]
-    if tools_text:
-        system.append(tools_text)
     names: dict[str, str] = {}
     parts_of: list[tuple[str, list[str]]] = []  # (role, texts) with roles user/assistant, merged
 

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from gemma_worker.api.auth import caller_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
-from gemma_worker.api.openai.chat import (
-    content_text,
-    render_chat,
-    to_conversation,
-    tools_instructions,
-)
+from gemma_worker.api.openai.chat import to_conversation
 from gemma_worker.api.openai.encode import ChatEncoder, CompletionEncoder, sse
 from gemma_worker.api.openai.errors import openai_error
 from gemma_worker.api.openai.types import (
@@ -30,36 +25,29 @@ from gemma_worker.api.openai.types import (
     SamplingFields,
     TokenizeRequest,
 )
-from gemma_worker.api.state import WorkerState
-from gemma_worker.api.streaming import StreamFormat, answer_whole, start_rest_generation, stream
+from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.json_schema import ToolSpec, tool_call_gbnf
-from gemma_worker.core.request import SamplingParams
-from gemma_worker.core.response_format import TextFormat, grammar_for
+from gemma_worker.core.json_schema import ToolSpec
+from gemma_worker.core.response_format import TextFormat
+from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
-from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.messages import Finished, Text
-from gemma_worker.engine.prompt import Prompt
-from gemma_worker.service.generation import (
-    Generation,
-    GenerationEvent,
-    compile_output_grammar,
-)
+from gemma_worker.runtime.generation import Generation, GenerationEvent
+from gemma_worker.runtime.pipeline import start_generation
+from gemma_worker.runtime.request import GenerationRequest, Output, RawPrompt, ToolUse
+from gemma_worker.runtime.state import WorkerState
 
 router = APIRouter(tags=["OpenAI-compatible"])
 
 
 def _model_id(state: WorkerState) -> str:
-    path = getattr(state.engine, "model_path", None)
-    if path is not None:
-        return Path(path).stem
-    info = state.engine.info
-    return info.name if info is not None else "unknown"
+    identity = state.engine.identity
+    return identity.id if identity is not None else "unknown"
 
 
 def _model_card(state: WorkerState) -> ModelCard:
-    path = getattr(state.engine, "model_path", None)
-    created = int(Path(path).stat().st_mtime) if path is not None else int(time.time())
+    identity = state.engine.identity
+    created = identity.created if identity is not None else int(time.time())
     return ModelCard(id=_model_id(state), created=created, owned_by="gemma-worker")
 
 
@@ -91,74 +79,74 @@ def _invalid(param: str, message: str) -> WorkerError:
     return WorkerError(ErrorCode.INVALID_REQUEST, f"{param}: {message}", param=param)
 
 
-def _sampling(
-    state: WorkerState, body: SamplingFields, requested: int | None, param: str
-) -> SamplingParams:
-    limits = state.limits
-    if requested is not None and requested > limits.max_tokens_cap:
-        raise _invalid(param, f"{requested} is above the limit of {limits.max_tokens_cap}")
-    n_vocab = state.engine.info.n_vocab if state.engine.info is not None else 0
-    bias: list[tuple[int, float]] = []
-    for key, value in (body.logit_bias or {}).items():
-        if int(key) >= n_vocab:
-            raise _invalid("logit_bias", f"token id {key} is not in the vocabulary")
-        bias.append((int(key), float("-inf") if value <= -100 else value))
+def _sampling(body: SamplingFields, requested: int | None, param: str) -> SamplingRequest:
     stop = body.stop if isinstance(body.stop, list) else [body.stop] if body.stop else []
-    return SamplingParams(
-        max_tokens=requested or limits.max_tokens_cap,
-        temperature=limits.temperature if body.temperature is None else body.temperature,
-        top_p=limits.top_p if body.top_p is None else body.top_p,
-        top_k=limits.cap_top_k(limits.top_k if body.top_k is None else body.top_k),
-        seed=None if body.seed is None else body.seed % (2**32 - 1),
+    return SamplingRequest(
+        max_tokens=requested,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
         stop=tuple(stop),
-        min_p=body.min_p or 0.0,
+        min_p=body.min_p,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
-        logit_bias=tuple(bias),
-        fit_context=requested is None,
+        logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
+        # OpenAI: an unset length is as much as the context leaves.
+        length=LengthRule(param=param, unset="context"),
     )
+
+
+def _tools(body: ChatCompletionRequest) -> Output | None:
+    tools = body.tools or []
+    if not tools or body.tool_choice == "none":
+        return (
+            None
+            if isinstance(body.response_format, TextFormat | None)
+            else Output("response_format", format=body.response_format)
+        )
+    if not isinstance(body.response_format, TextFormat | None):
+        raise _invalid("response_format", "cannot be combined with tools")
+    forced = (
+        body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
+    )
+    offered = tuple(
+        ToolSpec(
+            t.function.name,
+            t.function.parameters or {"type": "object"},
+            t.function.description or "",
+        )
+        for t in tools
+        if forced in {None, t.function.name}
+    )
+    use = ToolUse(
+        offered,
+        required=forced is not None or body.tool_choice == "required",
+        parallel=body.parallel_tool_calls and forced is None,
+        forced=forced,
+    )
+    return Output("tools", tools=use)
 
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible)")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Any:
     """A chat answer: JSON, or with ``stream`` server-sent ``chat.completion.chunk`` events."""
     try:
-        state.admit()
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        params = _sampling(state, body, requested, param)
-        state.limits.check_chars(
-            sum(len(content_text(m.content)) for m in body.messages), len(body.messages)
-        )
-        tools = body.tools or []
-        use_tools = bool(tools) and body.tool_choice != "none"
-        forced = (
-            body.tool_choice.function.name
-            if isinstance(body.tool_choice, NamedToolChoice)
-            else None
-        )
-        if use_tools and not isinstance(body.response_format, TextFormat | None):
-            raise _invalid("response_format", "cannot be combined with tools")
-        offered = [t for t in tools if forced in {None, t.function.name}]
-        specs = [
-            ToolSpec(t.function.name, t.function.parameters or {"type": "object"}) for t in offered
-        ]
-        required = forced is not None or body.tool_choice == "required"
-        parallel = body.parallel_tool_calls and forced is None
-        fmt = body.response_format
-        grammar = await compile_output_grammar(
+        output = _tools(body)
+        gen = await start_generation(
             state,
-            (lambda: tool_call_gbnf(specs, required=required, parallel=parallel))
-            if use_tools
-            else (lambda: grammar_for(fmt)),
-            "tools" if use_tools else "response_format",
-            params,
-            param,
-        )
-        text = tools_instructions(offered, parallel=parallel, forced=forced) if use_tools else None
-        prompt = await render_chat(state, lambda: to_conversation(body.messages, text))
-        gen = await _start(
-            state, request, prompt, params, grammar=grammar, body=body, tools=use_tools
+            GenerationRequest(
+                input=to_conversation(body.messages),
+                sampling=_sampling(body, requested, param),
+                caller=caller_of(request.scope),
+                transport="openai",
+                output=output,
+                model=body.model,
+                top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+                n_messages=len(body.messages),
+            ),
         )
     except WorkerError as exc:
         return error_response(request, exc)
@@ -176,14 +164,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
 async def completions(body: CompletionRequest, request: Request, state: State) -> Any:
     """A plain completion of ``prompt``: JSON, or with ``stream`` server-sent chunks."""
     try:
-        state.admit()
-        params = _sampling(state, body, body.max_tokens, "max_tokens")
-        state.limits.check_chars(len(body.text))
         if not body.text:
             raise _invalid("prompt", "must not be empty")
-        prompt = Prompt(body.text, add_special=True, parse_special=False, format="plain")
-        gen = await _start(
-            state, request, prompt, params, grammar=None, body=body, top=body.logprobs
+        gen = await start_generation(
+            state,
+            GenerationRequest(
+                input=RawPrompt(body.text),
+                sampling=_sampling(body, body.max_tokens, "max_tokens"),
+                caller=caller_of(request.scope),
+                transport="openai",
+                model=body.model,
+                top_logprobs=body.logprobs,
+            ),
         )
     except WorkerError as exc:
         return error_response(request, exc)
@@ -195,31 +187,6 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     if body.stream:
         return await _stream(gen, request, state, _completion_chunks(encoder))
     return await _collect(gen, request, encoder)
-
-
-async def _start(
-    state: WorkerState,
-    request: Request,
-    prompt: Prompt,
-    params: SamplingParams,
-    *,
-    grammar: Grammar | None,
-    body: SamplingFields,
-    tools: bool = False,
-    top: int | None = None,
-) -> Generation:
-    if isinstance(body, ChatCompletionRequest) and body.logprobs:
-        top = body.top_logprobs or 0
-    return await start_rest_generation(
-        state,
-        request,
-        prompt,
-        params,
-        grammar=grammar,
-        transport="openai",
-        tools=tools,
-        top_logprobs=top,
-    )
 
 
 async def _collect(

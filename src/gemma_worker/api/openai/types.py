@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gemma_worker.core.request import MAX_MESSAGES, MAX_STOP_LENGTH, MAX_STOP_STRINGS
+from gemma_worker.core.request import MAX_STOP_LENGTH, MAX_STOP_STRINGS
 from gemma_worker.core.response_format import ResponseFormat
+from gemma_worker.core.sampling import MAX_MESSAGES
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 _FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"

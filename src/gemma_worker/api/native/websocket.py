@@ -17,22 +17,22 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from gemma_worker.api.auth import client_identity, principal_of
 from gemma_worker.api.errors import internal_error, response_for
-from gemma_worker.api.house.generation import (
-    HouseGeneration,
-    house_events,
-    start_house_generation,
-)
-from gemma_worker.api.state import Phase, WorkerState
+from gemma_worker.api.native.encode import native_events
+from gemma_worker.api.native.request import to_request
 from gemma_worker.core import events as ev
 from gemma_worker.core.connection_session import ConnectionSession
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.protocol import (
+from gemma_worker.core.ws_messages import (
     CancelMessage,
     ExecuteMessage,
     ProtocolError,
     parse_auth_message,
     parse_client_message,
 )
+from gemma_worker.runtime.generation import Generation
+from gemma_worker.runtime.pipeline import start_generation
+from gemma_worker.runtime.request import Caller
+from gemma_worker.runtime.state import Phase, WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Connection:
         self.ws = ws
         self.state = state
         self._send_lock = asyncio.Lock()
-        self._requests: dict[str, tuple[asyncio.Task[None], HouseGeneration]] = {}
+        self._requests: dict[str, tuple[asyncio.Task[None], Generation]] = {}
         self._closing = asyncio.Event()
         self.principal: str | None = principal_of(ws.scope)
         #: The connection's current session (``/ws?session_id=...`` binds it to one).
@@ -251,7 +251,7 @@ class Connection:
             )
             await self.send(ev.error_event(error, request_id))
             return
-        entry[1].gen.handle.cancel()
+        entry[1].handle.cancel()
 
     async def _execute(self, message: ExecuteMessage) -> None:
         req = message.request
@@ -266,13 +266,10 @@ class Connection:
                 raise WorkerError(
                     ErrorCode.OVERLOADED, "too many requests in flight on this connection"
                 )
-            gen = await start_house_generation(
+            caller = Caller(self.principal, self.principal or client_identity(self.ws.scope))
+            gen = await start_generation(
                 self.state,
-                req,
-                owner=self.principal,
-                identity=self.principal or client_identity(self.ws.scope),
-                transport="websocket",
-                may_create=routed.may_create,
+                to_request(req, caller, transport="websocket", may_create=routed.may_create),
             )
         except WorkerError as exc:
             await self.send(ev.error_event(exc, req.request_id))
@@ -281,12 +278,13 @@ class Connection:
         task = asyncio.create_task(self._stream(gen))
         self._requests[gen.request_id] = (task, gen)
 
-    async def _stream(self, gen: HouseGeneration) -> None:
+    async def _stream(self, gen: Generation) -> None:
         try:
-            async with contextlib.aclosing(house_events(self.state, gen)) as events:
+            async with contextlib.aclosing(native_events(gen)) as events:
                 async for event in events:
-                    if gen.turn.recorded:  # before the result goes out: its session exists
-                        self.session.stored(gen.session_id)
+                    if gen.turn is not None and gen.turn.recorded:
+                        # before the result goes out: its session exists
+                        self.session.stored(gen.turn.session_id)
                     await self.send(event)
         except ClientGoneError:
             log.info("client left mid-stream", extra={"request_id": gen.request_id})

@@ -4,7 +4,7 @@ import pytest
 
 from gemma_worker.core.errors import ErrorCode
 from gemma_worker.core.events import frame, token_event
-from gemma_worker.core.protocol import (
+from gemma_worker.core.ws_messages import (
     CancelMessage,
     ExecuteMessage,
     ProtocolError,

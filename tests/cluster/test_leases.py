@@ -9,9 +9,9 @@ import weakref
 
 import pytest
 
-from gemma_worker.shared.errors import SharedStateError
-from gemma_worker.shared.leases import LeaseTable, LocalLeases, RedisLeases
-from gemma_worker.shared.redis_client import connect
+from gemma_worker.cluster.errors import SharedStateError
+from gemma_worker.cluster.leases import LeaseTable, LocalLeases, RedisLeases
+from gemma_worker.cluster.redis_client import connect
 from tests.programs import RedisServer
 
 

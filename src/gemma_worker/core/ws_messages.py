@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.request import GenerationRequest, describe_validation_error, is_valid_id
+from gemma_worker.core.request import ExecuteRequest, describe_validation_error, is_valid_id
 
 
 @dataclass(frozen=True, slots=True)
 class ExecuteMessage:
     """Start a generation."""
 
-    request: GenerationRequest
+    request: ExecuteRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
         )
     body = {k: v for k, v in obj.items() if k != "type"}
     try:
-        request = GenerationRequest.model_validate(body)
+        request = ExecuteRequest.model_validate(body)
     except ValidationError as exc:
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST, describe_validation_error(exc), request_id

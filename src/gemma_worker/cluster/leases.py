@@ -17,7 +17,7 @@ from typing import Protocol
 
 from redis import Redis, RedisError
 
-from gemma_worker.shared.errors import SharedStateError
+from gemma_worker.cluster.errors import SharedStateError
 
 log = logging.getLogger(__name__)
 

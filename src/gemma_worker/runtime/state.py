@@ -9,14 +9,14 @@ from collections.abc import Coroutine
 from enum import StrEnum
 from typing import Any
 
-from gemma_worker.api.metrics import Metrics
-from gemma_worker.api.ratelimit import RateLimiter
 from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.hosts import OriginPolicy, is_loopback
-from gemma_worker.core.request import RequestLimits
+from gemma_worker.core.sampling import RequestLimits
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.engine.protocol import Engine, EngineState
+from gemma_worker.runtime.metrics import Metrics
+from gemma_worker.runtime.ratelimit import RateLimiter
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.settings import Settings
 from gemma_worker.systemd import SystemdNotifier

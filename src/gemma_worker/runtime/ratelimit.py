@@ -14,9 +14,9 @@ from limits import RateLimitItem, parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from gemma_worker.cluster.errors import SharedStateError
+from gemma_worker.cluster.leases import Hold, LeaseTable, LocalLeases
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.shared.errors import SharedStateError
-from gemma_worker.shared.leases import Hold, LeaseTable, LocalLeases
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""The house protocol: ``WS /ws`` and ``POST /v1/execute``, ND-JSON events, sessions."""

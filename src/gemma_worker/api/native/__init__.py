@@ -1,0 +1,1 @@
+"""The native protocol: ``WS /ws`` and ``POST /v1/execute``, ND-JSON events, sessions."""

@@ -1,0 +1,34 @@
+"""What the engine needs from the settings (built by :meth:`Settings.engine_config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gemma_worker.engine.kernels import KernelChoices
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What the engine needs from the settings."""
+
+    model_path: Path | None
+    n_ctx: int
+    parallel: int
+    n_batch: int
+    prefill_chunk: int
+    max_queue: int
+    n_threads: int | None
+    n_gpu_layers: int
+    stream_buffer: int
+    kernels: KernelChoices = field(default_factory=KernelChoices.deterministic)
+    prefill_gap_factor: float = 2.0
+    max_input_tokens: int | None = None
+    #: Most requests one client may have running or waiting (``None``: no cap of its own).
+    max_pending_per_client: int | None = None
+    #: Where idle sessions' KV caches are saved when their slot is taken or the worker stops
+    #: (``None`` or a zero budget: never).
+    kv_dir: Path | None = None
+    kv_disk_bytes: int = 0
+    #: Whether constrained answers are steered to close within their token budget.
+    grammar_budget: bool = True

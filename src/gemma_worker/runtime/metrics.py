@@ -1,0 +1,115 @@
+"""Prometheus metrics, one registry per app (no process globals), names in the style of vLLM
+and llama.cpp's server (``gemma_worker_`` prefix, seconds, ``_total`` counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gemma_worker.core.usage import Timings, Usage
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
+
+
+class Metrics:
+    """Every metric the worker exports. Gauges of current load are set at scrape time."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "gemma_worker_"
+        self.http_requests = Counter(
+            p + "http_requests_total",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            p + "http_request_duration_seconds",
+            "HTTP request duration (to the end of the response, streams included).",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generations = Counter(
+            p + "generations_total",
+            "Generations that ended, by transport and finish reason.",
+            ["transport", "finish_reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds",
+            "Time from submission to the first generated token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            p + "inter_token_latency_seconds",
+            "Mean time between generated tokens, one observation per generation.",
+            buckets=_TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            p + "queue_wait_seconds",
+            "Time a generation waited for a slot.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            p + "prompt_tokens_total", "Prompt tokens of finished generations.", registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            p + "prompt_tokens_cached_total",
+            "Prompt tokens reused from a KV cache (prefix caching, sessions).",
+            registry=r,
+        )
+        self.generation_tokens = Counter(
+            p + "generation_tokens_total", "Generated tokens.", registry=r
+        )
+        self.errors = Counter(
+            p + "errors_total", "Errors sent to clients, by code.", ["code"], registry=r
+        )
+        self.rate_limited = Counter(
+            p + "rate_limited_total", "Requests refused by a rate limit.", registry=r
+        )
+        self.stalled_streams = Counter(
+            p + "stalled_streams_total",
+            "Streams cancelled because their client stopped reading (stall timeout).",
+            ["transport"],
+            registry=r,
+        )
+        self.cancellations = Counter(
+            p + "cancellations_total",
+            "Generations cancelled (by the client, a disconnect or the drain).",
+            registry=r,
+        )
+        self.queue_depth = Gauge(p + "queue_depth", "Generations waiting for a slot.", registry=r)
+        self.slots_busy = Gauge(p + "slots_busy", "Slots running a generation.", registry=r)
+        self.slots_total = Gauge(p + "slots_total", "Slots (parallel sequences).", registry=r)
+        self.ws_connections = Gauge(
+            p + "websocket_connections", "Open WebSocket connections.", registry=r
+        )
+        self.sessions_active = Gauge(p + "sessions_active", "Sessions in the store.", registry=r)
+
+    def error(self, code: str) -> None:
+        """Count one error sent to a client."""
+        self.errors.labels(code=code).inc()
+        if code == "RATE_LIMITED":
+            self.rate_limited.inc()
+
+    def finished(self, transport: str, finish_reason: str, usage: Usage, timings: Timings) -> None:
+        """Account for one generation that ended with a result."""
+        self.generations.labels(transport=transport, finish_reason=finish_reason).inc()
+        if finish_reason == "cancelled":
+            self.cancellations.inc()
+        self.prompt_tokens.inc(usage.prompt_tokens)
+        self.cached_prompt_tokens.inc(usage.cached_tokens)
+        self.generation_tokens.inc(usage.completion_tokens)
+        self.queue_wait.observe(timings.queue_ms / 1e3)
+        if timings.ttft_ms is not None:
+            self.ttft.observe(timings.ttft_ms / 1e3)
+        if timings.tokens_per_second:
+            self.itl.observe(1.0 / timings.tokens_per_second)
+
+    def exposition(self) -> bytes:
+        """The text format for ``GET /metrics``."""
+        return generate_latest(self.registry)

@@ -21,7 +21,7 @@ import uvicorn
 
 from gemma_worker.api.app import create_app
 from gemma_worker.cli.daemon import server_config
-from gemma_worker.engine.protocol import Engine
+from gemma_worker.engine.interface import Engine
 from gemma_worker.sessions.store import SessionStore
 from gemma_worker.settings import Settings
 from tests.programs import RedisServer, free_port
@@ -115,6 +115,14 @@ def start_worker(
         time.sleep(0.05)
     worker.stop()
     raise RuntimeError("worker did not become ready")
+
+
+def start_fake_worker(settings: Settings, **engine: Any) -> RunningWorker:
+    """A real app and server on :class:`~tests.fake_engine.FakeEngine` (``engine``: its
+    options), for the tests of protocol logic."""
+    from tests.fake_engine import FakeEngine  # noqa: PLC0415 - only the tests that use it
+
+    return start_worker(settings, FakeEngine(**engine))
 
 
 def spawn_daemon(

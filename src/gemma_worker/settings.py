@@ -3,6 +3,8 @@
 Precedence, highest first: CLI flags (passed as keyword overrides), environment variables,
 the TOML config file, the defaults below. Environment names are ``GEMMA_<FIELD>`` except
 ``LOG_LEVEL`` and ``LOG_FORMAT``, which the seed worker documented without a prefix.
+
+Its size is its field list: every setting, described once, in one schema.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Property-based fuzzing of every REST route in the OpenAPI schema (Schemathesis strategies
-driven by Hypothesis) against a real worker: valid and invalid requests alike, it never
-answers 5xx, and its errors are JSON bodies with a code and nothing internal."""
+driven by Hypothesis) against a worker on the fake engine (the routes, the pipeline and the
+encoders are the real ones; every route also has tests on the real model): valid and invalid
+requests alike, it never answers 5xx, and its errors are JSON bodies with a code and nothing
+internal."""
 
 from __future__ import annotations
 
@@ -15,17 +17,17 @@ from schemathesis import GenerationMode
 
 from gemma_worker.api.ollama.errors import is_ollama_path
 from gemma_worker.api.openai.errors import is_openai_path
-from tests.conftest import RunningWorker, make_settings, start_worker
+from tests.conftest import RunningWorker, make_settings, start_fake_worker
 
-EXAMPLES_PER_MODE = 60
+EXAMPLES_PER_MODE = 100
 CALLS: list[tuple[str, str, int]] = []
 
 
 @pytest.fixture(scope="module")
 def fuzz_worker() -> Iterator[RunningWorker]:
-    # Short generations keep the run quick: larger max_tokens are refused (422) by the cap.
-    w = start_worker(
-        make_settings(parallel=2, n_ctx=512, max_tokens=4, default_max_tokens=4, max_queue=64)
+    # Larger max_tokens are refused (422) by the cap.
+    w = start_fake_worker(
+        make_settings(max_tokens=4, default_max_tokens=4), slots=2, n_ctx=512, max_queue=64
     )
     yield w
     w.stop()

@@ -1,35 +1,24 @@
-"""Readiness while loading, overload, and an engine failure: each on its own real worker."""
+"""Readiness while loading and overload (on the fake engine: the app's side of them), and
+failures of the real engine: each on its own worker."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import httpx
 import pytest
 
 from gemma_worker.engine import llama as llama_mod
-from gemma_worker.engine.llama_engine import LlamaEngine
+from gemma_worker.engine.job import GenerationSpec
 from tests.api.wsclient import connect, recv_event, run_request, send
 from tests.conftest import PARIS_PROMPT, make_settings, start_worker
-
-
-class GatedEngine(LlamaEngine):
-    """The real engine, whose model load waits until the test opens the gate."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.gate = threading.Event()
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self.gate.wait, 60)
-        await super().start()
+from tests.fake_engine import FakeEngine
 
 
 def test_ready_is_503_until_the_model_is_loaded() -> None:
-    settings = make_settings(parallel=1)
-    engine = GatedEngine(settings.engine_config())
-    worker = start_worker(settings, engine, wait_ready=False)
+    gate = threading.Event()
+    engine = FakeEngine(load_gate=gate)
+    worker = start_worker(make_settings(), engine, wait_ready=False)
     try:
         r = httpx.get(f"{worker.http}/ready")
         assert r.status_code == 503
@@ -39,7 +28,7 @@ def test_ready_is_503_until_the_model_is_loaded() -> None:
         assert r.status_code == 503
         assert r.json()["code"] == "OVERLOADED"
         assert "Retry-After" in r.headers
-        engine.gate.set()
+        gate.set()
         for _ in range(200):
             r = httpx.get(f"{worker.http}/ready")
             if r.status_code == 200:
@@ -48,12 +37,14 @@ def test_ready_is_503_until_the_model_is_loaded() -> None:
         assert r.status_code == 200
         assert r.json()["model_loaded"] is True
     finally:
-        engine.gate.set()
+        gate.set()
         worker.stop()
 
 
 async def test_full_queue_is_overloaded_at_once() -> None:
-    worker = start_worker(make_settings(parallel=1, max_queue=1))
+    worker = start_worker(
+        make_settings(), FakeEngine(slots=1, max_queue=1, token_delay=0.02, script=long_answer)
+    )
     try:
         async with connect(worker.ws) as ws:
             long = {"input": PARIS_PROMPT, "max_tokens": 300, "stateless": True}
@@ -91,6 +82,10 @@ async def test_full_queue_is_overloaded_at_once() -> None:
         worker.stop()
 
 
+def long_answer(spec: GenerationSpec, prompt: str) -> list[str]:
+    return [f" {n}" for n in range(1000)]
+
+
 async def test_decode_failure_is_inference_error_and_the_worker_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -118,12 +113,12 @@ async def test_decode_failure_is_inference_error_and_the_worker_recovers(
 
 
 async def test_engine_crash_fails_requests_and_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_step(self: LlamaEngine, plan: object) -> None:
+    def broken_decode(self: llama_mod.LlamaModel, batch: llama_mod.Batch) -> int:
         raise RuntimeError("simulated engine bug")
 
     worker = start_worker(make_settings(parallel=1))
     try:
-        monkeypatch.setattr(LlamaEngine, "_step", broken_step)
+        monkeypatch.setattr(llama_mod.LlamaModel, "decode", broken_decode)
         async with connect(worker.ws) as ws:
             events = await run_request(ws, {"input": PARIS_PROMPT, "max_tokens": 4})
             assert events[-1]["type"] == "error"

@@ -1,4 +1,5 @@
-"""Rate limits per key (or client address) over REST and WebSocket, on a real worker."""
+"""Rate limits per key (or client address) over REST and WebSocket: a real server on the
+fake engine (long answers, 10 ms a token), since this is the limiter's logic."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from tests.api.wsclient import connect, recv_event, run_request, send
-from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
+from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_fake_worker
+from tests.fake_engine import repeating
 
 KEY_A = "rate-key-a-0123456789"
 KEY_B = "rate-key-b-0123456789"
@@ -20,11 +22,13 @@ ASK = {"input": PARIS_PROMPT, "max_tokens": 2, "temperature": 0}
 
 @pytest.fixture
 def limited() -> Iterator[RunningWorker]:
-    w = start_worker(
-        make_settings(parallel=2, api_keys=[KEY_A, KEY_B], rate_limit_requests="2 per 3 seconds")
-    )
+    w = fake(make_settings(api_keys=[KEY_A, KEY_B], rate_limit_requests="2 per 3 seconds"))
     yield w
     w.stop()
+
+
+def fake(settings: Any) -> RunningWorker:
+    return start_fake_worker(settings, slots=2, script=repeating(" x"), token_delay=0.01)
 
 
 def post(worker: RunningWorker, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -74,7 +78,7 @@ async def test_websocket_gets_rate_limited_and_keeps_the_connection(
 
 
 def test_token_limit_refuses_once_the_tokens_are_used() -> None:
-    w = start_worker(make_settings(parallel=1, rate_limit_tokens="10 per 3 seconds"))
+    w = fake(make_settings(rate_limit_tokens="10 per 3 seconds"))
     try:
         body = {**ASK, "max_tokens": 8}
         first = httpx.post(f"{w.http}/v1/execute", json=body, timeout=60)
@@ -89,7 +93,7 @@ def test_token_limit_refuses_once_the_tokens_are_used() -> None:
 
 
 async def test_concurrent_generations_per_client_are_capped() -> None:
-    w = start_worker(make_settings(parallel=2, max_concurrent_per_key=1))
+    w = fake(make_settings(max_concurrent_per_key=1))
     try:
         async with connect(w.ws) as a, connect(w.ws) as b:
             await send(a, {**ASK, "max_tokens": 64})
@@ -105,7 +109,7 @@ async def test_concurrent_generations_per_client_are_capped() -> None:
 
 
 async def test_tokens_of_a_client_that_hangs_up_still_count() -> None:
-    w = start_worker(make_settings(parallel=1, rate_limit_tokens="10 per 30 seconds"))
+    w = fake(make_settings(rate_limit_tokens="10 per 30 seconds"))
     try:
         async with connect(w.ws) as ws:
             await send(ws, {**ASK, "max_tokens": 200})

@@ -11,9 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gemma_worker.engine.llama_engine import KV_DISK_MIN_TOKENS
+from gemma_worker.engine.job import GenerationSpec
+from gemma_worker.engine.kv_cache import KV_DISK_MIN_TOKENS
 from tests.api.wsclient import connect, recv_event, run_request, send
 from tests.conftest import RunningWorker, make_settings, start_worker
+from tests.fake_engine import DEFAULT_ANSWER, FakeEngine
 
 pytestmark = pytest.mark.usefixtures("wait_idle")
 
@@ -287,8 +289,15 @@ def test_an_evicted_session_resumes_from_its_cache_on_disk() -> None:
         worker.stop()
 
 
+def _long_story(spec: GenerationSpec, prompt: str) -> list[str]:
+    return [" and then"] * 200 if STORY_PROMPT in prompt else list(DEFAULT_ANSWER)
+
+
 async def test_a_queued_streamed_request_whose_client_left_frees_its_session() -> None:
-    worker = start_worker(make_settings(parallel=1))
+    # The fake engine (one slot, a slow story): this is the transport's and the queue's logic.
+    worker = start_worker(
+        make_settings(), FakeEngine(slots=1, token_delay=0.05, script=_long_story)
+    )
     try:
         session_id = execute(worker, {"input": TURNS[0], **ASK})
         session_id = session_id.json()["session_id"]

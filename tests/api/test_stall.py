@@ -1,5 +1,6 @@
 """A client that stops reading a stream gives its slot back after the stall timeout, on
-every transport (a real worker, a real socket that never reads)."""
+every transport (a real server on the fake engine, counting fast; a real socket that never
+reads)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gemma_worker.engine.job import GenerationSpec
 from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
+from tests.fake_engine import DEFAULT_ANSWER, FakeEngine
 
 STALL_S = 1.5
 
@@ -22,13 +25,19 @@ STALL_S = 1.5
 @pytest.fixture(scope="module")
 def stalling() -> Iterator[RunningWorker]:
     w = start_worker(
-        make_settings(
-            parallel=2, n_ctx=4096, stream_buffer=4, stream_stall_timeout_seconds=STALL_S
-        ),
+        make_settings(stream_stall_timeout_seconds=STALL_S),
+        FakeEngine(script=counting, slots=2, n_ctx=4096, stream_buffer=4, token_delay=0.001),
         send_buffer=4096,
     )
     yield w
     w.stop()
+
+
+def counting(spec: GenerationSpec, prompt: str) -> list[str]:
+    """Counts on, one number per token, when asked to count; else the default answer."""
+    if "Count" not in prompt:
+        return list(DEFAULT_ANSWER)
+    return [f" {n}," for n in range(4, 4000)]
 
 
 def reader_that_never_reads(port: int) -> socket.socket:

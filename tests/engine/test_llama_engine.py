@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import itertools
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -106,15 +107,15 @@ async def test_a_slow_consumer_pauses_only_itself(engine: LlamaEngine) -> None:
 
 
 class RecordingEngine(LlamaEngine):
-    """The real engine, recording each step's plan (which slots, how many tokens)."""
+    """The real engine, recording each step's plan (which slots, how many tokens) through the
+    config's ``on_step`` observer."""
 
     def __init__(self, config: EngineConfig) -> None:
-        super().__init__(config)
         self.plans: list[list[StepEntry]] = []
+        super().__init__(dataclasses.replace(config, on_step=self._record))
 
-    def _step(self, plan: list[StepEntry]) -> None:
+    def _record(self, plan: Sequence[StepEntry]) -> None:
         self.plans.append(list(plan))
-        super()._step(plan)
 
 
 async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None:

@@ -9,7 +9,14 @@ def make_seq(max_tokens: int = 10, stop: tuple[str, ...] = (), n_ctx: int = 100)
     params = SamplingParams(max_tokens, 0.0, 1.0, 0, None, stop)
     spec = GenerationSpec("r", Prompt("p", True, False, "plain"), params)
     job = Job(spec, channel=None)  # type: ignore[arg-type]
-    return SequenceState(job, slot=0, order=1, prompt_tokens=[1, 2, 3], n_ctx=n_ctx)
+    return SequenceState(
+        job,
+        slot=0,
+        order=1,
+        prompt_tokens=[1, 2, 3],
+        n_ctx=n_ctx,
+        sampler=None,  # type: ignore[arg-type]
+    )
 
 
 def feed(

@@ -104,6 +104,6 @@ def test_the_cache_is_bounded_and_forgets(model: LlamaModel) -> None:
     cache = SessionTokens(model, max_sessions=2, max_chars=10_000)
     for s in ("a", "b", "c"):
         cache.remember(s, cache.tokenize(s, s * 100, add_special=True, parse_special=False))
-    assert set(cache._entries) == {"b", "c"}
+    assert cache.sessions == {"b", "c"}
     cache.forget("b")
-    assert set(cache._entries) == {"c"}
+    assert cache.sessions == {"c"}

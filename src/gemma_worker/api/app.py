@@ -31,8 +31,8 @@ from gemma_worker.cluster.leases import LeaseTable, LocalLeases, RedisLeases
 from gemma_worker.cluster.redis_client import connect
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.core.hosts import AllowedHosts, OriginPolicy
+from gemma_worker.engine.interface import Engine
 from gemma_worker.engine.llama_engine import LlamaEngine
-from gemma_worker.engine.protocol import Engine
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
 from gemma_worker.private_files import private_dir
 from gemma_worker.runtime.metrics import Metrics

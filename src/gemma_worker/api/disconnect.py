@@ -60,11 +60,11 @@ async def first_decisive(
         with contextlib.suppress(asyncio.CancelledError):
             await task  # it must stop iterating before the generator can be closed
         await events.aclose()
-        gen.close()
+        gen.release()
         raise
     if not finished:
         await events.aclose()
-        gen.close()
+        gen.release()
         return None
     return task.result(), events
 

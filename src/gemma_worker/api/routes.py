@@ -15,7 +15,7 @@ from gemma_worker.api.schemas import (
     HealthResponse,
     ReadyResponse,
 )
-from gemma_worker.engine.protocol import EngineState
+from gemma_worker.engine.interface import EngineState
 from gemma_worker.runtime.state import Phase
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ async def _collect(
             raise AssertionError("a generation ended without a final event")
         finally:
             await events.aclose()
-            gen.close()
+            gen.release()
 
     runner = asyncio.ensure_future(run())
     if not await unless_disconnected(request, runner):
@@ -118,7 +118,7 @@ async def stream(
     taken, rest = head
     if isinstance(taken[-1], Failed):
         await rest.aclose()
-        gen.close()
+        gen.release()
         return error_response(request, taken[-1].error, gen.request_id)
 
     async def body() -> AsyncIterator[str]:
@@ -145,7 +145,7 @@ async def stream(
             state.metrics.error(str(error.code))
             yield fmt.error(error)
         finally:
-            gen.close()
+            gen.release()
 
     return guarded_stream(
         body(),

@@ -15,9 +15,9 @@ from gemma_worker.cli.loading import load_engine, sampling_params
 from gemma_worker.cli.progress import Progress
 from gemma_worker.core.conversation import Conversation, ConversationFormat, Turn
 from gemma_worker.core.request import ExecuteRequest
+from gemma_worker.engine.interface import Engine
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec
 from gemma_worker.engine.messages import Failed, Finished, Text
-from gemma_worker.engine.protocol import Engine
 from gemma_worker.settings import Settings
 
 _USER = "User"

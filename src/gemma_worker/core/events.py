@@ -18,7 +18,7 @@ Event = dict[str, Any]
 
 
 def usage_json(usage: Usage) -> dict[str, int]:
-    """The house protocol's form of :class:`Usage` (``cached_tokens`` flat beside the counts)."""
+    """The native protocol's form of :class:`Usage` (``cached_tokens`` flat beside the counts)."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -28,7 +28,7 @@ def usage_json(usage: Usage) -> dict[str, int]:
 
 
 def timings_json(timings: Timings) -> dict[str, float | None]:
-    """The house protocol's form of :class:`Timings`, rounded for humans."""
+    """The native protocol's form of :class:`Timings`, rounded for humans."""
 
     def r(value: float | None) -> float | None:
         return None if value is None else round(value, 2)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemma_worker.core.scheduling import StepEntry
 from gemma_worker.engine.kernels import KernelChoices
 
 
@@ -32,3 +34,5 @@ class EngineConfig:
     kv_disk_bytes: int = 0
     #: Whether constrained answers are steered to close within their token budget.
     grammar_budget: bool = True
+    #: Called on the engine thread with each step's plan before it runs (tracing, tests).
+    on_step: Callable[[Sequence[StepEntry]], None] | None = None

@@ -1,6 +1,8 @@
 """Thin typed wrappers over llama.cpp's C API (through ``llama_cpp``'s low-level bindings).
 
 Everything here must run on the engine thread: llama.cpp contexts are not thread-safe.
+Its size is the part of the C API the worker uses (model, context, batch, memory, vocabulary),
+each call wrapped once.
 """
 
 from __future__ import annotations

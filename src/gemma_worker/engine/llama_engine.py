@@ -3,13 +3,19 @@
 Each step is one ``llama_decode`` over a batch with one sequence per running request (plus a
 chunk of prompt processing). New requests join between steps; finished, cancelled or
 disconnected ones leave at once and their KV cells are freed.
+
+Why one module of this size: it is the engine thread's state machine (inbox, admission
+queue, running sequences, the step loop, shutdown), whose parts share that thread's state.
+What can stand alone does, in its own module: the decisions (``core/scheduling``,
+``core/fairness``, ``core/pacing``), slots and KV memory (:mod:`.kv_cache`), preparing a
+prompt (:mod:`.preparation`), a sequence's text and stops (:mod:`.sequence`), sampling
+(:mod:`.sampler`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import queue
 import threading
@@ -21,14 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares, at_capacity
 from gemma_worker.core.pacing import PrefillPacer
-from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
+from gemma_worker.core.prefix import PrefixMatch, match_prefix
 from gemma_worker.core.scheduling import (
     CachedPrefix,
-    SlotPool,
     SlotView,
     StepEntry,
     plan_step,
@@ -38,8 +42,9 @@ from gemma_worker.engine.allocator import pin_mmap_threshold
 from gemma_worker.engine.channel import EventChannel
 from gemma_worker.engine.config import EngineConfig
 from gemma_worker.engine.grammar import Grammar, GrammarError, compile_grammar
+from gemma_worker.engine.interface import EngineState, EngineStats
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
-from gemma_worker.engine.kv_files import KVFiles
+from gemma_worker.engine.kv_cache import KVCacheManager
 from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError
 from gemma_worker.engine.messages import (
     EngineEvent,
@@ -47,12 +52,11 @@ from gemma_worker.engine.messages import (
     Finished,
     Queued,
     Started,
-    Trimmed,
 )
 from gemma_worker.engine.model_files import ModelIdentity, resolve_model_path
-from gemma_worker.engine.prompt import Prompt, PromptRenderer
-from gemma_worker.engine.prompt_tokens import SessionTokens, Tokenized
-from gemma_worker.engine.protocol import EngineState, EngineStats
+from gemma_worker.engine.preparation import Prepared, least_answer, prepare
+from gemma_worker.engine.prompt import PromptRenderer
+from gemma_worker.engine.prompt_tokens import SessionTokens
 from gemma_worker.engine.sampler import Sampler, SamplingError
 from gemma_worker.engine.sequence import SequenceState
 
@@ -65,10 +69,6 @@ _PREP_THREADS = 2
 
 #: How long the engine waits before re-checking sequences paused for a slow client.
 _PAUSE_POLL_S = 0.005
-
-#: Shorter caches are not saved to disk: processing them again takes well under half a
-#: second, less than the disk churn of saving every one-shot request's cache is worth.
-KV_DISK_MIN_TOKENS = 256
 
 #: While an empty slot is free, another conversation's cache is reused only for a shared prefix
 #: of at least this many tokens (beyond the BOS).
@@ -105,32 +105,15 @@ class _Ready:
     or the error that refuses it."""
 
     job: Job
-    prepared: _Prepared | None
+    prepared: Prepared | None
     error: WorkerError | None
-
-
-@dataclass(eq=False)
-class _Prepared:
-    """An accepted job with its rendered, tokenised prompt."""
-
-    job: Job
-    prompt: Prompt
-    tokens: list[int]
-    #: Byte offsets of the prompt text where its tokens break, each with the number of tokens
-    #: before it.
-    boundaries: dict[int, int]
-
-    @functools.cached_property
-    def text(self) -> bytes:
-        """The prompt text as UTF-8 (encoded once: every cached slot's match reads it)."""
-        return self.prompt.text.encode("utf-8")
 
 
 _Message = Job | _Stop | _Wake | _Forget | _Ready | _Evict
 
 
 class LlamaEngine:
-    """:class:`~gemma_worker.engine.protocol.Engine` on llama.cpp with continuous batching."""
+    """:class:`~gemma_worker.engine.interface.Engine` on llama.cpp with continuous batching."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -145,16 +128,14 @@ class LlamaEngine:
         self.model_path: Path | None = None
         self._identity: ModelIdentity | None = None
         # Engine-thread state.
-        # With a KV buffer per slot, busy slots are kept together (see SlotPool).
-        self._slots = SlotPool(config.parallel, compact=not config.kernels.kv_unified)
-        self._waiting: FairQueue[_Prepared] = FairQueue(
+        self._kv: KVCacheManager | None = None
+        self._waiting: FairQueue[Prepared] = FairQueue(
             config.max_queue + config.parallel, client_of=lambda p: p.job.spec.client
         )
+        #: The running requests by slot, each with its sampler.
         self._seqs: dict[int, SequenceState] = {}
-        self._kv_files: KVFiles | None = None
         #: Sessions' latest prompts, tokenized (used on the vocabulary threads).
         self._prompt_tokens: SessionTokens | None = None
-        self._samplers: dict[int, Sampler] = {}
         self._pacer = PrefillPacer(
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
         )
@@ -333,10 +314,7 @@ class LlamaEngine:
             self._model = model
             self._prompt_tokens = SessionTokens(model)
             self._batch = Batch(max(self.config.n_batch, self.config.parallel))
-            if self.config.kv_dir is not None and self.config.kv_disk_bytes > 0:
-                self._kv_files = KVFiles(
-                    self.config.kv_dir, self.config.kv_disk_bytes, self._fingerprint()
-                )
+            self._kv = KVCacheManager(model, self.config, self.model_path)
         except ModelLoadError as exc:
             self._state = EngineState.FAILED
             loop.call_soon_threadsafe(report, exc)
@@ -449,7 +427,7 @@ class LlamaEngine:
 
     def _prepare_off_loop(self, job: Job) -> None:
         """On a vocabulary thread: prepare ``job`` and tell the engine thread."""
-        prepared: _Prepared | None = None
+        prepared: Prepared | None = None
         error: WorkerError | None = None
         try:
             if not job.cancelled:  # a cancelled one ends when the engine hears of it
@@ -487,9 +465,10 @@ class LlamaEngine:
             return
         order = self._waiting.ordered(self._running())
         position = next(i for i, p in enumerate(order, start=1) if p is prepared)
-        if position > self._slots.n_free:
+        n_free = self._cache.n_free
+        if position > n_free:
             # Requests ahead of this one that will take the free slots are not "in the queue".
-            job.channel.put(Queued(position - self._slots.n_free))
+            job.channel.put(Queued(position - n_free))
 
     def _running(self) -> Counter[str]:
         """How many requests each client has running now."""
@@ -511,150 +490,64 @@ class LlamaEngine:
             return
         self._fail(victim, at_capacity(largest_share=True))
 
-    def _prepare(self, job: Job) -> _Prepared:
-        """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
-        history does not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not.
-        Runs on a vocabulary thread; what the engine thread will need of the prompt (its
-        bytes, its token boundaries) is worked out here too."""
-        model, renderer = self._model, self._renderer
-        assert model is not None and renderer is not None
-        source = job.spec.prompt
-        limit = self.config.max_input_tokens
-        if limit is not None:
-            text = source.input if isinstance(source, Conversation) else source.text
-            n_input = len(model.tokenize(text, add_special=False, parse_special=False))
-            if n_input > limit:
-                raise WorkerError(
-                    ErrorCode.INVALID_REQUEST,
-                    f"input is {n_input} tokens; the limit is {limit}",
-                    n_input_tokens=n_input,
-                    max_input_tokens=limit,
-                )
-        n_ctx = model.n_ctx_seq
-        params = job.params
-        # A request that fits its answer to the context needs room for one token at least,
-        # or for the shortest answer its grammar allows.
-        answer = _least_answer(job.spec) if params.fit_context else params.max_tokens
-        budget = n_ctx - answer
-        built: dict[int, tuple[Prompt, list[int], Tokenized]] = {}
-        session = job.spec.session
-        prompt_tokens = self._prompt_tokens
-        assert prompt_tokens is not None
+    def _prepare(self, job: Job) -> Prepared:
+        """Render and tokenise ``job``'s prompt (on a vocabulary thread)."""
+        model, renderer, prompt_tokens = self._model, self._renderer, self._prompt_tokens
+        assert model is not None and renderer is not None and prompt_tokens is not None
+        return prepare(job, model, renderer, prompt_tokens, self.config.max_input_tokens)
 
-        def build(drop: int) -> tuple[Prompt, list[int], Tokenized]:
-            if drop not in built:
-                prompt = (
-                    renderer.render(source.without_oldest(drop))
-                    if isinstance(source, Conversation)
-                    else source
-                )
-                tokenized = prompt_tokens.tokenize(  # a session's turn: its new text only
-                    session,
-                    prompt.text,
-                    add_special=prompt.add_special,
-                    parse_special=prompt.parse_special,
-                )
-                built[drop] = (prompt, tokenized.tokens.tolist(), tokenized)
-            return built[drop]
-
-        n_history = (
-            len(source.history) if isinstance(source, Conversation) and job.spec.trim_history else 0
-        )
-        drop = turns_to_drop(n_history, lambda d: len(build(d)[1]) <= budget)
-        if drop is None:
-            n_prompt = len(build(n_history)[1])
-            what = "the input alone" if n_history else "prompt"
-            raise WorkerError(
-                ErrorCode.CONTEXT_OVERFLOW,
-                f"{what} ({n_prompt} tokens) + "
-                + (
-                    f"the answer (at least {answer})"
-                    if params.fit_context
-                    else f"max_tokens ({answer})"
-                )
-                + f" exceeds the context of {n_ctx} tokens",
-                n_prompt_tokens=n_prompt,
-                max_tokens=params.max_tokens,
-                min_answer_tokens=answer,
-                n_ctx=n_ctx,
-            )
-        if drop:
-            job.channel.put(Trimmed(dropped_turns=drop, kept_turns=n_history - drop))
-        prompt, tokens, tokenized = build(drop)
-        prompt_tokens.remember(session, tokenized)
-        job.parse_special = prompt.parse_special
-        if params.fit_context:
-            job.params = dataclasses.replace(
-                params, max_tokens=min(params.max_tokens, n_ctx - len(tokens))
-            )
-        head = model.bos_head if prompt.add_special else []
-        prepared = _Prepared(
-            job, prompt, tokens, token_boundaries(tokens, len(head), model.special_piece)
-        )
-        _ = prepared.text  # encoded here, once
-        return prepared
+    @property
+    def _cache(self) -> KVCacheManager:
+        kv = self._kv
+        assert kv is not None, "the model is loaded"
+        return kv
 
     def _admit(self) -> None:
-        assert self._model is not None
+        kv = self._cache
         admitted = False
-        while len(self._waiting) > 0 and self._slots.n_free > 0:
+        while len(self._waiting) > 0 and kv.n_free > 0:
             prepared = self._waiting.peek(self._running())
             assert prepared is not None
             spec = prepared.job.spec
-            caches = dict(self._slots.cached(spec.scope, prepared.prompt.parse_special))
+            caches = kv.cached(spec.scope, prepared.prompt.parse_special)
             matches = {slot: self._match(prepared, cache.tokens) for slot, cache in caches.items()}
             scores = {s: self._useful(prepared, m, caches[s]) for s, m in matches.items()}
             # A session whose latest cache went to disk gets it back when it beats every slot.
             saved = self._saved_match(prepared)
             if saved and saved > max(scores.values(), default=0):
                 scores = {}
-            acquired = self._slots.acquire(scores)
-            assert acquired is not None
+            acquired = kv.acquire(scores, spec.session)
             self._waiting.remove(prepared)
             slot = acquired.slot
             tokens, n_cached = prepared.tokens, 0
-            self._give_up(slot, acquired.cache, spec.session)
             reused = acquired.reused
             if reused is not None:
                 source = caches[reused]
                 if reused != slot:
-                    self._model.copy_sequence(reused, slot)
+                    kv.copy(reused, slot)
                 tokens, n_cached = self._reuse(slot, prepared, source.tokens, matches[reused])
-            elif saved and (restored := self._restore(slot, spec.session)) is not None:
+            elif saved and (restored := kv.restore(slot, spec.session)) is not None:
                 match = self._match(prepared, restored)
                 tokens, n_cached = self._reuse(slot, prepared, restored, match)
             else:
-                self._model.clear_sequence(slot)
+                kv.clear(slot)
             self._start(prepared, slot, tokens, n_cached)
             admitted = True
         if admitted:  # everyone still waiting moved up
             for position, waiting in enumerate(self._waiting.ordered(self._running()), 1):
                 waiting.job.channel.put(Queued(position))
 
-    def _give_up(self, slot: int, old: CachedPrefix | None, session: str | None) -> None:
-        """``slot``'s cache ``old`` is about to be overwritten for ``session``'s request: if it
-        is another session's latest cache, it goes to disk."""
-        other = None if old is None or old.session == session else old.session
-        if old is not None and other is not None and self._slots.holder(other) is None:
-            self._stash(slot, old)
-
     def _defragment(self) -> None:
-        """Close a gap between busy slots by moving the highest request into it: a KV copy
-        (a few ms) that saves a forward pass on every step while the gap would last."""
-        move = self._slots.gap_move()
-        if move is None:
-            return
-        assert self._model is not None
-        src, dst = move
-        seq = self._seqs.pop(src)
-        self._give_up(dst, self._slots.relocate(src, dst), seq.job.spec.session)
-        self._model.copy_sequence(src, dst)
-        self._model.clear_sequence(src)
-        seq.slot = dst
-        self._seqs[dst] = seq
-        self._samplers[dst] = self._samplers.pop(src)
+        """Close a gap between busy slots (the cache manager moves the KV); the request
+        follows its cache."""
+        move = self._cache.close_gap(lambda slot: self._seqs[slot].job.spec.session)
+        if move is not None:
+            src, dst = move
+            seq = self._seqs.pop(src)
+            seq.slot = dst
+            self._seqs[dst] = seq
 
-    def _start(self, prepared: _Prepared, slot: int, tokens: list[int], n_cached: int) -> None:
+    def _start(self, prepared: Prepared, slot: int, tokens: list[int], n_cached: int) -> None:
         model = self._model
         assert model is not None
         job = prepared.job
@@ -669,18 +562,16 @@ class LlamaEngine:
             )
         except Exception:
             log.exception("sampler setup failed", extra={"request_id": job.request_id})
-            model.clear_sequence(slot)
-            self._slots.release(slot)
+            self._cache.release(slot)
             self._fail(job, WorkerError(ErrorCode.INFERENCE_ERROR, "sampling setup failed"))
             return
         self._order += 1
         self._seqs[slot] = SequenceState(
-            job, slot, self._order, tokens, model.n_ctx_seq, n_cached=n_cached
+            job, slot, self._order, tokens, model.n_ctx_seq, sampler=sampler, n_cached=n_cached
         )
-        self._samplers[slot] = sampler
         job.channel.put(Started(len(tokens), n_cached))
 
-    def _match(self, prepared: _Prepared, cached: tuple[int, ...] | list[int]) -> PrefixMatch:
+    def _match(self, prepared: Prepared, cached: tuple[int, ...] | list[int]) -> PrefixMatch:
         """How much of ``cached`` the prepared prompt can reuse (matched on text: a session's
         next prompt is rendered from stored text, whose tokens may differ from those the model
         generated)."""
@@ -698,7 +589,7 @@ class LlamaEngine:
         )
 
     def _useful(
-        self, prepared: _Prepared, match: PrefixMatch, cache: CachedPrefix | None = None
+        self, prepared: Prepared, match: PrefixMatch, cache: CachedPrefix | None = None
     ) -> int:
         """How many cached tokens a match saves: nothing for the BOS alone; nothing when
         sliding-window layers have already dropped what the prompt would continue from; and,
@@ -713,22 +604,19 @@ class LlamaEngine:
         if model.n_swa and len(cache.tokens) - n > model.n_swa:
             return 0
         own = cache.session is not None and cache.session == prepared.job.spec.session
-        if not own and self._slots.n_empty > 0 and n < head + MIN_SHARED_PREFIX:
+        if not own and self._cache.n_empty > 0 and n < head + MIN_SHARED_PREFIX:
             return 0
         return n
 
-    def _saved_match(self, prepared: _Prepared) -> int:
+    def _saved_match(self, prepared: Prepared) -> int:
         """How many tokens of the request's session cache saved on disk it could reuse."""
-        key = prepared.job.spec.session
-        if key is None or self._kv_files is None:
-            return 0
-        tokens = self._kv_files.tokens(key)
+        tokens = self._cache.saved_tokens(prepared.job.spec.session)
         return 0 if tokens is None else self._useful(prepared, self._match(prepared, tokens))
 
     def _reuse(
         self,
         slot: int,
-        prepared: _Prepared,
+        prepared: Prepared,
         cached: tuple[int, ...] | list[int],
         match: PrefixMatch,
     ) -> tuple[list[int], int]:
@@ -754,73 +642,24 @@ class LlamaEngine:
             job = prepared.job
             room = model.n_ctx_seq - len(tokens)
             params = job.params
-            if params.fit_context and room >= _least_answer(job.spec):
+            if params.fit_context and room >= least_answer(job.spec):
                 params = dataclasses.replace(
                     params, max_tokens=min(job.spec.params.max_tokens, room)
                 )
             fits = params.max_tokens <= room
-            if fits and n_cached > 0 and model.keep_prefix(slot, n_cached):
+            if fits and n_cached > 0 and self._cache.keep_prefix(slot, n_cached):
                 job.params = params
                 return tokens, n_cached
-        model.clear_sequence(slot)
+        self._cache.clear(slot)
         return prepared.tokens, 0
 
-    def _stash(self, slot: int, cache: CachedPrefix) -> None:
-        """Save the session cache that ``slot`` holds to disk (when enabled)."""
-        key = cache.session
-        if (
-            key is None
-            or self._kv_files is None
-            or self._model is None
-            or len(cache.tokens) < KV_DISK_MIN_TOKENS
-            or self._model.copy_pending(slot)
-        ):
-            return
-        t0 = time.perf_counter()
-        self._kv_files.save(key, list(cache.tokens), self._model.save_sequence(slot))
-        log.debug(
-            "session cache saved",
-            extra={"tokens": len(cache.tokens), "ms": round((time.perf_counter() - t0) * 1e3, 1)},
-        )
-
-    def _restore(self, slot: int, key: str | None) -> list[int] | None:
-        """Load session ``key``'s saved cache into ``slot``; its tokens, or ``None``."""
-        if (
-            self._kv_files is None
-            or self._model is None
-            or key is None
-            or self._model.copy_pending(slot)
-        ):
-            return None
-        entry = self._kv_files.take(key)
-        if entry is None:
-            return None
-        if not self._model.load_sequence(slot, entry.state):
-            log.info("a saved session cache did not load; processing the history again")
-            return None
-        return entry.tokens
-
-    def _fingerprint(self) -> str:
-        """What a saved cache must match to be loaded: model file, context layout."""
-        assert self.model_path is not None and self._model is not None
-        c = self.config
-        size = self.model_path.stat().st_size
-        return (
-            f"{self.model_path.resolve()}|{size}|{self._model.n_ctx_seq}|{c.n_ctx}|"
-            f"{c.kernels.flash_attn}|{c.kernels.kv_unified}|{self._model.n_swa}"
-        )
-
     def _forget(self, key: str) -> None:
-        assert self._model is not None
         for seq in self._seqs.values():  # running now: do not keep its cache when it ends
             if seq.job.spec.session == key:
                 seq.keep_cache = False
-        if self._kv_files is not None:
-            self._kv_files.forget(key)
         if self._prompt_tokens is not None:
             self._prompt_tokens.forget(key)
-        for slot in self._slots.forget(key):
-            self._model.clear_sequence(slot)
+        self._cache.forget(key)
 
     def _reap_cancelled(self) -> None:
         for seq in [s for s in self._seqs.values() if s.job.cancelled]:
@@ -844,6 +683,8 @@ class LlamaEngine:
         ]
 
     def _step(self, plan: list[StepEntry]) -> None:
+        if self.config.on_step is not None:
+            self.config.on_step(plan)
         t0 = time.perf_counter()
         self._run_step(plan)
         n_prefill = sum(e.n_tokens for e in plan if e.prefill)
@@ -885,7 +726,7 @@ class LlamaEngine:
                 self._fail(seq.job, error)
             return
         for seq, idx in outputs:
-            sampler = self._samplers[seq.slot]
+            sampler = seq.sampler
             room = min(seq.job.params.max_tokens - seq.n_generated, seq.n_ctx - seq.n_past)
             try:
                 token = sampler.sample(model.ctx, idx, room)
@@ -908,8 +749,7 @@ class LlamaEngine:
 
     def _release(self, seq: SequenceState, *, keep_cache: bool = False) -> None:
         """Free the slot; with ``keep_cache`` its KV cache stays for later requests to reuse."""
-        assert self._model is not None
-        self._samplers.pop(seq.slot).free()
+        seq.sampler.free()
         del self._seqs[seq.slot]
         cache = None
         if keep_cache and seq.keep_cache:
@@ -917,9 +757,7 @@ class LlamaEngine:
             cache = CachedPrefix(
                 spec.scope, tuple(seq.kv_tokens()), spec.session, seq.job.parse_special
             )
-        else:
-            self._model.clear_sequence(seq.slot)
-        self._slots.release(seq.slot, cache)
+        self._cache.release(seq.slot, cache)
 
     def _finish(self, seq: SequenceState, reason: FinishReason) -> None:
         self._release(seq, keep_cache=True)
@@ -977,21 +815,14 @@ class LlamaEngine:
                 self._final(job, _cancelled_before_start(job, n_prompt_tokens))
             else:
                 self._fail(job, crash)
-        if crash is None:  # keep idle sessions' caches for the next start
-            for slot, cache in self._slots.caches():
-                if cache.session is not None and self._slots.holder(cache.session) == slot:
-                    self._stash(slot, cache)
+        if crash is None and self._kv is not None:  # keep idle sessions' caches
+            self._kv.save_idle_sessions()
         self._batch.free()
         self._close_vocab_thread()  # after a crash it may still be using the model
         if self._model is not None:
             self._model.close()
         if crash is None:
             self._state = EngineState.CLOSED
-
-
-def _least_answer(spec: GenerationSpec) -> int:
-    """The fewest tokens a request's answer needs room for: one, or its grammar's minimum."""
-    return max(1, 0 if spec.grammar is None else spec.grammar.min_tokens)
 
 
 def _by_client(jobs: Iterable[Job]) -> Counter[str]:

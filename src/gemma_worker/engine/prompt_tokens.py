@@ -43,6 +43,11 @@ class SessionTokens:
         self._chars = 0
         self._lock = threading.Lock()
 
+    @property
+    def sessions(self) -> frozenset[str]:
+        """The sessions whose tokens are kept."""
+        return frozenset(self._entries)
+
     def tokenize(
         self, session: str | None, text: str, *, add_special: bool, parse_special: bool
     ) -> Tokenized:

@@ -13,6 +13,7 @@ from gemma_worker.core.stops import StopMatcher
 from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.job import Job
 from gemma_worker.engine.messages import Finished, Text, TokenLogprob
+from gemma_worker.engine.sampler import Sampler
 
 
 class SequenceState:
@@ -26,9 +27,12 @@ class SequenceState:
         prompt_tokens: list[int],
         n_ctx: int,
         *,
+        sampler: Sampler,
         n_cached: int = 0,
     ) -> None:
         self.job = job
+        #: Its sampler (owned: freed with the sequence).
+        self.sampler = sampler
         self.slot = slot
         self.order = order
         self.prompt_tokens = prompt_tokens

@@ -30,7 +30,7 @@ from gemma_worker.engine.messages import (
     TokenLogprob,
     Trimmed,
 )
-from gemma_worker.runtime.ratelimit import Lease
+from gemma_worker.runtime.ratelimit import Admission
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.service import TurnPlan
 
@@ -45,14 +45,14 @@ GenerationEvent = (
 
 @dataclass(eq=False)
 class Generation:
-    """A submitted generation: its events, its rate-limit lease, the session turn it is
+    """A submitted generation: its events, its rate-limit admission, the session turn it is
     (``turn``, ``None`` outside sessions), and what to release when it is over
     (``cleanups``). The drain waits for it until it is released."""
 
     state: WorkerState
     handle: GenerationHandle
     request_id: str
-    lease: Lease
+    admission: Admission
     transport: str
     tools: bool = False
     turn: TurnPlan | None = None
@@ -84,7 +84,7 @@ class Generation:
                 if event.finish_reason != "cancelled":
                     await self._record("".join(parts), event)
             if isinstance(event, Finished | Failed):
-                await self.lease.end()
+                await self.admission.end()
                 if self.turn is not None:
                     await self.state.sessions.end_turn(self.turn)
             yield event
@@ -102,27 +102,28 @@ class Generation:
         # (release waits for it), so its next turn cannot read the history without it.
         await asyncio.shield(self._writing)
 
-    def close(self) -> None:
-        """The caller is done with the events. A generation still running (its client left)
-        is cancelled; its tokens are still charged and its cleanups run once the engine has
-        stopped it."""
+    def release(self) -> None:
+        """The caller is done with the events (soon, never blocking; idempotent). A generation
+        still running (its client left) is cancelled; its tokens are still charged and its
+        cleanups run once the engine has stopped it."""
         if self.handle.done:
-            self.release()
+            self._finish()
         else:
             self.handle.cancel()
             self.state.spawn(self._settle())
 
-    def release(self) -> None:
-        """Run the cleanups and end the lease (idempotent), once the turn is written."""
+    def _finish(self) -> None:
+        """Run the cleanups and release the admission (idempotent), once the turn is
+        written."""
         if self._writing is not None and not self._writing.done():
-            self._writing.add_done_callback(lambda _: self.release())
+            self._writing.add_done_callback(lambda _: self._finish())
             return
         if self._released:
             return
         self._released = True
         for cleanup in self.cleanups:
             cleanup()
-        self.lease.release()
+        self.admission.release()
         self.state.request_ended(self.handle)
 
     async def _settle(self) -> None:
@@ -135,10 +136,10 @@ class Generation:
         except Exception:
             log.exception("could not settle a cancelled generation")
         finally:
-            self.release()
+            self._finish()
 
     def _account(self, event: Finished) -> None:
-        self.lease.charge(event.usage.completion_tokens)
+        self.admission.charge(event.usage.completion_tokens)
         self.state.metrics.finished(self.transport, event.finish_reason, event.usage, event.timings)
 
 

@@ -3,7 +3,7 @@ any dialect becomes a running :class:`~gemma_worker.runtime.generation.Generatio
 
 Here, once for every API: admission, the input limits, sampling defaults and limits, the
 output grammar (and its token budget), the tool instructions, the session turn, the
-rate-limit lease and the submission. The engine renders every conversation (one renderer,
+rate-limit admission and the submission. The engine renders every conversation (one renderer,
 one trimming rule) when it prepares the request.
 """
 
@@ -72,11 +72,11 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
         client=req.caller.identity,
     )
     try:
-        lease = await state.limiter.admit(req.caller.identity)
+        admission = await state.limiter.admit(req.caller.identity)
         try:
             handle = state.engine.submit(spec)
         except BaseException:
-            lease.release()
+            admission.release()
             raise
     except BaseException:
         for cleanup in cleanups:
@@ -95,7 +95,9 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     # The drain waits for it from now on, until it is released.
     state.request_started(handle)
     tools = req.output is not None and req.output.tools is not None
-    return Generation(state, handle, spec.request_id, lease, req.transport, tools, turn, cleanups)
+    return Generation(
+        state, handle, spec.request_id, admission, req.transport, tools, turn, cleanups
+    )
 
 
 def _check_size(state: WorkerState, source: Input, req: GenerationRequest) -> None:

@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
-class Lease:
-    """One admitted generation: report its tokens with :meth:`charge`, end it with
-    :meth:`end` (its place under the concurrency cap is free everywhere on return) or
-    :meth:`release` (soon; also done when the lease is garbage-collected)."""
+class Admission:
+    """One generation the rate limiter let in: report its tokens with :meth:`charge`, end it
+    with :meth:`end` (its place under the concurrency cap is free everywhere on return) or
+    :meth:`release` (soon; also done when it is garbage-collected)."""
 
     identity: str
     limiter: RateLimiter | None = None
@@ -73,11 +73,11 @@ class RateLimiter:
         """Whether any limit is configured."""
         return bool(self._requests or self._tokens or self._max_concurrent)
 
-    async def admit(self, identity: str) -> Lease:
+    async def admit(self, identity: str) -> Admission:
         """Count one request for ``identity``; ``RATE_LIMITED`` (with ``retry_after`` and the
         limit's figures) when a limit is reached."""
         if not self.enabled:
-            return Lease(identity)
+            return Admission(identity)
         place = await self._take_place(identity)
         try:
             if self._blocking:
@@ -88,7 +88,7 @@ class RateLimiter:
             if place is not None:
                 await place.end()
             raise
-        return Lease(identity, self, place)
+        return Admission(identity, self, place)
 
     async def _take_place(self, identity: str) -> Hold | None:
         """A place under the concurrency cap (``None``: no cap, or its store is down)."""

@@ -13,8 +13,8 @@ from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.hosts import OriginPolicy, is_loopback
 from gemma_worker.core.sampling import RequestLimits
+from gemma_worker.engine.interface import Engine, EngineState
 from gemma_worker.engine.job import GenerationHandle
-from gemma_worker.engine.protocol import Engine, EngineState
 from gemma_worker.runtime.metrics import Metrics
 from gemma_worker.runtime.ratelimit import RateLimiter
 from gemma_worker.sessions.service import SessionService

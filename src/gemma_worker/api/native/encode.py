@@ -93,4 +93,4 @@ async def native_events(gen: Generation) -> AsyncGenerator[ev.Event, None]:
                 if out is not None:
                     yield out
     finally:
-        gen.close()
+        gen.release()

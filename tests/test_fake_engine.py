@@ -15,8 +15,8 @@ from tests.fake_engine import DEFAULT_ANSWER, FakeEngine
 pytestmark = pytest.mark.asyncio
 
 
-def params(max_tokens: int = 16, **kw: object) -> SamplingParams:
-    return SamplingParams(max_tokens, 0.0, 1.0, 40, None, (), **kw)  # type: ignore[arg-type]
+def params(max_tokens: int = 16, stop: tuple[str, ...] = ()) -> SamplingParams:
+    return SamplingParams(max_tokens, 0.0, 1.0, 40, None, stop)
 
 
 async def run(engine: FakeEngine, spec: GenerationSpec) -> list[object]:

@@ -19,7 +19,7 @@ from gemma_worker.api.ollama.errors import is_ollama_path
 from gemma_worker.api.openai.errors import is_openai_path
 from tests.conftest import RunningWorker, make_settings, start_fake_worker
 
-EXAMPLES_PER_MODE = 100
+EXAMPLES_PER_MODE = 60
 CALLS: list[tuple[str, str, int]] = []
 
 

@@ -29,7 +29,7 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.usage import UsageLimits
 
 from tests.api.wsclient import connect, run_request
-from tests.conftest import RunningWorker, make_settings, start_worker
+from tests.conftest import RunningWorker
 
 T = TypeVar("T")
 SEEDS = range(20)
@@ -72,20 +72,8 @@ TOOLS: list[Any] = [
 ]
 
 
-#: Slots of this module's worker, and seeds run at once: a wider batch costs the small model
-#: little more per step than a narrow one, so 20 seeds take fewer steps.
-WIDTH = 8
-
-
-@pytest.fixture(scope="module")
-def worker() -> Iterator[RunningWorker]:
-    w = start_worker(make_settings(parallel=WIDTH, max_queue=2 * WIDTH))
-    yield w
-    w.stop()
-
-
 def each_seed(one: Callable[[int], T]) -> list[T]:
-    with ThreadPoolExecutor(WIDTH) as pool:
+    with ThreadPoolExecutor(4) as pool:
         return list(pool.map(one, SEEDS))
 
 

@@ -7,8 +7,8 @@ full, waiting requests hear ``Queued``, conversations are rendered by the real
 :class:`PromptRenderer` (the oldest turns trimmed when the spec allows, else
 ``CONTEXT_OVERFLOW``), stop strings are applied by the real :class:`StopMatcher`, a
 constrained answer is the grammar's shortest valid text, cancels end with ``cancelled``
-within one token. A prompt token is 4 bytes of the rendered prompt; the vocabulary is the 256
-byte values.
+within one token, a consumer that does not read pauses its own generation. A prompt token is
+4 bytes of the rendered prompt; the vocabulary is the 256 byte values.
 """
 
 from __future__ import annotations
@@ -274,6 +274,7 @@ class FakeEngine:
                 await asyncio.sleep(self.token_delay)
             else:
                 await asyncio.sleep(0)
+            await _while_full(job)
             n_out += 1
             text = stops.feed(piece)
             if text:
@@ -313,6 +314,12 @@ class FakeEngine:
             job.channel.put(Trimmed(dropped_turns=drop, kept_turns=n_history - drop))
         prompt = build(drop)
         return prompt, _tokens(prompt)
+
+
+async def _while_full(job: Job) -> None:
+    """Wait while ``job``'s consumer is behind (polled, as the real engine does)."""
+    while job.channel.full() and not job.cancelled:  # noqa: ASYNC110 - no event to wait on
+        await asyncio.sleep(0.005)
 
 
 def _tokens(prompt: Prompt) -> int:

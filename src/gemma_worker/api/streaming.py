@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -104,7 +104,6 @@ class StreamFormat:
     done: str | None = None
     head: tuple[str, ...] = ()
     cancel_is_error: bool = True
-    headers: dict[str, str] = field(default_factory=lambda: dict(_HEADERS))
 
 
 async def stream(
@@ -150,7 +149,7 @@ async def stream(
     return guarded_stream(
         body(),
         media_type=fmt.media_type,
-        headers=fmt.headers,
+        headers=_HEADERS,
         stall_timeout=state.settings.stream_stall_timeout_seconds,
         metrics=state.metrics,
         stall_record=fmt.error,

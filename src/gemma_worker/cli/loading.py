@@ -35,8 +35,11 @@ async def load_engine(settings: Settings, progress: Progress) -> tuple[LlamaEngi
 
 
 def sampling_params(settings: Settings, engine: LlamaEngine, req: ExecuteRequest) -> SamplingParams:
-    """The parameters ``req`` runs with on ``engine`` (the worker's defaults and limits)."""
+    """The parameters ``req`` runs with on ``engine`` (the worker's defaults and limits,
+    the input's length included, as the pipeline checks them)."""
     info = engine.info
-    return settings.request_limits().resolve(
+    limits = settings.request_limits()
+    limits.check_chars(len(req.input) + len(req.system or ""))
+    return limits.resolve(
         req.sampling(), n_ctx=engine.n_ctx, n_vocab=info.n_vocab if info is not None else 0
     )

@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
@@ -125,7 +124,6 @@ class LlamaEngine:
         self._pending_lock = threading.Lock()
         self._model: LlamaModel | None = None
         self._renderer: PromptRenderer | None = None
-        self.model_path: Path | None = None
         self._identity: ModelIdentity | None = None
         # Engine-thread state.
         self._kv: KVCacheManager | None = None
@@ -293,10 +291,10 @@ class LlamaEngine:
         try:
             t0 = time.perf_counter()
             pin_mmap_threshold()
-            self.model_path = resolve_model_path(self.config.model_path)
-            self._identity = ModelIdentity.of(self.model_path)
+            path = resolve_model_path(self.config.model_path)
+            self._identity = ModelIdentity.of(path)
             model = LlamaModel(
-                self.model_path,
+                path,
                 n_ctx_seq=self.config.n_ctx,
                 n_seq=self.config.parallel,
                 n_batch=self.config.n_batch,
@@ -314,7 +312,7 @@ class LlamaEngine:
             self._model = model
             self._prompt_tokens = SessionTokens(model)
             self._batch = Batch(max(self.config.n_batch, self.config.parallel))
-            self._kv = KVCacheManager(model, self.config, self.model_path)
+            self._kv = KVCacheManager(model, self.config, path)
         except ModelLoadError as exc:
             self._state = EngineState.FAILED
             loop.call_soon_threadsafe(report, exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 
 from gemma_worker.core.tool_stream import (
@@ -45,9 +45,9 @@ GenerationEvent = (
 
 @dataclass(eq=False)
 class Generation:
-    """A submitted generation: its events, its rate-limit admission, the session turn it is
-    (``turn``, ``None`` outside sessions), and what to release when it is over
-    (``cleanups``). The drain waits for it until it is released."""
+    """A submitted generation: its events, its rate-limit admission and the session turn it
+    is (``turn``, ``None`` outside sessions; its claim is given back when the generation is
+    released). The drain waits for it until it is released."""
 
     state: WorkerState
     handle: GenerationHandle
@@ -56,7 +56,7 @@ class Generation:
     transport: str
     tools: bool = False
     turn: TurnPlan | None = None
-    cleanups: list[Callable[[], object]] = field(default_factory=list)
+    _parts: list[str] = field(default_factory=list)
     _released: bool = False
     _writing: asyncio.Future[None] | None = None
 
@@ -68,11 +68,10 @@ class Generation:
         sends its next request on receipt finds the history written and the session free,
         on any replica."""
         parser = ToolCallStream(enabled=self.tools)
-        parts: list[str] = []
         while not self.handle.done:
             event = await self.handle.next_event()
             if isinstance(event, Text):
-                parts.append(event.text)
+                self._parts.append(event.text)
                 if self.tools:
                     for delta in _deltas(parser.feed(event.text), event.logprobs):
                         yield delta
@@ -82,12 +81,17 @@ class Generation:
                 for delta in _deltas(parser.finish(), ()):
                     yield delta
                 if event.finish_reason != "cancelled":
-                    await self._record("".join(parts), event)
+                    await self._record(self.text, event)
             if isinstance(event, Finished | Failed):
                 await self.admission.end()
                 if self.turn is not None:
                     await self.state.sessions.end_turn(self.turn)
             yield event
+
+    @property
+    def text(self) -> str:
+        """The text generated so far (as the engine wrote it, tool calls included)."""
+        return "".join(self._parts)
 
     async def _record(self, answer: str, event: Finished) -> None:
         if self.turn is None:
@@ -113,7 +117,7 @@ class Generation:
             self.state.spawn(self._settle())
 
     def _finish(self) -> None:
-        """Run the cleanups and release the admission (idempotent), once the turn is
+        """Give back the session's claim and the admission (idempotent), once the turn is
         written."""
         if self._writing is not None and not self._writing.done():
             self._writing.add_done_callback(lambda _: self._finish())
@@ -121,8 +125,8 @@ class Generation:
         if self._released:
             return
         self._released = True
-        for cleanup in self.cleanups:
-            cleanup()
+        if self.turn is not None:
+            self.turn.release()
         self.admission.release()
         self.state.request_ended(self.handle)
 

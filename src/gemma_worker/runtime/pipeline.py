@@ -36,7 +36,7 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
 
     Raises :class:`~gemma_worker.core.errors.WorkerError` (``OVERLOADED``, ``RATE_LIMITED``,
     ``INVALID_REQUEST``, a session's errors...) before anything is queued, with nothing left
-    claimed. The caller must :meth:`Generation.close` the result when done with its events.
+    claimed. The caller must :meth:`Generation.release` the result when done with its events.
     """
     state.admit()
     source = req.input
@@ -59,7 +59,6 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
         )
     else:
         prompt = source
-    cleanups: list[Callable[[], object]] = [turn.release] if turn is not None else []
     spec = GenerationSpec(
         request_id=req.request_id or new_id(),
         prompt=prompt,
@@ -79,8 +78,8 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
             admission.release()
             raise
     except BaseException:
-        for cleanup in cleanups:
-            cleanup()
+        if turn is not None:
+            turn.release()
         raise
     log.info(
         "request accepted",
@@ -96,7 +95,7 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     state.request_started(handle)
     tools = req.output is not None and req.output.tools is not None
     return Generation(
-        state, handle, spec.request_id, admission, req.transport, tools, turn, cleanups
+        state, handle, spec.request_id, admission, req.transport, tools=tools, turn=turn
     )
 
 

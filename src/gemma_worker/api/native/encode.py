@@ -13,13 +13,13 @@ from gemma_worker.runtime.generation import Generation, GenerationEvent
 
 
 class NativeEncoder:
-    """Encodes one native generation (a session turn); keeps its text for the result."""
+    """Encodes one native generation (a session turn)."""
 
     def __init__(self, gen: Generation) -> None:
         assert gen.turn is not None, "a native generation is a session turn"
+        self.gen = gen
         self.turn = gen.turn
         self.rid = gen.request_id
-        self._parts: list[str] = []
 
     @property
     def session_id(self) -> str:
@@ -41,7 +41,6 @@ class NativeEncoder:
         """The protocol event for one pipeline event (``None``: the protocol has none)."""
         match event:
             case Text(text=text):
-                self._parts.append(text)
                 return ev.token_event(self.rid, text)
             case Trimmed(dropped_turns=dropped, kept_turns=kept):
                 return ev.reasoning_event(
@@ -71,7 +70,7 @@ class NativeEncoder:
                 return ev.result_event(
                     request_id=self.rid,
                     session_id=self.session_id,
-                    content="".join(self._parts),
+                    content=self.gen.text,
                     finish_reason=event.finish_reason,
                     usage=event.usage,
                     timings=event.timings,

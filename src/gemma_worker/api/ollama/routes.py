@@ -17,9 +17,9 @@ from gemma_worker.api.ollama.chat import conversation
 from gemma_worker.api.ollama.encode import OllamaEncoder, ndjson
 from gemma_worker.api.ollama.errors import ollama_error_body
 from gemma_worker.api.ollama.types import ChatRequest, Format, GenerateRequest, Options, ShowRequest
+from gemma_worker.api.openai.chat import tool_spec
 from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.json_schema import ToolSpec
 from gemma_worker.core.response_format import JsonObjectFormat, JsonSchemaFormat, JsonSchemaSpec
 from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
@@ -165,14 +165,7 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
         tools = body.tools or []
         if tools and body.format:
             raise _invalid("format cannot be combined with tools")
-        specs = tuple(
-            ToolSpec(
-                t.function.name,
-                t.function.parameters or {"type": "object"},
-                t.function.description or "",
-            )
-            for t in tools
-        )
+        specs = tuple(tool_spec(t) for t in tools)
         gen = await start_generation(
             state,
             GenerationRequest(

@@ -18,10 +18,12 @@ from gemma_worker.api.openai.types import (
     Content,
     Message,
     SystemMessage,
+    Tool,
     ToolMessage,
     UserMessage,
 )
 from gemma_worker.core.conversation import Conversation, Turn
+from gemma_worker.core.json_schema import ToolSpec
 
 
 def content_text(content: Content | None) -> str:
@@ -31,6 +33,12 @@ def content_text(content: Content | None) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.text for part in content)
+
+
+def tool_spec(tool: Tool) -> ToolSpec:
+    """What the pipeline needs of an offered function (no parameters: any object)."""
+    fn = tool.function
+    return ToolSpec(fn.name, fn.parameters or {"type": "object"}, fn.description or "")
 
 
 def call_json(name: str, arguments: str) -> str:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from gemma_worker.api.auth import caller_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
-from gemma_worker.api.openai.chat import to_conversation
+from gemma_worker.api.openai.chat import to_conversation, tool_spec
 from gemma_worker.api.openai.encode import ChatEncoder, CompletionEncoder, sse
 from gemma_worker.api.openai.errors import openai_error
 from gemma_worker.api.openai.types import (
@@ -27,7 +27,6 @@ from gemma_worker.api.openai.types import (
 )
 from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.json_schema import ToolSpec
 from gemma_worker.core.response_format import TextFormat
 from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
@@ -110,15 +109,7 @@ def _tools(body: ChatCompletionRequest) -> Output | None:
     forced = (
         body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
     )
-    offered = tuple(
-        ToolSpec(
-            t.function.name,
-            t.function.parameters or {"type": "object"},
-            t.function.description or "",
-        )
-        for t in tools
-        if forced in {None, t.function.name}
-    )
+    offered = tuple(tool_spec(t) for t in tools if forced in {None, t.function.name})
     use = ToolUse(
         offered,
         required=forced is not None or body.tool_choice == "required",

@@ -71,7 +71,7 @@ async def test_oversized_message_closes_1009_and_others_keep_streaming(
 
 
 async def test_connection_cap_answers_1013(small: RunningWorker) -> None:
-    await wait_for(lambda: not state_of(small).connections)
+    await wait_for(lambda: not state_of(small).lifecycle.connections)
     async with connect(small.ws) as a, connect(small.ws) as b, connect(small.ws) as c:
         async with connect(small.ws) as extra:
             with pytest.raises(ConnectionClosed) as closed:
@@ -100,7 +100,7 @@ async def test_idle_connection_is_closed_but_not_while_a_request_runs(
 async def test_keepalive_keeps_a_healthy_client_and_drops_a_dead_one(
     small: RunningWorker,
 ) -> None:
-    await wait_for(lambda: not state_of(small).connections)
+    await wait_for(lambda: not state_of(small).lifecycle.connections)
     # a dead peer: completes the handshake, then never reads or answers a ping
     dead = socket.create_connection(("127.0.0.1", small.settings.port))
     key = base64.b64encode(os.urandom(16)).decode()
@@ -113,9 +113,9 @@ async def test_keepalive_keeps_a_healthy_client_and_drops_a_dead_one(
     )
     try:
         assert b"101" in dead.recv(1024)
-        await wait_for(lambda: len(state_of(small).connections) == 1)
+        await wait_for(lambda: len(state_of(small).lifecycle.connections) == 1)
         # dropped after a missed pong (interval 0.5 s + timeout 0.5 s here)
-        await wait_for(lambda: not state_of(small).connections, within_s=5)
+        await wait_for(lambda: not state_of(small).lifecycle.connections, within_s=5)
     finally:
         dead.close()
 

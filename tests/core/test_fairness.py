@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from gemma_worker.core.errors import WorkerError
-from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares
+from gemma_worker.core.fairness import FairQueue, Shares
 
 
-def queue(capacity: int = 100) -> FairQueue[str]:
-    return FairQueue(capacity, client_of=lambda item: item.split("-")[0])
+def queue() -> FairQueue[str]:
+    return FairQueue(client_of=lambda item: item.split("-")[0])
 
 
 def test_alone_a_client_is_first_come_first_served() -> None:
@@ -38,12 +38,10 @@ def test_equal_shares_alternate_and_ties_go_to_the_oldest() -> None:
     assert list(q) == ["a-0", "a-1", "b-0", "b-1", "c-0"]  # arrival order
 
 
-def test_the_queue_is_bounded_and_knows_each_clients_newest() -> None:
-    q = queue(capacity=2)
+def test_the_queue_knows_each_clients_newest() -> None:
+    q = queue()
     q.push("a-0")
     q.push("a-1")
-    with pytest.raises(QueueFullError):
-        q.push("b-0")
     assert q.newest_of("a") == "a-1" and q.newest_of("b") is None
     assert q.remove("a-1") and not q.remove("a-1") and len(q) == 1
 

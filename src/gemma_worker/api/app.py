@@ -35,9 +35,10 @@ from gemma_worker.engine.interface import Engine
 from gemma_worker.engine.llama_engine import LlamaEngine
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
 from gemma_worker.private_files import private_dir
+from gemma_worker.runtime.lifecycle import Lifecycle, Phase
 from gemma_worker.runtime.metrics import Metrics
 from gemma_worker.runtime.ratelimit import RateLimiter
-from gemma_worker.runtime.state import Phase, WorkerState
+from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.sessions.sqlite_store import SQLiteSessionStore
@@ -46,21 +47,6 @@ from gemma_worker.settings import Settings
 from gemma_worker.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
-
-
-async def _load(state: WorkerState) -> None:
-    try:
-        await state.engine.start()
-    except Exception as exc:
-        state.phase = Phase.FAILED
-        state.load_error = str(exc)
-        state.notifier.notify("STATUS=model load failed")
-        log.error("model load failed: %s", exc)
-        return
-    if state.phase is Phase.LOADING:
-        state.phase = Phase.READY
-        state.notifier.notify("READY=1", "STATUS=ready")
-        log.info("ready")
 
 
 def load_keys(settings: Settings) -> KeyRing:
@@ -147,21 +133,22 @@ def create_app(
         ),
         metrics=metrics,
         origins=origins,
-        notifier=SystemdNotifier.from_env(),
+        lifecycle=Lifecycle(SystemdNotifier.from_env()),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(_load(state))
+        lifecycle = state.lifecycle
+        loader = asyncio.create_task(lifecycle.load(engine))
         sweeper = asyncio.create_task(state.sessions.sweep(settings.session_sweep_seconds))
         renewer = asyncio.create_task(leases.keep_alive())
-        watchdog = asyncio.create_task(state.notifier.watchdog(state.alive))
+        watchdog = asyncio.create_task(lifecycle.notifier.watchdog(lambda: lifecycle.alive(engine)))
         app.state.loader = loader
         try:
             yield
         finally:
-            if state.phase is not Phase.DRAINING:
-                await state.drain(settings.drain_grace_seconds)
+            if lifecycle.phase is not Phase.DRAINING:
+                await lifecycle.drain(settings.drain_grace_seconds)
             for task in (loader, sweeper, renewer, watchdog):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -26,6 +26,6 @@ async def metrics(state: State) -> Response:
     m.queue_depth.set(stats.queued)
     m.slots_busy.set(stats.active)
     m.slots_total.set(stats.slots)
-    m.ws_connections.set(len(state.connections))
+    m.ws_connections.set(len(state.lifecycle.connections))
     m.sessions_active.set(await asyncio.to_thread(state.sessions.store.count))
     return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)

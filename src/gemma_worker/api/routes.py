@@ -16,7 +16,7 @@ from gemma_worker.api.schemas import (
     ReadyResponse,
 )
 from gemma_worker.engine.interface import EngineState
-from gemma_worker.runtime.state import Phase
+from gemma_worker.runtime.lifecycle import Phase
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ async def info(state: State, request: Request) -> dict[str, Any]:
     return {
         "name": "FazAI Gemma Worker",
         "version": __version__,
-        "status": state.phase.value,
+        "status": state.lifecycle.phase.value,
         "worker_id": state.worker_id_for(principal_of(request.scope)),
         "model": None if model is None else model.to_dict(),
         "kernels": state.settings.kernel_choices().to_dict(),
@@ -65,7 +65,7 @@ async def health() -> HealthResponse:
 async def ready(state: State) -> JSONResponse:
     """200 once the model is loaded; 503 while loading, after a failed load, or draining."""
     model = state.engine.info
-    phase = state.phase
+    phase = state.lifecycle.phase
     if phase is Phase.READY and state.engine.state is not EngineState.READY:
         phase = Phase.FAILED  # the engine stopped after loading
     body = ReadyResponse(status=phase.value, model_loaded=model is not None)

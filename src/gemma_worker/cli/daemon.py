@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 from gemma_worker.api.app import create_app, load_keys
 from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.hosts import is_loopback
+from gemma_worker.runtime.lifecycle import Lifecycle
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.settings import Settings
 
@@ -31,9 +32,9 @@ SEND_BUFFER_BYTES = 256 * 1024
 class DrainingServer(uvicorn.Server):
     """A uvicorn server whose first exit signal drains the worker before shutting down."""
 
-    def __init__(self, config: uvicorn.Config, state: WorkerState, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace: float) -> None:
         super().__init__(config)
-        self._state = state
+        self._lifecycle = lifecycle
         self._grace = grace
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -55,10 +56,10 @@ class DrainingServer(uvicorn.Server):
         self._drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        finished = await self._state.drain(self._grace)
+        finished = await self._lifecycle.drain(self._grace)
         # Give WebSocket handlers a moment to deliver final events and close with 1001.
         for _ in range(100):
-            if not self._state.connections:
+            if not self._lifecycle.connections:
                 break
             await asyncio.sleep(0.02)
         log.info("drain complete", extra={"all_finished": finished})
@@ -122,7 +123,7 @@ def run_daemon(settings: Settings) -> int:
     app = create_app(settings)
     state: WorkerState = app.state.worker
     config = server_config(app, settings)
-    server = DrainingServer(config, state, settings.drain_grace_seconds)
+    server = DrainingServer(config, state.lifecycle, settings.drain_grace_seconds)
     listener = config.bind_socket()
     # Accepted connections inherit it. A fixed send buffer instead of the kernel's autotuned
     # one (up to 4 MiB): a client that stops reading is noticed (GEMMA_STREAM_STALL_TIMEOUT)

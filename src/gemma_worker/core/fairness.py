@@ -33,16 +33,11 @@ def at_capacity(*, largest_share: bool = False) -> WorkerError:
     )
 
 
-class QueueFullError(Exception):
-    """The admission queue is at capacity."""
-
-
 class FairQueue(Generic[T]):
-    """The wait list in front of the slots, bounded, ordered by fair share (module docstring).
-    ``client_of(item)`` says whose an item is."""
+    """A wait list ordered by fair share (module docstring); ``client_of(item)`` says whose an
+    item is. Unbounded: :class:`Shares` alone bounds the places, before anything is queued."""
 
-    def __init__(self, capacity: int, client_of: Callable[[T], str]) -> None:
-        self.capacity = capacity
+    def __init__(self, client_of: Callable[[T], str]) -> None:
         self._client_of = client_of
         self._by_client: dict[str, deque[tuple[int, T]]] = {}
         self._arrival = itertools.count()
@@ -57,9 +52,7 @@ class FairQueue(Generic[T]):
         return iter(item for _, item in entries)
 
     def push(self, item: T) -> None:
-        """Add ``item``; :class:`QueueFullError` when full."""
-        if self._size >= self.capacity:
-            raise QueueFullError
+        """Add ``item`` behind its client's earlier ones."""
         self._by_client.setdefault(self._client_of(item), deque()).append(
             (next(self._arrival), item)
         )

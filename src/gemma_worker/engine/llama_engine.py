@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.fairness import FairQueue, QueueFullError, Shares, at_capacity
+from gemma_worker.core.fairness import FairQueue, Shares, at_capacity
 from gemma_worker.core.pacing import PrefillPacer
 from gemma_worker.core.prefix import PrefixMatch, match_prefix
 from gemma_worker.core.scheduling import (
@@ -127,9 +127,8 @@ class LlamaEngine:
         self._identity: ModelIdentity | None = None
         # Engine-thread state.
         self._kv: KVCacheManager | None = None
-        self._waiting: FairQueue[Prepared] = FairQueue(
-            config.max_queue + config.parallel, client_of=lambda p: p.job.spec.client
-        )
+        #: Prepared requests waiting for a slot (``_shares`` bounds them with the rest).
+        self._waiting: FairQueue[Prepared] = FairQueue(client_of=lambda p: p.job.spec.client)
         #: The running requests by slot, each with its sampler.
         self._seqs: dict[int, SequenceState] = {}
         #: Sessions' latest prompts, tokenized (used on the vocabulary threads).
@@ -148,9 +147,7 @@ class LlamaEngine:
         #: Jobs waiting to be prepared, fairly ordered, and those being prepared on the
         #: vocabulary threads (at most ``_PREP_THREADS``: /tokenize and grammars get a turn);
         #: newcomers refused because no request of the largest holder could make room.
-        self._to_prepare: FairQueue[Job] = FairQueue(
-            2 * (config.parallel + config.max_queue) + 2, client_of=lambda j: j.spec.client
-        )
+        self._to_prepare: FairQueue[Job] = FairQueue(client_of=lambda j: j.spec.client)
         self._preparing: set[Job] = set()
         self._refused: set[Job] = set()
 
@@ -395,11 +392,7 @@ class LlamaEngine:
         if job.cancelled:
             self._final(job, _cancelled_before_start(job, 0))
             return
-        try:
-            self._to_prepare.push(job)
-        except QueueFullError:
-            self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the worker is at capacity"))
-            return
+        self._to_prepare.push(job)
         self._dispatch_preparations()
 
     def _dispatch_preparations(self) -> None:
@@ -456,11 +449,7 @@ class LlamaEngine:
             self._fail(job, ready.error or WorkerError(ErrorCode.INFERENCE_ERROR, "failed"))
             return
         prepared = ready.prepared
-        try:
-            self._waiting.push(prepared)
-        except QueueFullError:
-            self._fail(job, WorkerError(ErrorCode.OVERLOADED, "the admission queue is full"))
-            return
+        self._waiting.push(prepared)
         order = self._waiting.ordered(self._running())
         position = next(i for i, p in enumerate(order, start=1) if p is prepared)
         n_free = self._cache.n_free

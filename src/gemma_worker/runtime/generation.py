@@ -114,7 +114,7 @@ class Generation:
             self._finish()
         else:
             self.handle.cancel()
-            self.state.spawn(self._settle())
+            self.state.lifecycle.spawn(self._settle())
 
     def _finish(self) -> None:
         """Give back the session's claim and the admission (idempotent), once the turn is
@@ -128,7 +128,7 @@ class Generation:
         if self.turn is not None:
             self.turn.release()
         self.admission.release()
-        self.state.request_ended(self.handle)
+        self.state.lifecycle.request_ended(self.handle)
 
     async def _settle(self) -> None:
         try:

@@ -21,6 +21,7 @@ from gemma_worker.core.response_format import grammar_for
 from gemma_worker.core.sampling import SamplingParams
 from gemma_worker.core.tool_prompt import with_tool_instructions
 from gemma_worker.engine.grammar import Grammar
+from gemma_worker.engine.interface import Engine
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.prompt import Prompt
 from gemma_worker.runtime.generation import Generation
@@ -38,19 +39,20 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     ``INVALID_REQUEST``, a session's errors...) before anything is queued, with nothing left
     claimed. The caller must :meth:`Generation.release` the result when done with its events.
     """
-    state.admit()
+    state.lifecycle.admit()
+    engine = state.engine_for(req.model)
     source = req.input
     if isinstance(source, Conversation):
         source = _with_tools(source, req.output)
     _check_size(state, source, req)
-    info = state.engine.info
+    info = engine.info
     params = state.limits.resolve(
-        req.sampling, n_ctx=state.engine.n_ctx, n_vocab=info.n_vocab if info is not None else 0
+        req.sampling, n_ctx=engine.n_ctx, n_vocab=info.n_vocab if info is not None else 0
     )
-    grammar = await _grammar(state, req.output, params, req.sampling.length.param)
+    grammar = await _grammar(engine, req.output, params, req.sampling.length.param)
     turn: TurnPlan | None = None
     if isinstance(source, TurnRequest):
-        fmt = state.engine.renderer.resolve(source.prompt_format)
+        fmt = engine.renderer.resolve(source.prompt_format)
         turn = await state.sessions.begin(source, fmt, req.caller.owner)
         prompt: Conversation | Prompt = turn.conversation
     elif isinstance(source, RawPrompt):
@@ -73,7 +75,7 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     try:
         admission = await state.limiter.admit(req.caller.identity)
         try:
-            handle = state.engine.submit(spec)
+            handle = engine.submit(spec)
         except BaseException:
             admission.release()
             raise
@@ -92,7 +94,7 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
         },
     )
     # The drain waits for it from now on, until it is released.
-    state.request_started(handle)
+    state.lifecycle.request_started(handle)
     tools = req.output is not None and req.output.tools is not None
     return Generation(
         state, handle, spec.request_id, admission, req.transport, tools=tools, turn=turn
@@ -121,26 +123,26 @@ def _with_tools(conv: Conversation, output: Output | None) -> Conversation:
 
 
 async def _grammar(
-    state: WorkerState, output: Output | None, params: SamplingParams, budget_param: str
+    engine: Engine, output: Output | None, params: SamplingParams, budget_param: str
 ) -> Grammar | None:
     if output is None:
         return None
     use, fmt = output.tools, output.format
     if use is not None:
         return await compile_output_grammar(
-            state,
+            engine,
             lambda: tool_call_gbnf(list(use.tools), required=use.required, parallel=use.parallel),
             output.field,
             params,
             budget_param,
         )
     return await compile_output_grammar(
-        state, lambda: grammar_for(fmt), output.field, params, budget_param
+        engine, lambda: grammar_for(fmt), output.field, params, budget_param
     )
 
 
 async def compile_output_grammar(
-    state: WorkerState,
+    engine: Engine,
     make_gbnf: Callable[[], str | None],
     field_name: str,
     params: SamplingParams,
@@ -158,7 +160,7 @@ async def compile_output_grammar(
         ) from exc
     if gbnf is None:
         return None
-    grammar = await state.engine.compile_grammar(gbnf)
+    grammar = await engine.compile_grammar(gbnf)
     if grammar.min_tokens > params.max_tokens:
         given = (
             f"not set, and its default of {params.max_tokens}"

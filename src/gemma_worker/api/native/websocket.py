@@ -30,9 +30,10 @@ from gemma_worker.core.ws_messages import (
     parse_client_message,
 )
 from gemma_worker.runtime.generation import Generation
+from gemma_worker.runtime.lifecycle import Phase
 from gemma_worker.runtime.pipeline import start_generation
 from gemma_worker.runtime.request import Caller
-from gemma_worker.runtime.state import Phase, WorkerState
+from gemma_worker.runtime.state import WorkerState
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Connection:
             return
         if not await self._admit_and_authenticate():
             return
-        self.state.connections.add(self._closing)
+        self.state.lifecycle.connections.add(self._closing)
         receiver: asyncio.Task[Any] | None = None
         closer: asyncio.Task[Any] = asyncio.create_task(self._closing.wait())
         try:
@@ -109,7 +110,7 @@ class Connection:
         except (WebSocketDisconnect, ClientGoneError, RuntimeError):  # receive() after a disconnect
             return
         finally:
-            self.state.connections.discard(self._closing)
+            self.state.lifecycle.connections.discard(self._closing)
             closer.cancel()
             if receiver is not None:
                 receiver.cancel()
@@ -137,16 +138,16 @@ class Connection:
             if scope_state.get("auth_rejected"):
                 await self._close(CLOSE_POLICY_VIOLATION, "invalid API key")
                 return False
-            if self.state.authenticating >= cap:
+            if self.state.lifecycle.authenticating >= cap:
                 await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
                 return False
-            self.state.authenticating += 1
+            self.state.lifecycle.authenticating += 1
             try:
                 if not await self._receive_auth_message():
                     return False
             finally:
-                self.state.authenticating -= 1
-        if len(self.state.connections) >= cap:
+                self.state.lifecycle.authenticating -= 1
+        if len(self.state.lifecycle.connections) >= cap:
             await self._close(CLOSE_TRY_AGAIN_LATER, "too many connections; retry later")
             return False
         return True
@@ -301,7 +302,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     """The ``/ws`` route. While the worker drains, the handshake is refused with 503 (a JSON
     error body), so a balancer retries the connection on another replica."""
     state: WorkerState = ws.app.state.worker
-    if state.phase is Phase.DRAINING and "websocket.http.response" in ws.scope.get(
+    if state.lifecycle.phase is Phase.DRAINING and "websocket.http.response" in ws.scope.get(
         "extensions", {}
     ):
         error = WorkerError(ErrorCode.OVERLOADED, "the worker is shutting down", retry_after=5)

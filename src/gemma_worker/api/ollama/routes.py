@@ -130,7 +130,7 @@ async def generate(body: GenerateRequest, request: Request, state: State, catalo
     try:
         sampling = _sampling(body.options)
         if not body.prompt:
-            state.admit()
+            state.lifecycle.admit()
             return _loaded(encoder, body.stream)
         source: RawPrompt | TurnRequest = (
             RawPrompt(body.prompt, parse_special=True)
@@ -160,7 +160,7 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
     try:
         sampling = _sampling(body.options)
         if not body.messages:
-            state.admit()
+            state.lifecycle.admit()
             return _loaded(encoder, body.stream)
         tools = body.tools or []
         if tools and body.format:

@@ -246,7 +246,7 @@ async def _stream(gen: Generation, request: Request, state: WorkerState, chunks:
 async def tokenize(body: TokenizeRequest, request: Request, state: State) -> Any:
     """``{"tokens": [ids]}``, or with ``with_pieces`` ``[{"id", "piece"}]``."""
     try:
-        state.admit()
+        state.lifecycle.admit()
         state.limits.check_chars(len(body.content))
         tokens = await state.engine.tokenize(
             body.content, add_special=body.add_special, parse_special=body.parse_special
@@ -270,7 +270,7 @@ def _piece(data: bytes) -> str | list[int]:
 async def detokenize(body: DetokenizeRequest, request: Request, state: State) -> Any:
     """``{"content": text}``."""
     try:
-        state.admit()
+        state.lifecycle.admit()
         pieces = await state.engine.token_pieces(body.tokens)
     except WorkerError as exc:
         return error_response(request, exc)

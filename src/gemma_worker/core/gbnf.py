@@ -53,6 +53,11 @@ def _word_char(c: str) -> bool:
     return c.isascii() and (c.isalnum() or c == "-")
 
 
+#: Escapes with hex digits, and how many.
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+_SIMPLE_ESCAPES = {"t": 9, "r": 13, "n": 10, "\\": 92, '"': 34, "[": 91, "]": 93, "-": 45}
+
+
 class _Parser:
     def __init__(self, src: str) -> None:
         self.src = src.split("\0", 1)[0] + "\0"  # the C string's end
@@ -88,23 +93,22 @@ class _Parser:
 
     def char(self, pos: int) -> tuple[int, int]:
         s = self.src
-        if s[pos] == "\\":
-            esc = s[pos + 1]
-            sizes = {"x": 2, "u": 4, "U": 8}
-            if esc in sizes:
-                digits = s[pos + 2 : pos + 2 + sizes[esc]]
-                if len(digits) != sizes[esc] or any(
-                    c not in "0123456789abcdefABCDEF" for c in digits
-                ):
-                    raise GbnfError(f"expecting {sizes[esc]} hex digits at offset {pos}")
-                return int(digits, 16), pos + 2 + sizes[esc]
-            simple = {"t": 9, "r": 13, "n": 10, "\\": 92, '"': 34, "[": 91, "]": 93, "-": 45}
-            if esc not in simple:
-                raise GbnfError(f"unknown escape at offset {pos}")
-            return simple[esc], pos + 2
-        if s[pos] == "\0":
-            raise GbnfError("unexpected end of input")
-        return ord(s[pos]), pos + 1
+        c = s[pos]
+        if c != "\\":
+            if c == "\0":
+                raise GbnfError("unexpected end of input")
+            return ord(c), pos + 1
+        esc = s[pos + 1]
+        size = _HEX_ESCAPES.get(esc)
+        if size is not None:
+            digits = s[pos + 2 : pos + 2 + size]
+            if len(digits) != size or any(d not in "0123456789abcdefABCDEF" for d in digits):
+                raise GbnfError(f"expecting {size} hex digits at offset {pos}")
+            return int(digits, 16), pos + 2 + size
+        code = _SIMPLE_ESCAPES.get(esc)
+        if code is None:
+            raise GbnfError(f"unknown escape at offset {pos}")
+        return code, pos + 2
 
     # --- symbols ----------------------------------------------------------------------------
     def symbol(self, name: str) -> int:

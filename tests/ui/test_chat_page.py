@@ -4,6 +4,7 @@ real model."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 from tests.conftest import RunningWorker, make_settings, start_worker
 from tests.programs import Nginx
@@ -299,3 +301,40 @@ def wait_ready_as(url: str, host: str) -> None:
     while httpx.get(url, headers={"Host": host}, timeout=5).status_code != 200:
         assert time.monotonic() < deadline, "not ready"
         time.sleep(0.1)
+
+
+def test_the_model_picker_and_session_titles(tmp_path: Path, second_model: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.link(second_model, folder / "gemma-q8.gguf")
+    worker = start_worker(make_settings(models_dir=folder, parallel=2))
+    driver = chromium()
+    try:
+        driver.get(worker.http + "/ui/")
+        wait_for(driver, lambda d: d.find_element(By.ID, "connection").text == "connected")
+        picker = Select(driver.find_element(By.ID, "model-picker"))
+        wait_for(driver, lambda d: len(picker.options) == 2)
+        labels = [o.text for o in picker.options]
+        assert labels == ["gemma-3-270m-q4_k_m · loaded", "gemma-q8 · not loaded"]
+        assert picker.first_selected_option.get_attribute("value") == "gemma-3-270m-q4_k_m"
+        picker.select_by_value("gemma-q8")
+        send(driver, "What is the capital of France?")
+        meta = wait_answer(driver, 1)
+        assert meta.startswith("gemma-q8 · first token"), meta
+        wait_for(driver, lambda d: "gemma-q8 · loaded" in [o.text for o in picker.options])
+        assert driver.find_element(By.ID, "model-picker").get_attribute("disabled") == "true"
+        title = wait_for(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "#sessions button.open .title")
+        )
+        assert title.text == "What is the capital of France?"
+        driver.find_element(By.ID, "new-session").click()
+        assert driver.find_element(By.ID, "model-picker").get_attribute("disabled") is None
+        picker.select_by_value("gemma-3-270m-q4_k_m")
+        send(driver, "What is the capital of Italy?")
+        assert wait_answer(driver, 1).startswith("gemma-3-270m-q4_k_m · ")
+        sessions = httpx.get(f"{worker.http}/v1/sessions", timeout=10).json()["sessions"]
+        assert sorted(s["model"] for s in sessions) == ["gemma-3-270m-q4_k_m", "gemma-q8"]
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+        worker.stop()

@@ -17,6 +17,7 @@ from gemma_worker.api.errors import install_error_handlers
 from gemma_worker.api.hosts import AllowedHostsMiddleware, TrustedOriginsCORS
 from gemma_worker.api.metrics import HttpMetricsMiddleware
 from gemma_worker.api.metrics_route import router as metrics_router
+from gemma_worker.api.model_routes import router as model_router
 from gemma_worker.api.native.routes import router as native_router
 from gemma_worker.api.native.websocket import websocket_endpoint
 from gemma_worker.api.ollama.catalog import ModelCatalog
@@ -31,13 +32,19 @@ from gemma_worker.cluster.leases import LeaseTable, LocalLeases, RedisLeases
 from gemma_worker.cluster.redis_client import connect
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.core.hosts import AllowedHosts, OriginPolicy
+from gemma_worker.engine.gguf_header import GgufError, read_gguf_header
 from gemma_worker.engine.interface import Engine
+from gemma_worker.engine.llama import ModelLoadError
 from gemma_worker.engine.llama_engine import LlamaEngine
+from gemma_worker.engine.memory import MemoryNeed, available_memory, memory_need
+from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
 from gemma_worker.private_files import private_dir
 from gemma_worker.runtime.lifecycle import Lifecycle, Phase
 from gemma_worker.runtime.metrics import Metrics
+from gemma_worker.runtime.models import ModelManager
 from gemma_worker.runtime.ratelimit import RateLimiter
+from gemma_worker.runtime.registry import ModelRegistry, ModelSpec, engine_config, request_limits
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.service import SessionService
@@ -100,6 +107,40 @@ def open_leases(settings: Settings) -> LeaseTable:
     )
 
 
+def open_models(
+    settings: Settings, registry: ModelRegistry, metrics: Metrics, engine: Engine | None = None
+) -> ModelManager:
+    """The model manager: a :class:`LlamaEngine` per model (``engine``, when given, serves
+    the default model: tests), memory checked before each load."""
+
+    def make_engine(spec: ModelSpec) -> Engine:
+        if engine is not None and spec.default:
+            return engine
+        return LlamaEngine(engine_config(settings, spec))
+
+    def need_of(spec: ModelSpec) -> MemoryNeed | None:
+        if engine is not None and spec.default:
+            return None
+        config = engine_config(settings, spec)
+        path = resolve_model_path(spec.path)
+        try:
+            header = read_gguf_header(path)
+        except GgufError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        return memory_need(header, path.stat().st_size, config.n_ctx, config.parallel)
+
+    return ModelManager(
+        registry,
+        make_engine,
+        limits_for=lambda spec: request_limits(settings, spec),
+        keep_alive=settings.keep_alive_seconds,
+        max_loaded=settings.max_loaded_models,
+        need_of=need_of,
+        available=available_memory,
+        on_load=metrics.model_load,
+    )
+
+
 def create_app(
     settings: Settings, engine: Engine | None = None, store: SessionStore | None = None
 ) -> FastAPI:
@@ -115,14 +156,15 @@ def create_app(
     private_dir(settings.data_dir, tighten=settings.own_data_dir)
     hosts = allowed_hosts(settings, keys)
     origins = OriginPolicy(settings.cors_origins, hosts)
-    engine = engine or LlamaEngine(settings.engine_config())
+    registry = ModelRegistry.from_settings(settings)
+    metrics = Metrics()
+    models = open_models(settings, registry, metrics, engine)
     store = store or open_store(settings)
     leases = open_leases(settings)
-    metrics = Metrics()
     state = WorkerState(
         settings,
-        engine,
-        SessionService(store, engine.forget, leases),
+        models,
+        SessionService(store, models.forget, leases),
         keys=keys,
         limiter=RateLimiter(
             requests=settings.rate_limit_requests,
@@ -139,10 +181,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lifecycle = state.lifecycle
-        loader = asyncio.create_task(lifecycle.load(engine))
+        loader = asyncio.create_task(lifecycle.load(lambda: models.load(None)))
         sweeper = asyncio.create_task(state.sessions.sweep(settings.session_sweep_seconds))
         renewer = asyncio.create_task(leases.keep_alive())
-        watchdog = asyncio.create_task(lifecycle.notifier.watchdog(lambda: lifecycle.alive(engine)))
+        watchdog = asyncio.create_task(
+            lifecycle.notifier.watchdog(lambda: lifecycle.alive(models.healthy()))
+        )
         app.state.loader = loader
         try:
             yield
@@ -153,7 +197,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await state.engine.close()
+            await models.close()
             leases.close()
             store.close()
 
@@ -183,6 +227,7 @@ def create_app(
     app.include_router(native_router)
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(model_router)
     app.include_router(session_router)
     app.include_router(metrics_router)
     app.include_router(ui_router(load_assets()))

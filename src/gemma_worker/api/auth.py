@@ -8,6 +8,7 @@ waits for a first ``{"type": "auth", "token": ...}`` message (browsers cannot se
 What the middleware found is left in the scope's state for the handlers:
 
 - ``principal``: the key id of a valid key (``None`` when keys are off or none was shown);
+- ``grant``: what that key may do (admin, its models);
 - ``auth_required``: whether keys are configured;
 - ``auth_rejected``: a key was shown and it is wrong.
 """
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemma_worker.api.errors import send_error
 from gemma_worker.api.ui import is_ui_path
-from gemma_worker.core.auth import KeyRing, bearer_token
+from gemma_worker.core.auth import OPEN_GRANT, KeyGrant, KeyRing, bearer_token
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.runtime.request import Caller
 
@@ -46,9 +47,17 @@ def client_identity(scope: Scope) -> str:
     return f"addr-{client[0]}" if client else "addr-unknown"
 
 
+def grant_of(scope: Scope) -> KeyGrant:
+    """What the request's key may do (everything on a keyless worker)."""
+    state: dict[str, Any] = scope.get("state") or {}
+    grant = state.get("grant")
+    return grant if isinstance(grant, KeyGrant) else OPEN_GRANT
+
+
 def caller_of(scope: Scope) -> Caller:
-    """The request's caller: its key id (sessions and caches) and its rate-limit identity."""
-    return Caller(principal_of(scope), client_identity(scope))
+    """The request's caller: its key id (sessions and caches), its rate-limit identity and
+    the models its key may use."""
+    return Caller(principal_of(scope), client_identity(scope), grant_of(scope).models)
 
 
 class AuthMiddleware:
@@ -81,6 +90,7 @@ class AuthMiddleware:
         )
         principal = self.keys.identify(token)
         state["principal"] = principal
+        state["grant"] = self.keys.grant(principal)
         state["auth_rejected"] = token is not None and principal is None
         if scope["path"] in OPEN_PATHS or is_ui_path(scope["path"]):
             await self.app(scope, receive, send)  # open to all; a valid key is still known

@@ -22,7 +22,8 @@ router = APIRouter()
 async def metrics(state: State) -> Response:
     """Counters and histograms of requests, tokens and latencies; gauges of current load."""
     m = state.metrics
-    stats = state.engine.stats()
+    stats = state.stats()
+    m.models_loaded.set(len(state.models.loaded()))
     m.queue_depth.set(stats.queued)
     m.slots_busy.set(stats.active)
     m.slots_total.set(stats.slots)

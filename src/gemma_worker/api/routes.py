@@ -15,7 +15,6 @@ from gemma_worker.api.schemas import (
     HealthResponse,
     ReadyResponse,
 )
-from gemma_worker.engine.interface import EngineState
 from gemma_worker.runtime.lifecycle import Phase
 
 log = logging.getLogger(__name__)
@@ -27,8 +26,9 @@ NDJSON = "application/x-ndjson"
 
 @router.get("/", summary="Service information")
 async def info(state: State, request: Request) -> dict[str, Any]:
-    """Name, version, model and endpoints."""
-    model = state.engine.info
+    """Name, version, the default model and endpoints."""
+    engine = state.default_engine
+    model = None if engine is None else engine.info
     return {
         "name": "FazAI Gemma Worker",
         "version": __version__,
@@ -43,6 +43,9 @@ async def info(state: State, request: Request) -> dict[str, Any]:
             "sessions": "GET /v1/sessions, GET|DELETE /v1/sessions/{id}",
             "websocket": "WS /ws",
             "openai": "GET /v1/models, POST /v1/chat/completions, POST /v1/completions",
+            "models": "GET /v1/models, POST /models/load, POST /models/unload",
+            "ollama": "GET /api/tags, GET /api/ps, POST /api/show, POST /api/generate, "
+            "POST /api/chat",
             "tokenizer": "POST /tokenize, POST /detokenize",
             "docs": "GET /docs",
             "openapi": "GET /openapi.json",
@@ -63,21 +66,24 @@ async def health() -> HealthResponse:
     summary="Readiness",
 )
 async def ready(state: State) -> JSONResponse:
-    """200 once the model is loaded; 503 while loading, after a failed load, or draining."""
-    model = state.engine.info
+    """200 once the default model has loaded; 503 while loading, after a failed load, when a
+    loaded model's engine stopped, or draining. ``model`` describes the default model while
+    it is loaded (with a models folder it may be unloaded while idle: still ready)."""
+    engine = state.default_engine
+    model = None if engine is None else engine.info
     phase = state.lifecycle.phase
-    if phase is Phase.READY and state.engine.state is not EngineState.READY:
-        phase = Phase.FAILED  # the engine stopped after loading
+    if phase is Phase.READY and not state.models.healthy():
+        phase = Phase.FAILED  # an engine stopped after loading
     body = ReadyResponse(status=phase.value, model_loaded=model is not None)
-    if phase is Phase.READY and model is not None:
-        stats = state.engine.stats()
-        identity = state.engine.identity
+    if phase is Phase.READY:
+        stats = state.stats()
+        identity = None if engine is None else engine.identity
         body = ReadyResponse(
             status="ready",
-            model_loaded=True,
+            model_loaded=model is not None,
             # only the file name: /ready answers without a key, directories are nobody's business
             model_file=None if identity is None else identity.file_name,
-            model=model.to_dict(),
+            model=None if model is None else model.to_dict(),
             slots=stats.slots,
             active=stats.active,
             queued=stats.queued,

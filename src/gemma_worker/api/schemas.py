@@ -35,6 +35,7 @@ class ExecuteResponse(BaseModel):
     origin: Literal["local"] = "local"
     session_id: str
     request_id: str
+    model: str = Field(description="The id of the model that answered.")
     finish_reason: Literal["stop", "length", "cancelled"]
     usage: UsageBody
     timings: TimingsBody
@@ -79,6 +80,8 @@ class SessionSummary(BaseModel):
     tokens: int = Field(description="Context the last turn filled (prompt + answer tokens).")
     format: Literal["plain", "chat"]
     system: str | None = None
+    model: str | None = Field(default=None, description="The model that answers the session.")
+    title: str | None = Field(default=None, description="The start of the session's first message.")
 
 
 class SessionList(BaseModel):

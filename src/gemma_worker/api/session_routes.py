@@ -36,6 +36,8 @@ def _summary(info: SessionInfo) -> SessionSummary:
         tokens=info.tokens,
         format=info.format,
         system=info.system,
+        model=info.model,
+        title=info.title,
     )
 
 

@@ -12,11 +12,41 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 #: Shortest accepted API key: shorter ones are too easy to guess.
 MIN_KEY_LENGTH = 16
 
 _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    """What a key may do beyond inference: ``admin`` (load and unload models, see file
+    details); ``models``: the only models it may use, by id or alias (``None``: any)."""
+
+    admin: bool = False
+    models: frozenset[str] | None = None
+
+
+#: The grant of a worker without keys (everything: it serves loopback only).
+OPEN_GRANT = KeyGrant(admin=True)
+
+
+def _parse_entry(entry: str, where: str) -> tuple[bytes, KeyGrant]:
+    """``<key or sha256:digest> [admin] [models=<name>|<name>...]``."""
+    key, *attrs = entry.split()
+    admin, models = False, None
+    for attr in attrs:
+        if attr == "admin":
+            admin = True
+        elif attr.startswith("models=") and attr.removeprefix("models="):
+            models = frozenset(n for n in attr.removeprefix("models=").split("|") if n)
+        else:
+            raise KeyConfigError(
+                f"{where}: unknown key option {attr[:32]!r} (known: admin, models=a|b)"
+            )
+    return _entry_digest(key, where), KeyGrant(admin, models)
 
 
 class KeyConfigError(ValueError):
@@ -36,12 +66,18 @@ def key_id(digest: bytes) -> str:
 def parse_key_file(text: str) -> list[bytes]:
     """Digests from a key file: one key, or ``sha256:<hex digest>``, per line; blank lines and
     ``#`` comments are skipped."""
-    digests = []
+    return [digest for digest, _ in parse_key_entries(text)]
+
+
+def parse_key_entries(text: str) -> list[tuple[bytes, KeyGrant]]:
+    """Digests and grants from a key file (see :func:`parse_key_file`); each line may add
+    ``admin`` and ``models=a|b`` after the key."""
+    entries = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line and not line.startswith("#"):
-            digests.append(_entry_digest(line, f"key file line {number}"))
-    return digests
+            entries.append(_parse_entry(line, f"key file line {number}"))
+    return entries
 
 
 def _entry_digest(entry: str, where: str) -> bytes:
@@ -65,19 +101,29 @@ def _key_digest(key: str, where: str) -> bytes:
 class KeyRing:
     """The accepted API keys. Empty means authentication is off."""
 
-    def __init__(self, digests: Iterable[bytes] = ()) -> None:
+    def __init__(
+        self, digests: Iterable[bytes] = (), grants: dict[bytes, KeyGrant] | None = None
+    ) -> None:
         self._digests = list(dict.fromkeys(digests))
+        self._grants = {key_id(d): g for d, g in (grants or {}).items()}
 
     @classmethod
     def build(cls, keys: Iterable[str], key_file_text: str | None = None) -> KeyRing:
-        """Keys from settings (plain) and an optional key file's text."""
-        digests = [_entry_digest(k, "GEMMA_API_KEYS") for k in keys]
+        """Keys from settings and an optional key file's text. Each entry is a key (or
+        ``sha256:<digest>``), optionally followed by ``admin`` and ``models=a|b``."""
+        entries = [_parse_entry(k, "GEMMA_API_KEYS") for k in keys]
         if key_file_text is not None:
-            file_digests = parse_key_file(key_file_text)
-            if not file_digests:
+            file_entries = parse_key_entries(key_file_text)
+            if not file_entries:
                 raise KeyConfigError("the API key file holds no key")
-            digests += file_digests
-        return cls(digests)
+            entries += file_entries
+        return cls((d for d, _ in entries), dict(entries))
+
+    def grant(self, key: str | None) -> KeyGrant:
+        """What the key with id ``key`` may do (everything when keys are off)."""
+        if not self.enabled:
+            return OPEN_GRANT
+        return self._grants.get(key or "", KeyGrant()) if key else KeyGrant()
 
     @property
     def enabled(self) -> bool:

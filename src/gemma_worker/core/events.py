@@ -42,7 +42,13 @@ def timings_json(timings: Timings) -> dict[str, float | None]:
 
 
 def session_event(
-    session_id: str, request_id: str, *, new: bool, turns: int, stateless: bool = False
+    session_id: str,
+    request_id: str,
+    *,
+    new: bool,
+    turns: int,
+    stateless: bool = False,
+    model: str | None = None,
 ) -> Event:
     """Opens every request's event stream: the session the request runs in, whether this
     request started it, how many earlier turns it has, and whether it is stateless (then the
@@ -54,6 +60,7 @@ def session_event(
         "new": new,
         "turns": turns,
         "stateless": stateless,
+        **({"model": model} if model is not None else {}),
     }
 
 
@@ -75,8 +82,10 @@ def result_event(
     finish_reason: FinishReason,
     usage: Usage,
     timings: Timings,
+    model: str | None = None,
 ) -> Event:
-    """The final event of a successful (or cancelled) request."""
+    """The final event of a successful (or cancelled) request; ``model`` is the model that
+    answered."""
     return {
         "type": "result",
         "status": "success",
@@ -87,6 +96,7 @@ def result_event(
         "finish_reason": finish_reason,
         "usage": usage_json(usage),
         "timings": timings_json(timings),
+        **({"model": model} if model is not None else {}),
     }
 
 

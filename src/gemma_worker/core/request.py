@@ -65,6 +65,15 @@ class ExecuteRequest(BaseModel):
     seed: Annotated[
         int | None, Field(default=None, ge=0, le=2**32 - 2, description="Sampling seed.")
     ] = None
+    model: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=200,
+            description="The model to answer (an id, alias or name:tag of GET /v1/models). "
+            "Left out: the session's model, else the default one.",
+        ),
+    ] = None
     session_id: Annotated[
         str | None,
         Field(

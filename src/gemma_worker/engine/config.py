@@ -35,4 +35,6 @@ class EngineConfig:
     #: Whether constrained answers are steered to close within their token budget.
     grammar_budget: bool = True
     #: Called on the engine thread with each step's plan before it runs (tracing, tests).
+    #: A Jinja chat template used instead of the model's own (``None``: the GGUF's).
+    chat_template: str | None = None
     on_step: Callable[[Sequence[StepEntry]], None] | None = None

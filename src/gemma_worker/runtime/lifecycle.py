@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
 from typing import Any
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.engine.interface import Engine, EngineState
 from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.systemd import SystemdNotifier
 
@@ -45,25 +44,31 @@ class Lifecycle:
         self.authenticating = 0
         self._background: set[asyncio.Future[None]] = set()
 
-    async def load(self, engine: Engine) -> None:
-        """Start ``engine``; ready when it is, failed (with the reason kept) when it cannot
-        load. A drain begun meanwhile stays a drain."""
+    async def load(self, start: Callable[[], Awaitable[object]]) -> None:
+        """Load the default model (``start``); ready when it is, failed (with the reason
+        kept) when it cannot load. A drain begun meanwhile stays a drain."""
         try:
-            await engine.start()
+            await start()
+        except WorkerError as exc:
+            self._failed(exc.message)
+            return
         except Exception as exc:
-            self.phase = Phase.FAILED
-            self.load_error = str(exc)
-            self.notifier.notify("STATUS=model load failed")
-            log.error("model load failed: %s", exc)
+            self._failed(str(exc))
             return
         if self.phase is Phase.LOADING:
             self.phase = Phase.READY
             self.notifier.notify("READY=1", "STATUS=ready")
             log.info("ready")
 
-    def alive(self, engine: Engine) -> bool:
-        """Whether the worker is healthy for the watchdog: loading, or ``engine`` running."""
-        return self.phase is Phase.LOADING or engine.state is EngineState.READY
+    def _failed(self, reason: str) -> None:
+        self.phase = Phase.FAILED
+        self.load_error = reason
+        self.notifier.notify("STATUS=model load failed")
+        log.error("model load failed: %s", reason)
+
+    def alive(self, engines_running: bool) -> bool:
+        """Whether the worker is healthy for the watchdog: loading, or its engines running."""
+        return self.phase is Phase.LOADING or engines_running
 
     def admit(self) -> None:
         """Raise ``OVERLOADED`` unless new work is accepted now."""

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from gemma_worker.core.usage import Timings, Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Distinct ``model`` label values at most (the rest are ``other``).
+MAX_MODEL_LABELS = 32
 _TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1)
 
 
@@ -32,8 +34,8 @@ class Metrics:
         )
         self.generations = Counter(
             p + "generations_total",
-            "Generations that ended, by transport and finish reason.",
-            ["transport", "finish_reason"],
+            "Generations that ended, by transport, model and finish reason.",
+            ["transport", "model", "finish_reason"],
             registry=r,
         )
         self.ttft = Histogram(
@@ -55,7 +57,10 @@ class Metrics:
             registry=r,
         )
         self.prompt_tokens = Counter(
-            p + "prompt_tokens_total", "Prompt tokens of finished generations.", registry=r
+            p + "prompt_tokens_total",
+            "Prompt tokens of finished generations, by model.",
+            ["model"],
+            registry=r,
         )
         self.cached_prompt_tokens = Counter(
             p + "prompt_tokens_cached_total",
@@ -63,8 +68,16 @@ class Metrics:
             registry=r,
         )
         self.generation_tokens = Counter(
-            p + "generation_tokens_total", "Generated tokens.", registry=r
+            p + "generation_tokens_total", "Generated tokens, by model.", ["model"], registry=r
         )
+        self.models_loaded = Gauge(p + "models_loaded", "Models loaded now.", registry=r)
+        self.model_loads = Counter(
+            p + "model_loads_total",
+            "Model loads, by model and outcome (ok, failed).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self._models: set[str] = set()
         self.errors = Counter(
             p + "errors_total", "Errors sent to clients, by code.", ["code"], registry=r
         )
@@ -96,14 +109,31 @@ class Metrics:
         if code == "RATE_LIMITED":
             self.rate_limited.inc()
 
-    def finished(self, transport: str, finish_reason: str, usage: Usage, timings: Timings) -> None:
+    def model_load(self, model: str, ok: bool) -> None:
+        """Count one model load and its outcome."""
+        self.model_loads.labels(self.model_label(model), "ok" if ok else "failed").inc()
+
+    def model_label(self, model: str) -> str:
+        """``model`` as a label value: the first ``MAX_MODEL_LABELS`` names seen keep theirs,
+        later ones count as ``other`` (a folder of many files cannot blow up the series)."""
+        if model in self._models:
+            return model
+        if len(self._models) < MAX_MODEL_LABELS:
+            self._models.add(model)
+            return model
+        return "other"
+
+    def finished(
+        self, transport: str, model: str, finish_reason: str, usage: Usage, timings: Timings
+    ) -> None:
         """Account for one generation that ended with a result."""
-        self.generations.labels(transport=transport, finish_reason=finish_reason).inc()
+        label = self.model_label(model)
+        self.generations.labels(transport=transport, model=label, finish_reason=finish_reason).inc()
         if finish_reason == "cancelled":
             self.cancellations.inc()
-        self.prompt_tokens.inc(usage.prompt_tokens)
+        self.prompt_tokens.labels(model=label).inc(usage.prompt_tokens)
         self.cached_prompt_tokens.inc(usage.cached_tokens)
-        self.generation_tokens.inc(usage.completion_tokens)
+        self.generation_tokens.labels(model=label).inc(usage.completion_tokens)
         self.queue_wait.observe(timings.queue_ms / 1e3)
         if timings.ttft_ms is not None:
             self.ttft.observe(timings.ttft_ms / 1e3)

@@ -18,13 +18,14 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.ids import new_id
 from gemma_worker.core.json_schema import SchemaError, tool_call_gbnf
 from gemma_worker.core.response_format import grammar_for
-from gemma_worker.core.sampling import SamplingParams
+from gemma_worker.core.sampling import RequestLimits, SamplingParams
 from gemma_worker.core.tool_prompt import with_tool_instructions
 from gemma_worker.engine.grammar import Grammar
 from gemma_worker.engine.interface import Engine
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.prompt import Prompt
 from gemma_worker.runtime.generation import Generation
+from gemma_worker.runtime.models import ModelUse
 from gemma_worker.runtime.request import GenerationRequest, Input, Output, RawPrompt
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.service import TurnPlan, TurnRequest
@@ -40,20 +41,38 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     claimed. The caller must :meth:`Generation.release` the result when done with its events.
     """
     state.lifecycle.admit()
-    engine = state.engine_for(req.model)
+    source = req.input
+    name = req.model
+    if not name and isinstance(source, TurnRequest) and source.session_id and not source.stateless:
+        name = await state.sessions.model_of(source.session_id, req.caller.owner)
+    spec = state.models.registry.resolve(name)
+    if not req.caller.may_use(spec.id, spec.aliases):
+        raise WorkerError(
+            ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
+        )
+    use = await state.models.use_spec(spec, req.on_loading)
+    try:
+        return await _start(state, req, use)
+    except BaseException:
+        use.release()
+        raise
+
+
+async def _start(state: WorkerState, req: GenerationRequest, use: ModelUse) -> Generation:
+    engine, limits = use.engine, use.limits
     source = req.input
     if isinstance(source, Conversation):
         source = _with_tools(source, req.output)
-    _check_size(state, source, req)
+    _check_size(limits, source, req)
     info = engine.info
-    params = state.limits.resolve(
+    params = limits.resolve(
         req.sampling, n_ctx=engine.n_ctx, n_vocab=info.n_vocab if info is not None else 0
     )
     grammar = await _grammar(engine, req.output, params, req.sampling.length.param)
     turn: TurnPlan | None = None
     if isinstance(source, TurnRequest):
         fmt = engine.renderer.resolve(source.prompt_format)
-        turn = await state.sessions.begin(source, fmt, req.caller.owner)
+        turn = await state.sessions.begin(source, fmt, req.caller.owner, model=use.spec.id)
         prompt: Conversation | Prompt = turn.conversation
     elif isinstance(source, RawPrompt):
         prompt = Prompt(
@@ -88,6 +107,7 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
         extra={
             "request_id": spec.request_id,
             "transport": req.transport,
+            "model": use.spec.id,
             "session_id": spec.session,
             "max_tokens": params.max_tokens,
             "grammar": grammar is not None,
@@ -97,11 +117,19 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     state.lifecycle.request_started(handle)
     tools = req.output is not None and req.output.tools is not None
     return Generation(
-        state, handle, spec.request_id, admission, req.transport, tools=tools, turn=turn
+        state,
+        handle,
+        spec.request_id,
+        admission,
+        req.transport,
+        use,
+        tools=tools,
+        turn=turn,
+        keep_alive=req.keep_alive,
     )
 
 
-def _check_size(state: WorkerState, source: Input, req: GenerationRequest) -> None:
+def _check_size(limits: RequestLimits, source: Input, req: GenerationRequest) -> None:
     """The character and message limits, before any costly step. A history that will be
     trimmed to fit does not count (a long session is not refused for its age)."""
     if isinstance(source, TurnRequest):
@@ -112,7 +140,7 @@ def _check_size(state: WorkerState, source: Input, req: GenerationRequest) -> No
         n_chars = len(source.input) + len(source.system or "")
     else:
         n_chars = source.n_chars
-    state.limits.check_chars(n_chars, req.n_messages)
+    limits.check_chars(n_chars, req.n_messages)
 
 
 def _with_tools(conv: Conversation, output: Output | None) -> Conversation:

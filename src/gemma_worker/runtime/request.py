@@ -7,12 +7,14 @@ its own default rules as data (:class:`~gemma_worker.core.sampling.LengthRule`);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.json_schema import ToolSpec
 from gemma_worker.core.response_format import JsonObjectFormat, JsonSchemaFormat, TextFormat
 from gemma_worker.core.sampling import SamplingRequest
+from gemma_worker.runtime.registry import ModelSpec
 from gemma_worker.sessions.service import TurnRequest
 
 JsonFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
@@ -47,6 +49,13 @@ class Caller:
 
     owner: str | None
     identity: str
+    #: The models the caller's key may use, by id or alias (``None``: any).
+    models: frozenset[str] | None = None
+
+    def may_use(self, model_id: str, aliases: tuple[str, ...] = ()) -> bool:
+        """Whether the caller's key may use the model ``model_id`` (also known as
+        ``aliases``)."""
+        return self.models is None or not self.models.isdisjoint((model_id, *aliases))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +79,7 @@ class GenerationRequest:
     ``transport`` names the dialect (metrics, logs). ``trim_history``: leave out the oldest
     turns of a history that does not fit the context (else the request is refused).
     ``n_messages`` is the count of messages the client sent (their limit). ``model`` is the
-    model the client named (``None``: the default).
+    model the client named (``None``: the default, or a session's own).
     """
 
     input: Input
@@ -79,6 +88,11 @@ class GenerationRequest:
     transport: str
     output: Output | None = None
     model: str | None = None
+    #: How long the model stays loaded after this request (seconds, Ollama's ``keep_alive``;
+    #: ``None``: the model's default).
+    keep_alive: float | None = None
+    #: Told when the model must be loaded first (a stream may say so to its client).
+    on_loading: Callable[[ModelSpec], object] | None = None
     request_id: str | None = None
     top_logprobs: int | None = None
     trim_history: bool = False

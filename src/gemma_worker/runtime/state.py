@@ -1,4 +1,4 @@
-"""What the app's handlers reach: settings, the engine, sessions, keys, limits, metrics and
+"""What the app's handlers reach: settings, the models, sessions, keys, limits, metrics and
 the lifecycle, each owned by its own object; this one only holds them."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 from gemma_worker.core.auth import KeyRing
 from gemma_worker.core.hosts import OriginPolicy, is_loopback
 from gemma_worker.core.sampling import RequestLimits
-from gemma_worker.engine.interface import Engine
+from gemma_worker.engine.interface import Engine, EngineStats
 from gemma_worker.runtime.lifecycle import Lifecycle
 from gemma_worker.runtime.metrics import Metrics
+from gemma_worker.runtime.models import ModelManager
 from gemma_worker.runtime.ratelimit import RateLimiter
 from gemma_worker.sessions.service import SessionService
 from gemma_worker.settings import Settings
@@ -20,7 +21,7 @@ class WorkerState:
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
+        models: ModelManager,
         sessions: SessionService,
         *,
         keys: KeyRing,
@@ -30,7 +31,8 @@ class WorkerState:
         lifecycle: Lifecycle,
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        #: The models, loaded on demand (the one owner of engines).
+        self.models = models
         self.sessions = sessions
         self.keys = keys
         self.limiter = limiter
@@ -40,11 +42,20 @@ class WorkerState:
         self.lifecycle = lifecycle
         self.limits: RequestLimits = settings.request_limits()
 
-    def engine_for(self, model: str | None) -> Engine:
-        """The engine that serves the model a request names (``None``: the default). One
-        model is loaded: it serves every name, as llama-server and llama-cpp-python's server
-        do; the dialects echo the name back."""
-        return self.engine
+    @property
+    def default_engine(self) -> Engine | None:
+        """The default model's engine while it is loaded."""
+        return self.models.engine_of(self.models.registry.default)
+
+    def stats(self) -> EngineStats:
+        """The load of every loaded model together."""
+        stats = [v.engine.stats() for v in self.models.loaded() if v.engine is not None]
+        return EngineStats(
+            active=sum(s.active for s in stats),
+            queued=sum(s.queued for s in stats),
+            slots=sum(s.slots for s in stats),
+            max_queue=sum(s.max_queue for s in stats),
+        )
 
     def worker_id_for(self, principal: str | None) -> str | None:
         """The replica name a caller may see (``X-Worker-Id``, ``GET /``). A configured

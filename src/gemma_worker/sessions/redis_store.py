@@ -27,7 +27,8 @@ T = TypeVar("T")
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'system', ARGV[2], 'format', ARGV[3],
-           'created', ARGV[4], 'updated', ARGV[4], 'turns', 0, 'tokens', 0)
+           'created', ARGV[4], 'updated', ARGV[4], 'turns', 0, 'tokens', 0,
+           'model', ARGV[7], 'title', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
@@ -112,18 +113,29 @@ class RedisSessionStore:
         owner: str | None = None,
         system: str | None = None,
         format: SessionFormat = "plain",
+        model: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
         """Make an empty session (``ValueError`` if the id exists)."""
         now = time.time()
         made = self._call(
             lambda: self._create(
                 keys=[self._session(session_id), self._all, self._owned(owner), self._owners],
-                args=[_owner(owner), json.dumps(system), format, now, self._ttl_ms, session_id],
+                args=[
+                    _owner(owner),
+                    json.dumps(system),
+                    format,
+                    now,
+                    self._ttl_ms,
+                    session_id,
+                    json.dumps(model),
+                    json.dumps(title),
+                ],
             )
         )
         if not made:
             raise ValueError(f"session {session_id} exists")
-        return SessionInfo(session_id, owner, system, format, now, now, 0, 0)
+        return SessionInfo(session_id, owner, system, format, now, now, 0, 0, model, title)
 
     def _info(
         self, session_id: str, fields: dict[str, str], owner: str | None
@@ -139,6 +151,8 @@ class RedisSessionStore:
             float(fields["updated"]),
             int(fields["turns"]),
             int(fields["tokens"]),
+            json.loads(fields.get("model", "null")),
+            json.loads(fields.get("title", "null")),
         )
 
     def get(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None:

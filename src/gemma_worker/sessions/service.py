@@ -19,7 +19,7 @@ from gemma_worker.cluster.leases import Hold, LeaseTable, LocalLeases
 from gemma_worker.core.conversation import Conversation, ConversationFormat, PromptFormat, Turn
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.ids import new_id
-from gemma_worker.sessions.store import SessionInfo, SessionStore
+from gemma_worker.sessions.store import SessionInfo, SessionStore, title_of
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class TurnPlan:
     stored: bool = True
     #: Set once this turn is in the store (so its session exists).
     recorded: bool = False
+    #: The model answering (a new session keeps it).
+    model: str | None = None
 
     def release(self) -> None:
         """Give the session back (soon, never blocking; idempotent)."""
@@ -131,8 +133,18 @@ class SessionService:
             k.removeprefix("turn:") for k in self._leases.held() if k.startswith("turn:")
         )
 
+    async def model_of(self, session_id: str, owner: str | None = None) -> str | None:
+        """The model a session was answered by (``None``: unknown session, or none kept)."""
+        info = await _off_loop(lambda: self.store.get(session_id, owner=owner))
+        return None if info is None else info.model
+
     async def begin(
-        self, req: TurnRequest, fmt: ConversationFormat, owner: str | None = None
+        self,
+        req: TurnRequest,
+        fmt: ConversationFormat,
+        owner: str | None = None,
+        *,
+        model: str | None = None,
     ) -> TurnPlan:
         """Plan the turn for ``req``: a new session when it names none, else the named one's
         next turn; with ``req.may_create``, a named session that does not exist yet is started
@@ -140,18 +152,22 @@ class SessionService:
         that stores nothing. ``fmt`` is the prompt format the request resolved to (for a new
         session).
 
-        Raises ``SESSION_NOT_FOUND``, ``SESSION_BUSY`` or ``INVALID_REQUEST`` (a format or
-        system prompt that contradicts the session's). The caller must ``release()`` the plan.
+        ``model`` is the model that will answer: a new session keeps it, a session answered by
+        another one is ``MODEL_MISMATCH``.
+
+        Raises ``SESSION_NOT_FOUND``, ``SESSION_BUSY``, ``MODEL_MISMATCH`` or
+        ``INVALID_REQUEST`` (a format or system prompt that contradicts the session's). The
+        caller must ``release()`` the plan.
         """
         fresh = Conversation(req.input, fmt, (), req.system)
         if req.stateless:
-            return TurnPlan(new_id(), owner, True, fresh, stored=False)
+            return TurnPlan(new_id(), owner, True, fresh, stored=False, model=model)
         if req.session_id is None:
-            plan = TurnPlan(new_id(), owner, True, fresh)
+            plan = TurnPlan(new_id(), owner, True, fresh, model=model)
             await self._claim(plan)
             return plan
         sid = req.session_id
-        plan = TurnPlan(sid, owner, False, Conversation(req.input, fmt))
+        plan = TurnPlan(sid, owner, False, Conversation(req.input, fmt), model=model)
         await self._claim(plan)
         try:
             info = await _off_loop(lambda: self.store.get(sid, owner=owner))
@@ -160,7 +176,7 @@ class SessionService:
                 return plan
             if info is None:
                 raise _not_found(sid)
-            _check_consistent(req, info)
+            _check_consistent(req, info, model)
             turns = await _off_loop(lambda: self.store.turns(sid, owner=owner))
             if turns is None:
                 raise _not_found(sid)
@@ -191,7 +207,12 @@ class SessionService:
         if plan.is_new:
             conv = plan.conversation
             self.store.create(
-                plan.session_id, owner=plan.owner, system=conv.system, format=conv.format
+                plan.session_id,
+                owner=plan.owner,
+                system=conv.system,
+                format=conv.format,
+                model=plan.model,
+                title=title_of(conv.input),
             )
             # Keep to max_sessions as sessions are made; never drop one answering a turn.
             for expired in self.store.expire(keep=running):
@@ -243,7 +264,15 @@ class SessionService:
             await asyncio.sleep(interval_s)
 
 
-def _check_consistent(req: TurnRequest, info: SessionInfo) -> None:
+def _check_consistent(req: TurnRequest, info: SessionInfo, model: str | None) -> None:
+    if model is not None and info.model is not None and model != info.model:
+        raise WorkerError(
+            ErrorCode.MODEL_MISMATCH,
+            f"this session is answered by model '{info.model}'; continue it with that model "
+            "(or leave model out), or start a new session",
+            session_id=info.id,
+            model=info.model,
+        )
     if req.prompt_format not in {"auto", info.format}:
         raise WorkerError(
             ErrorCode.INVALID_REQUEST,

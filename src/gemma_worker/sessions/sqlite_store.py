@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     n_turns INTEGER NOT NULL DEFAULT 0,
-    n_tokens INTEGER NOT NULL DEFAULT 0
+    n_tokens INTEGER NOT NULL DEFAULT 0,
+    model TEXT,
+    title TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_updated ON sessions(updated);
 CREATE TABLE IF NOT EXISTS turns (
@@ -35,15 +37,26 @@ CREATE TABLE IF NOT EXISTS turns (
 );
 """
 
-_COLUMNS = "id, owner, system, format, created, updated, n_turns, n_tokens"
+_COLUMNS = "id, owner, system, format, created, updated, n_turns, n_tokens, model, title"
+#: Columns added after the first schema (a database made by an older worker gains them).
+_ADDED = (("model", "TEXT"), ("title", "TEXT"))
 
-_Row = tuple[str, str | None, str | None, str, float, float, int, int]
+_Row = tuple[str, str | None, str | None, str, float, float, int, int, str | None, str | None]
 
 
 def _info(row: _Row) -> SessionInfo:
-    sid, owner, system, fmt, created, updated, n_turns, n_tokens = row
+    sid, owner, system, fmt, created, updated, n_turns, n_tokens, model, title = row
     return SessionInfo(
-        sid, owner, system, cast(SessionFormat, fmt), created, updated, n_turns, n_tokens
+        sid,
+        owner,
+        system,
+        cast(SessionFormat, fmt),
+        created,
+        updated,
+        n_turns,
+        n_tokens,
+        model,
+        title,
     )
 
 
@@ -71,6 +84,10 @@ class SQLiteSessionStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+            for name, kind in _ADDED:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
 
     def _owned(self, session_id: str, owner: str | None) -> SessionInfo | None:
         row = self._db.execute(
@@ -85,19 +102,21 @@ class SQLiteSessionStore:
         owner: str | None = None,
         system: str | None = None,
         format: SessionFormat = "plain",
+        model: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
         """Make an empty session (``ValueError`` if the id exists)."""
         now = time.time()
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO sessions (id, owner, system, format, created, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (session_id, owner, system, format, now, now),
+                    "INSERT INTO sessions (id, owner, system, format, created, updated, model, "
+                    "title) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (session_id, owner, system, format, now, now, model, title),
                 )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"session {session_id} exists") from exc
-        return SessionInfo(session_id, owner, system, format, now, now, 0, 0)
+        return SessionInfo(session_id, owner, system, format, now, now, 0, 0, model, title)
 
     def get(self, session_id: str, *, owner: str | None = None) -> SessionInfo | None:
         """The session, or ``None`` when unknown (or another owner's)."""

@@ -11,7 +11,7 @@ from gemma_worker.core.conversation import ConversationFormat, Turn
 #: How a session's prompt is built: a running plain-text transcript, or chat turns.
 SessionFormat = ConversationFormat
 
-__all__ = ["SessionFormat", "SessionInfo", "SessionStore", "Turn"]
+__all__ = ["TITLE_CHARS", "SessionFormat", "SessionInfo", "SessionStore", "Turn", "title_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,20 @@ class SessionInfo:
     updated: float
     turns: int
     tokens: int
+    #: The model that answers it (``None``: a session from before models were named).
+    model: str | None = None
+    #: The start of its first message (what a sessions list shows).
+    title: str | None = None
+
+
+#: Longest title kept (the start of a session's first message).
+TITLE_CHARS = 80
+
+
+def title_of(text: str) -> str:
+    """A session's title: the start of its first message, on one line."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
 
 
 class SessionStore(Protocol):
@@ -40,6 +54,8 @@ class SessionStore(Protocol):
         owner: str | None = None,
         system: str | None = None,
         format: SessionFormat = "plain",
+        model: str | None = None,
+        title: str | None = None,
     ) -> SessionInfo:
         """Make an empty session (``ValueError`` if the id exists)."""
         ...

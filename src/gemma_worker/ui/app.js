@@ -10,6 +10,7 @@
   const KEY = "gemma-worker.key";
   const SESSION = "gemma-worker.session";
   const SETTINGS = "gemma-worker.settings";
+  const MODEL = "gemma-worker.model";
   const QA = /^\n?Question: ([\s\S]*)\nAnswer:$/;
 
   const ui = {
@@ -18,7 +19,7 @@
     sessions: $("sessions"), keyPanel: $("key-panel"), keyMessage: $("key-message"),
     keyInput: $("key-input"), schema: $("schema"), system: $("system"), wrap: $("wrap"),
     format: $("prompt-format"), temperature: $("temperature"), topP: $("top-p"),
-    maxTokens: $("max-tokens"),
+    maxTokens: $("max-tokens"), picker: $("model-picker"),
   };
   const SETTING_FIELDS = ["temperature", "topP", "maxTokens", "format", "wrap", "system", "schema"];
 
@@ -27,6 +28,8 @@
     session: localStorage.getItem(SESSION),
     turns: 0,
     model: null,
+    models: [], // the cards of /v1/models
+    sessionModel: null, // the open session's model (it keeps it)
     ws: null,
     wsWanted: false,
     retries: 0,
@@ -196,12 +199,63 @@
     setBusy(false);
   }
 
+  // ---- models --------------------------------------------------------------------------
+
+  const STATUS = { loaded: "loaded", loading: "loading…", unloaded: "not loaded" };
+
+  function modelLabel(card) {
+    const status = card.status || {};
+    const note = status.failed ? "failed to load" : STATUS[status.value] || status.value;
+    return note ? `${card.id} · ${note}` : card.id;
+  }
+
+  async function refreshModels() {
+    let listing;
+    try {
+      listing = await api("v1/models");
+    } catch (_) {
+      return;
+    }
+    state.models = listing.data;
+    const wanted = state.sessionModel || ui.picker.value || localStorage.getItem(MODEL);
+    ui.picker.replaceChildren();
+    for (const card of state.models) {
+      const option = el("option", null, modelLabel(card));
+      option.value = card.id;
+      ui.picker.appendChild(option);
+    }
+    const fallback = state.models.find((c) => c.default) || state.models[0];
+    const known = state.models.some((c) => c.id === wanted);
+    ui.picker.value = known ? wanted : fallback ? fallback.id : "";
+    showPicker();
+  }
+
+  function showPicker() {
+    // A session keeps its model: the picker shows it, and chooses only for a new chat.
+    if (state.sessionModel && state.models.some((c) => c.id === state.sessionModel)) {
+      ui.picker.value = state.sessionModel;
+    }
+    ui.picker.disabled = state.models.length < 2 || Boolean(state.session);
+    ui.picker.title = state.session
+      ? "This chat keeps its model; start a new chat for another"
+      : "The model new chats use";
+  }
+
+  function sessionTitle(s) {
+    if (!s.title) return new Date(s.updated * 1000).toLocaleString();
+    // The page writes plain-format turns as "Question: ...\nAnswer:": show the question.
+    return s.title.replace(/^Question: /, "").replace(/ Answer:$/, "");
+  }
+
   // ---- sessions ------------------------------------------------------------------------
 
-  function setSession(id) {
+  function setSession(id, model) {
     state.session = id;
+    if (model !== undefined) state.sessionModel = model;
+    if (!id) state.sessionModel = null;
     if (id) localStorage.setItem(SESSION, id);
     else localStorage.removeItem(SESSION);
+    showPicker();
     for (const item of ui.sessions.querySelectorAll("button.open")) {
       item.setAttribute("aria-current", item.dataset.id === id ? "true" : "false");
     }
@@ -221,13 +275,15 @@
       open.type = "button";
       open.dataset.id = s.id;
       const when = new Date(s.updated * 1000).toLocaleString();
-      open.append(el("span", "title", when), el("span", "muted", ` ${s.turns} turn${s.turns === 1 ? "" : "s"} · ${s.id.slice(0, 8)}`));
+      const title = sessionTitle(s);
+      open.title = `${when}${s.model ? " · " + s.model : ""}`;
+      open.append(el("span", "title", title), el("span", "muted", ` ${s.turns} turn${s.turns === 1 ? "" : "s"}${s.model ? " · " + s.model : ""}`));
       open.setAttribute("aria-current", s.id === state.session ? "true" : "false");
       open.addEventListener("click", () => openSession(s.id));
       const del = el("button", "delete", "×");
       del.type = "button";
       del.title = "Delete this session";
-      del.setAttribute("aria-label", `Delete session ${s.id.slice(0, 8)} (${when})`);
+      del.setAttribute("aria-label", `Delete session "${title}" (${when})`);
       del.addEventListener("click", () => deleteSession(s.id));
       li.append(open, del);
       ui.sessions.appendChild(li);
@@ -238,7 +294,7 @@
     if (state.running) return;
     try {
       const s = await api("v1/sessions/" + encodeURIComponent(id));
-      setSession(id);
+      setSession(id, s.model || null);
       state.turns = s.history.length;
       showHistory(s.history);
       showAlert("");
@@ -337,6 +393,10 @@
       case "reasoning":
         if (!mine) break;
         if (event.stage === "queued") ui.progress.textContent = `Queued: position ${event.queue_position}`;
+        else if (event.stage === "loading") {
+          ui.progress.textContent = `Loading model ${event.model}…`;
+          refreshModels();
+        }
         else if (event.stage === "prompt") {
           ui.progress.textContent =
             `Processing ${event.n_prompt_tokens} prompt tokens (${event.n_cached_tokens} cached)…`;
@@ -361,15 +421,17 @@
           `${u.prompt_tokens} prompt (${u.cached_tokens} cached) + ${u.completion_tokens} generated tokens`,
           event.finish_reason,
         ];
+        if (event.model && state.models.length > 1) parts.unshift(event.model);
         run.meta.textContent = parts.join(" · ");
         run.meta.classList.add("timings");
         if (event.finish_reason === "cancelled") run.bubble.classList.add("cancelled");
         else {
-          setSession(event.session_id);
+          setSession(event.session_id, event.model || null);
           state.turns += 1;
         }
         finish(run);
         refreshSessions();
+        refreshModels();
         break;
       }
       case "error":
@@ -416,6 +478,7 @@
       // Not the connection's current session: a new chat is a new session.
       request.new_session = true;
       if (ui.system.value.trim()) request.system = ui.system.value;
+      if (ui.picker.value && state.models.length > 1) request.model = ui.picker.value;
     }
     return request;
   }
@@ -471,6 +534,7 @@
   ui.stop.addEventListener("click", stop);
   $("new-session").addEventListener("click", newSession);
   for (const name of SETTING_FIELDS) ui[name].addEventListener("change", saveSettings);
+  ui.picker.addEventListener("change", () => localStorage.setItem(MODEL, ui.picker.value));
 
   // ---- start ---------------------------------------------------------------------------
 
@@ -491,6 +555,7 @@
       ? `${info.model.name}${info.model.instruction_tuned ? "" : " (base model)"} · ${info.worker_id}`
       : `loading… · ${info.worker_id}`;
     connect();
+    await refreshModels();
     await refreshSessions();
     if (state.session) await openSession(state.session);
     ui.prompt.focus();

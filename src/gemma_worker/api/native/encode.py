@@ -35,6 +35,7 @@ class NativeEncoder:
             new=turn.is_new,
             turns=len(turn.conversation.history),
             stateless=not turn.stored,
+            model=self.gen.model.spec.id,
         )
 
     def encode(self, event: GenerationEvent) -> ev.Event | None:
@@ -74,6 +75,7 @@ class NativeEncoder:
                     finish_reason=event.finish_reason,
                     usage=event.usage,
                     timings=event.timings,
+                    model=self.gen.model.spec.id,
                 )
             case Failed(error=error):
                 return ev.error_event(error, self.rid)

@@ -31,6 +31,7 @@ def to_request(
         caller=caller,
         transport=transport,
         output=output,
+        model=req.model,
         request_id=req.request_id,
         trim_history=True,
     )

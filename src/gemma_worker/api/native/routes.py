@@ -91,6 +91,7 @@ async def _collect(gen: Generation, request: Request) -> Any:
             result=result["content"],
             session_id=encoder.session_id,
             request_id=gen.request_id,
+            model=gen.model.spec.id,
             finish_reason=final.finish_reason,
             usage=UsageBody.model_validate(ev.usage_json(usage)),
             timings=TimingsBody.model_validate(ev.timings_json(timings)),

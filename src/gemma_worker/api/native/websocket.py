@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -22,6 +23,7 @@ from gemma_worker.api.native.request import to_request
 from gemma_worker.core import events as ev
 from gemma_worker.core.connection_session import ConnectionSession
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.ids import new_id
 from gemma_worker.core.ws_messages import (
     CancelMessage,
     ExecuteMessage,
@@ -32,6 +34,7 @@ from gemma_worker.core.ws_messages import (
 from gemma_worker.runtime.generation import Generation
 from gemma_worker.runtime.lifecycle import Phase
 from gemma_worker.runtime.pipeline import start_generation
+from gemma_worker.runtime.registry import ModelSpec
 from gemma_worker.runtime.request import Caller
 from gemma_worker.runtime.state import WorkerState
 
@@ -63,6 +66,8 @@ class Connection:
         self.session = ConnectionSession(ws.query_params.get("session_id"))
         self._last_activity = time.monotonic()
         self._stalled = False
+        #: Loading notes being sent (kept: a task nobody holds may be collected).
+        self._notes: set[asyncio.Future[None]] = set()
 
     async def run(self) -> None:
         """Serve until the client leaves, idles out or the worker drains."""
@@ -267,10 +272,19 @@ class Connection:
                 raise WorkerError(
                     ErrorCode.OVERLOADED, "too many requests in flight on this connection"
                 )
-            caller = Caller(self.principal, self.principal or client_identity(self.ws.scope))
+            caller = Caller(
+                self.principal,
+                self.principal or client_identity(self.ws.scope),
+                self.state.keys.grant(self.principal).models,
+            )
+            request_id = req.request_id or new_id()
             gen = await start_generation(
                 self.state,
-                to_request(req, caller, transport="websocket", may_create=routed.may_create),
+                dataclasses.replace(
+                    to_request(req, caller, transport="websocket", may_create=routed.may_create),
+                    request_id=request_id,
+                    on_loading=lambda spec: self._loading(request_id, spec),
+                ),
             )
         except WorkerError as exc:
             await self.send(ev.error_event(exc, req.request_id))
@@ -278,6 +292,21 @@ class Connection:
         self.session.started(routed)
         task = asyncio.create_task(self._stream(gen))
         self._requests[gen.request_id] = (task, gen)
+
+    def _loading(self, request_id: str, spec: ModelSpec) -> None:
+        """Tell the client its request waits for its model to load (before ``session``)."""
+
+        async def note() -> None:
+            with contextlib.suppress(ClientGoneError):
+                await self.send(
+                    ev.reasoning_event(
+                        request_id, f"loading model {spec.id}", stage="loading", model=spec.id
+                    )
+                )
+
+        task = asyncio.ensure_future(note())
+        self._notes.add(task)
+        task.add_done_callback(self._notes.discard)
 
     async def _stream(self, gen: Generation) -> None:
         try:

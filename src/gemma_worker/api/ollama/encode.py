@@ -50,6 +50,8 @@ class OllamaEncoder:
 
     model: str
     kind: Literal["generate", "chat"]
+    #: How long the request waited for its model to load (Ollama's ``load_duration``).
+    load_ns: int = 0
     started_ns: int = field(default_factory=time.monotonic_ns)
     text: list[str] = field(default_factory=list)
     calls: dict[int, _Call] = field(default_factory=dict)
@@ -95,8 +97,8 @@ class OllamaEncoder:
         ttft = t.ttft_ms if t.ttft_ms is not None else t.total_ms
         out.update(
             done_reason=event.finish_reason,
-            total_duration=time.monotonic_ns() - self.started_ns,
-            load_duration=0,
+            total_duration=time.monotonic_ns() - self.started_ns + self.load_ns,
+            load_duration=self.load_ns,
             prompt_eval_count=u.prompt_tokens,
             prompt_eval_duration=round(max(0.0, ttft - t.queue_ms) * _NS_PER_MS),
             eval_count=u.completion_tokens,
@@ -104,8 +106,12 @@ class OllamaEncoder:
         )
         return out
 
-    def loaded(self) -> dict[str, Any]:
-        """The answer to an empty request: Ollama's way to load a model (``done_reason: load``)."""
+    def loaded(self, done_reason: str = "load") -> dict[str, Any]:
+        """The answer to an empty request: Ollama's way to load a model (``done_reason:
+        load``) or, with ``keep_alive: 0``, to unload it (``unload``)."""
         out = self._line("", done=True)
-        out["done_reason"] = "load"
+        out["done_reason"] = done_reason
+        if done_reason == "load":
+            out["total_duration"] = time.monotonic_ns() - self.started_ns
+            out["load_duration"] = out["total_duration"]
         return out

@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from gemma_worker import __version__
-from gemma_worker.api.auth import caller_of
+from gemma_worker.api.auth import caller_of, grant_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
-from gemma_worker.api.ollama.catalog import ModelCatalog
+from gemma_worker.api.ollama.catalog import ModelCatalog, ollama_name
 from gemma_worker.api.ollama.chat import conversation
 from gemma_worker.api.ollama.encode import OllamaEncoder, ndjson
 from gemma_worker.api.ollama.errors import ollama_error_body
@@ -20,13 +20,15 @@ from gemma_worker.api.ollama.types import ChatRequest, Format, GenerateRequest, 
 from gemma_worker.api.openai.chat import tool_spec
 from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.keep_alive import KeepAliveError, parse_keep_alive
 from gemma_worker.core.response_format import JsonObjectFormat, JsonSchemaFormat, JsonSchemaSpec
 from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
-from gemma_worker.engine.llama import ModelInfo
 from gemma_worker.engine.messages import Finished, Text
 from gemma_worker.runtime.generation import Generation, GenerationEvent
+from gemma_worker.runtime.models import ModelView
 from gemma_worker.runtime.pipeline import start_generation
+from gemma_worker.runtime.registry import ModelSpec
 from gemma_worker.runtime.request import GenerationRequest, Output, RawPrompt, ToolUse
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.service import TurnRequest
@@ -46,11 +48,9 @@ def _invalid(message: str) -> WorkerError:
     return WorkerError(ErrorCode.INVALID_REQUEST, message)
 
 
-def _loaded_info(state: WorkerState) -> ModelInfo:
-    info = state.engine.info
-    if info is None:
-        raise WorkerError(ErrorCode.OVERLOADED, "the model is still loading", retry_after=1)
-    return info
+def _visible(request: Request, views: list[ModelView]) -> list[ModelView]:
+    caller = caller_of(request.scope)
+    return [v for v in views if caller.may_use(v.spec.id, v.spec.aliases)]
 
 
 @router.get("/api/version", summary="Version (Ollama-compatible)")
@@ -60,29 +60,49 @@ async def version() -> dict[str, str]:
 
 
 @router.get("/api/tags", summary="Models (Ollama-compatible)")
-async def tags(state: State, catalog: Catalog) -> dict[str, Any]:
-    """The one loaded model (none while it loads)."""
-    info = state.engine.info
-    return {"models": [] if info is None else [await catalog.entry(info)]}
+async def tags(request: Request, state: State, catalog: Catalog) -> dict[str, Any]:
+    """Every model the worker can serve, loaded or not."""
+    files = grant_of(request.scope).admin
+    views = _visible(request, state.models.views())
+    return {"models": [await catalog.entry(v, files=files) for v in views]}
 
 
 @router.get("/api/ps", summary="Running models (Ollama-compatible)")
-async def ps(state: State, catalog: Catalog) -> dict[str, Any]:
-    """The loaded model: it stays loaded as long as the worker runs."""
-    info = state.engine.info
-    return {"models": [] if info is None else [await catalog.running(info)]}
+async def ps(request: Request, state: State, catalog: Catalog) -> dict[str, Any]:
+    """The loaded models, with when each unloads (``expires_at``)."""
+    files = grant_of(request.scope).admin
+    views = _visible(request, state.models.loaded())
+    return {"models": [await catalog.running(v, files=files) for v in views]}
 
 
 @router.post("/api/show", summary="Model details (Ollama-compatible)")
 async def show(body: ShowRequest, request: Request, state: State, catalog: Catalog) -> Any:
-    """Details, parameters, template and capabilities of the loaded model, whatever name the
-    request gives."""
+    """Details, parameters, template and capabilities of a model (loaded or not; its
+    template once it is loaded)."""
     try:
-        if not (body.model or body.name):
+        name = body.model or body.name
+        if not name:
             raise _invalid("model is required")
-        return catalog.show(_loaded_info(state))
+        spec = state.models.registry.resolve(name)
+        if not caller_of(request.scope).may_use(spec.id, spec.aliases):
+            raise _forbidden(spec)
+        view = state.models.view(spec)
+        return await catalog.show(view, files=grant_of(request.scope).admin)
     except WorkerError as exc:
         return error_response(request, exc)
+
+
+def _forbidden(spec: ModelSpec) -> WorkerError:
+    return WorkerError(ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'")
+
+
+def _keep_alive(value: float | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except KeepAliveError as exc:
+        raise _invalid(str(exc)) from exc
 
 
 def _sampling(options: Options | None) -> SamplingRequest:
@@ -124,14 +144,15 @@ def _output(fmt: Format, field: str = "format") -> Output | None:
 
 
 @router.post("/api/generate", summary="Completion (Ollama-compatible)")
-async def generate(body: GenerateRequest, request: Request, state: State, catalog: Catalog) -> Any:
+async def generate(body: GenerateRequest, request: Request, state: State) -> Any:
     """A completion of ``prompt``: an ND-JSON stream (the default) or one JSON object."""
-    encoder = OllamaEncoder(catalog.name, "generate")
     try:
         sampling = _sampling(body.options)
+        keep_alive = _keep_alive(body.keep_alive)
         if not body.prompt:
-            state.lifecycle.admit()
-            return _loaded(encoder, body.stream)
+            return await _load_or_unload(
+                request, state, body.model, keep_alive, kind="generate", streaming=body.stream
+            )
         source: RawPrompt | TurnRequest = (
             RawPrompt(body.prompt, parse_special=True)
             if body.raw
@@ -146,22 +167,27 @@ async def generate(body: GenerateRequest, request: Request, state: State, catalo
                 transport="ollama",
                 output=_output(body.format),
                 model=body.model,
+                keep_alive=keep_alive,
             ),
         )
     except WorkerError as exc:
         return error_response(request, exc)
+    encoder = OllamaEncoder(
+        ollama_name(gen.model.spec), "generate", load_ns=round(gen.model.load_seconds * 1e9)
+    )
     return await _answer(gen, request, state, encoder, body.stream)
 
 
 @router.post("/api/chat", summary="Chat (Ollama-compatible)")
-async def chat(body: ChatRequest, request: Request, state: State, catalog: Catalog) -> Any:
+async def chat(body: ChatRequest, request: Request, state: State) -> Any:
     """The next assistant message: text, or tool calls with JSON-object arguments."""
-    encoder = OllamaEncoder(catalog.name, "chat")
     try:
         sampling = _sampling(body.options)
+        keep_alive = _keep_alive(body.keep_alive)
         if not body.messages:
-            state.lifecycle.admit()
-            return _loaded(encoder, body.stream)
+            return await _load_or_unload(
+                request, state, body.model, keep_alive, kind="chat", streaming=body.stream
+            )
         tools = body.tools or []
         if tools and body.format:
             raise _invalid("format cannot be combined with tools")
@@ -175,17 +201,39 @@ async def chat(body: ChatRequest, request: Request, state: State, catalog: Catal
                 transport="ollama",
                 output=Output("tools", tools=ToolUse(specs)) if tools else _output(body.format),
                 model=body.model,
+                keep_alive=keep_alive,
                 n_messages=len(body.messages),
             ),
         )
     except WorkerError as exc:
         return error_response(request, exc)
+    encoder = OllamaEncoder(
+        ollama_name(gen.model.spec), "chat", load_ns=round(gen.model.load_seconds * 1e9)
+    )
     return await _answer(gen, request, state, encoder, body.stream)
 
 
-def _loaded(encoder: OllamaEncoder, streaming: bool) -> Response:
-    """An empty request: Ollama loads the model; here it is loaded already."""
-    line = encoder.loaded()
+async def _load_or_unload(
+    request: Request,
+    state: WorkerState,
+    name: str,
+    keep_alive: float | None,
+    *,
+    kind: Literal["generate", "chat"],
+    streaming: bool,
+) -> Response:
+    """An empty request: Ollama loads the model, or with ``keep_alive: 0`` unloads it."""
+    state.lifecycle.admit()
+    spec = state.models.registry.resolve(name)
+    if not caller_of(request.scope).may_use(spec.id, spec.aliases):
+        raise _forbidden(spec)
+    encoder = OllamaEncoder(ollama_name(spec), kind)
+    if keep_alive == 0:
+        await state.models.unload(spec.id)
+        line = encoder.loaded(done_reason="unload")
+    else:
+        await state.models.load(spec.id, keep_alive)
+        line = encoder.loaded()
     if streaming:
         return Response(ndjson(line), media_type="application/x-ndjson")
     return JSONResponse(line)

@@ -59,7 +59,9 @@ class _Generating(BaseModel):
     options: Options | None = None
     stream: bool = True
     keep_alive: float | str | None = Field(
-        default=None, description="Accepted; the model stays loaded for the worker's lifetime."
+        default=None,
+        description="How long the model stays loaded after this request: a duration ('5m'), "
+        "seconds, 0 (unload after the answer) or -1 (keep it loaded).",
     )
     think: bool | str | None = None
 

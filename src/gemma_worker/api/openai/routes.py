@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from gemma_worker.api.auth import caller_of
+from gemma_worker.api.auth import caller_of, grant_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.openai.chat import to_conversation, tool_spec
@@ -21,17 +22,21 @@ from gemma_worker.api.openai.types import (
     DetokenizeRequest,
     ModelCard,
     ModelList,
+    ModelStatusBody,
     NamedToolChoice,
     SamplingFields,
     TokenizeRequest,
 )
 from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.core.model_names import shown
 from gemma_worker.core.response_format import TextFormat
 from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
 from gemma_worker.engine.messages import Finished, Text
+from gemma_worker.engine.model_files import embedded_file_path
 from gemma_worker.runtime.generation import Generation, GenerationEvent
+from gemma_worker.runtime.models import ModelView
 from gemma_worker.runtime.pipeline import start_generation
 from gemma_worker.runtime.request import GenerationRequest, Output, RawPrompt, ToolUse
 from gemma_worker.runtime.state import WorkerState
@@ -39,39 +44,62 @@ from gemma_worker.runtime.state import WorkerState
 router = APIRouter(tags=["OpenAI-compatible"])
 
 
-def _model_id(state: WorkerState) -> str:
-    identity = state.engine.identity
-    return identity.id if identity is not None else "unknown"
+def model_card(view: ModelView, *, files: bool) -> ModelCard:
+    """``view`` as an OpenAI model card, with llama-server's router ``status``."""
+    spec = view.spec
+    path = spec.path or Path(embedded_file_path())
+    try:
+        stat: os.stat_result | None = path.stat()
+    except OSError:
+        stat = None
+    return ModelCard(
+        id=spec.id,
+        created=int(stat.st_mtime) if stat is not None else int(time.time()),
+        owned_by="gemma-worker",
+        aliases=list(spec.aliases),
+        default=spec.default,
+        status=ModelStatusBody(
+            value=view.status.value, failed=view.error is not None, message=view.error
+        ),
+        file=path.name if files else None,
+        size=stat.st_size if files and stat is not None else None,
+    )
 
 
-def _model_card(state: WorkerState) -> ModelCard:
-    identity = state.engine.identity
-    created = identity.created if identity is not None else int(time.time())
-    return ModelCard(id=_model_id(state), created=created, owned_by="gemma-worker")
-
-
-@router.get("/v1/models", response_model=ModelList, summary="The loaded model")
-async def list_models(state: State) -> ModelList:
-    """The one model this worker serves (an empty list while it loads)."""
-    return ModelList(data=[_model_card(state)] if state.engine.info is not None else [])
+@router.get("/v1/models", response_model=ModelList, summary="The models")
+async def list_models(request: Request, state: State) -> ModelList:
+    """Every model the worker can serve (those the key may use), with its state."""
+    files = grant_of(request.scope).admin
+    caller = caller_of(request.scope)
+    return ModelList(
+        data=[
+            model_card(v, files=files)
+            for v in state.models.views()
+            if caller.may_use(v.spec.id, v.spec.aliases)
+        ]
+    )
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard, summary="One model")
 async def get_model(model_id: str, request: Request, state: State) -> Any:
-    """The loaded model if ``model_id`` names it, else 404."""
-    if state.engine.info is None or model_id != _model_id(state):
-        return JSONResponse(
-            {
-                "error": {
-                    "message": f"The model '{model_id[:128]}' does not exist",
-                    "type": "invalid_request_error",
-                    "param": "model",
-                    "code": "model_not_found",
-                }
-            },
-            status_code=404,
+    """The model ``model_id`` names (an id, alias or name:tag), else 404."""
+    try:
+        spec = state.models.registry.resolve(model_id)
+    except WorkerError as exc:
+        return error_response(request, exc)
+    if not caller_of(request.scope).may_use(spec.id, spec.aliases):
+        return error_response(
+            request, WorkerError(ErrorCode.MODEL_NOT_FOUND, "model not found", param="model")
         )
-    return _model_card(state)
+    if state.models.registry.folder is None and model_id != spec.id:
+        # one model serves every name, but only its own id is a model to look up
+        return error_response(
+            request,
+            WorkerError(
+                ErrorCode.MODEL_NOT_FOUND, f"model '{shown(model_id)}' not found", param="model"
+            ),
+        )
+    return model_card(state.models.view(spec), files=grant_of(request.scope).admin)
 
 
 def _invalid(param: str, message: str) -> WorkerError:
@@ -142,7 +170,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     except WorkerError as exc:
         return error_response(request, exc)
     encoder = ChatEncoder(
-        _model_id(state),
+        gen.model.spec.id,
         logprobs=body.logprobs,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
@@ -171,7 +199,7 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     except WorkerError as exc:
         return error_response(request, exc)
     encoder = CompletionEncoder(
-        _model_id(state),
+        gen.model.spec.id,
         logprobs=body.logprobs is not None,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
@@ -248,12 +276,16 @@ async def tokenize(body: TokenizeRequest, request: Request, state: State) -> Any
     try:
         state.lifecycle.admit()
         state.limits.check_chars(len(body.content))
-        tokens = await state.engine.tokenize(
-            body.content, add_special=body.add_special, parse_special=body.parse_special
-        )
-        if not body.with_pieces:
-            return {"tokens": tokens}
-        pieces = await state.engine.token_pieces(tokens)
+        use = await state.models.use(body.model)
+        try:
+            tokens = await use.engine.tokenize(
+                body.content, add_special=body.add_special, parse_special=body.parse_special
+            )
+            if not body.with_pieces:
+                return {"tokens": tokens}
+            pieces = await use.engine.token_pieces(tokens)
+        finally:
+            use.release()
     except WorkerError as exc:
         return error_response(request, exc)
     return {"tokens": [{"id": t, "piece": _piece(p)} for t, p in zip(tokens, pieces, strict=True)]}
@@ -271,7 +303,11 @@ async def detokenize(body: DetokenizeRequest, request: Request, state: State) ->
     """``{"content": text}``."""
     try:
         state.lifecycle.admit()
-        pieces = await state.engine.token_pieces(body.tokens)
+        use = await state.models.use(body.model)
+        try:
+            pieces = await use.engine.token_pieces(body.tokens)
+        finally:
+            use.release()
     except WorkerError as exc:
         return error_response(request, exc)
     return {"content": b"".join(pieces).decode("utf-8", "replace")}

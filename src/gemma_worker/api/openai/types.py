@@ -226,13 +226,27 @@ class CompletionRequest(SamplingFields):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+class ModelStatusBody(BaseModel):
+    """A model's state, as llama-server's router reports it (``failed``: its last load
+    failed, ``message`` says why)."""
+
+    value: Literal["loaded", "loading", "unloaded"]
+    failed: bool = False
+    message: str | None = None
+
+
 class ModelCard(BaseModel):
-    """An entry of ``GET /v1/models``."""
+    """An entry of ``GET /v1/models``. ``file`` and ``size`` (bytes) only for admin keys."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    aliases: list[str] = Field(default_factory=list)
+    default: bool = False
+    status: ModelStatusBody | None = None
+    file: str | None = None
+    size: int | None = None
 
 
 class ModelList(BaseModel):
@@ -247,6 +261,7 @@ class TokenizeRequest(BaseModel):
 
     model_config = _STRICT
     content: str
+    model: str | None = None
     add_special: bool = False
     parse_special: bool = True
     with_pieces: bool = False
@@ -257,3 +272,4 @@ class DetokenizeRequest(BaseModel):
 
     model_config = _STRICT
     tokens: Annotated[list[int], Field(max_length=1_000_000)]
+    model: str | None = None

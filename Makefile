@@ -4,7 +4,7 @@
 #   make lint   ruff + mypy (strict)
 #   make bench  benchmarks: single stream vs raw llama-cpp-python; N clients vs llama_cpp.server;
 #               sessions; the OpenAI API against /ws, grammars, prefix caching; side by side
-#               with llama.cpp's llama-server; mixed traffic; sampling cost
+#               with llama.cpp's llama-server; mixed traffic; cold model loads vs its router; sampling cost
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/openai_api.py
 	$(PY) bench/compare_llama_server.py
 	$(PY) bench/mixed_traffic.py
+	$(PY) bench/model_load.py
 	$(PY) bench/sampling.py
 	$(PY) bench/abuse.py
 

@@ -3,7 +3,9 @@ name in every dialect, listings, load on demand and unload, bad files and names.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -339,3 +341,46 @@ def test_keys_admin_for_load_and_unload_and_restricted_to_models(
         assert [m["model"] for m in tags] == [f"{SECOND}:latest"]
     finally:
         worker.stop()
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[round(0.95 * (len(ordered) - 1))]
+
+
+async def test_a_load_does_not_stall_the_other_models_stream(multi: RunningWorker) -> None:
+    """The load runs on its own thread at a lower priority: the running stream keeps its
+    pace (p95 token gap during the load within 2x its gap before)."""
+    unload(multi, SECOND)
+    arrivals: list[float] = []
+    window: list[float] = []
+
+    async def load() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            window.append(time.perf_counter())
+            r = await client.post(f"{multi.http}/models/load", json={"model": SECOND})
+            window.append(time.perf_counter())
+            assert r.status_code == 200, r.text
+
+    async with connect(multi.ws) as ws:
+        await send(ws, {"input": "Once upon a time", "max_tokens": 900, "stateless": True})
+        loader: asyncio.Task[None] | None = None
+        cancelled = False
+        while (event := await recv_event(ws))["type"] not in ("result", "error"):
+            if event["type"] == "token":
+                arrivals.append(time.perf_counter())
+                if len(arrivals) == 80:
+                    loader = asyncio.create_task(load())
+                if len(window) == 2 and len(arrivals) > 80 + 40 and not cancelled:
+                    await send(ws, {"type": "cancel", "request_id": event["request_id"]})
+                    cancelled = True
+        assert loader is not None
+        await loader
+    gaps = [(b - a, b) for a, b in itertools.pairwise(arrivals)]
+    start, end = window
+    before = [g for g, t in gaps[20:] if t < start]
+    during = [g for g, t in gaps if start < t <= end]
+    assert len(during) >= 10, f"the load took {end - start:.2f} s: {len(during)} gaps in it"
+    assert _p95(during) <= 2 * _p95(before), (
+        f"p95 gap {_p95(during) * 1e3:.1f} ms during the load, {_p95(before) * 1e3:.1f} ms before"
+    )

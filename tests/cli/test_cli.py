@@ -55,6 +55,21 @@ def test_garbage_model_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_bad_models_folder_is_one_clear_line(tmp_path: Path) -> None:
+    proc = run_cli("--mode", "daemon", "--models-dir", str(tmp_path / "none"))
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.splitlines()[-1]
+        == f"gemma-worker: error: models folder not found: {tmp_path / 'none'}"
+    )
+    (tmp_path / "models.toml").write_text("[models.x]\nn_ctx = 1\n")
+    proc = run_cli("--mode", "daemon", "--models-dir", str(tmp_path))
+    assert proc.returncode == 2
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("gemma-worker: error: models.toml: models.x.n_ctx: "), last
+    assert "Traceback" not in proc.stderr
+
+
 def test_invalid_setting_is_one_clear_line() -> None:
     proc = run_cli("--mode", "test", env={"GEMMA_N_CTX": "lots"})
     assert proc.returncode == 2

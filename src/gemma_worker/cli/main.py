@@ -15,6 +15,7 @@ from gemma_worker.cli.daemon import TLSConfigError, UnsafeBindError
 from gemma_worker.core.auth import KeyConfigError
 from gemma_worker.engine.llama import ModelLoadError
 from gemma_worker.logging_setup import configure_logging
+from gemma_worker.runtime.registry import ModelRegistry, ModelsConfigError
 from gemma_worker.settings import Settings, load_settings
 
 #: CLI flag -> settings field, for flags that map one to one.
@@ -22,6 +23,7 @@ _FLAG_FIELDS = {
     "host": "host",
     "port": "port",
     "model": "model_path",
+    "models_dir": "models_dir",
     "n_ctx": "n_ctx",
     "threads": "n_threads",
     "gpu_layers": "n_gpu_layers",
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default 3125)")
     p.add_argument("--model", type=Path, help="GGUF model file (default: embedded Gemma 3 270M)")
+    p.add_argument(
+        "--models-dir", type=Path, help="folder of GGUF models, loaded when a request names one"
+    )
     p.add_argument("--n-ctx", type=int, help="context tokens per slot")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--gpu-layers", type=int, help="layers to offload to a GPU")
@@ -122,8 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         from gemma_worker.engine.model_files import resolve_model_path  # noqa: PLC0415
 
         resolve_model_path(settings.model_path)  # a missing model is one line, before binding
+        if settings.models_dir is not None and not settings.models_dir.is_dir():
+            return _fail(f"models folder not found: {settings.models_dir}")
+        ModelRegistry.from_settings(settings)  # a bad models.toml too
         return run_daemon(settings)
-    except (ModelLoadError, KeyConfigError, UnsafeBindError, TLSConfigError) as exc:
+    except (
+        ModelLoadError,
+        KeyConfigError,
+        UnsafeBindError,
+        TLSConfigError,
+        ModelsConfigError,
+    ) as exc:
         return _fail(str(exc))
     except sqlite3.Error as exc:
         return _fail(f"cannot open the session database {settings.session_db_path}: {exc}")

@@ -148,6 +148,27 @@ class Settings(BaseSettings):
         description="Requests that may wait for a free slot; beyond that OVERLOADED (503), "
         "given to the client holding the most places (fair share between clients).",
     )
+    embedding_max_input_tokens: int = Field(
+        default=2048,
+        ge=8,
+        le=65_536,
+        description="Longest embedding input (tokens), capped by the model's training context "
+        "(512 for all-MiniLM-L6-v2); longer inputs are refused (400) or truncated when the "
+        "request asks.",
+    )
+    embedding_batch_tokens: int = Field(
+        default=2048,
+        ge=8,
+        le=65_536,
+        description="Most tokens of embedding inputs packed into one llama_decode (many "
+        "inputs of many requests, one sequence each, up to 64).",
+    )
+    embedding_max_inputs: int = Field(
+        default=2048,
+        ge=1,
+        le=100_000,
+        description="Most inputs in one embedding request (OpenAI's limit is 2048); more is a 400.",
+    )
     max_pending_per_client: int | None = Field(
         default=None,
         ge=1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -22,7 +23,9 @@ from gemma_worker.api.native.routes import router as native_router
 from gemma_worker.api.native.websocket import websocket_endpoint
 from gemma_worker.api.ollama.catalog import ModelCatalog
 from gemma_worker.api.ollama.content_type import JsonBodyMiddleware
+from gemma_worker.api.ollama.embed import router as ollama_embed_router
 from gemma_worker.api.ollama.routes import router as ollama_router
+from gemma_worker.api.openai.embeddings import router as openai_embed_router
 from gemma_worker.api.openai.routes import router as openai_router
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
@@ -32,19 +35,26 @@ from gemma_worker.cluster.leases import LeaseTable, LocalLeases, RedisLeases
 from gemma_worker.cluster.redis_client import connect
 from gemma_worker.core.auth import KeyConfigError, KeyRing
 from gemma_worker.core.hosts import AllowedHosts, OriginPolicy
+from gemma_worker.engine.compute_gate import ComputeGate
+from gemma_worker.engine.embedding_engine import EmbeddingEngine
 from gemma_worker.engine.gguf_header import GgufError, read_gguf_header
 from gemma_worker.engine.interface import Engine
 from gemma_worker.engine.llama import ModelLoadError
 from gemma_worker.engine.llama_engine import LlamaEngine
 from gemma_worker.engine.memory import MemoryNeed, available_memory, memory_need
-from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.logging_setup import keep_secrets_out_of_logs
 from gemma_worker.private_files import private_dir
 from gemma_worker.runtime.lifecycle import Lifecycle, Phase
 from gemma_worker.runtime.metrics import Metrics
 from gemma_worker.runtime.models import ModelManager
 from gemma_worker.runtime.ratelimit import RateLimiter
-from gemma_worker.runtime.registry import ModelRegistry, ModelSpec, engine_config, request_limits
+from gemma_worker.runtime.registry import (
+    ModelRegistry,
+    ModelSpec,
+    embedding_config,
+    engine_config,
+    request_limits,
+)
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.redis_store import RedisSessionStore
 from gemma_worker.sessions.service import SessionService
@@ -113,16 +123,22 @@ def open_models(
     """The model manager: a :class:`LlamaEngine` per model (``engine``, when given, serves
     the default model: tests), memory checked before each load."""
 
+    # One decode at a time in the process, whichever model's (see compute_gate).
+    gate = ComputeGate()
+
     def make_engine(spec: ModelSpec) -> Engine:
         if engine is not None and spec.default:
             return engine
-        return LlamaEngine(engine_config(settings, spec))
+        return LlamaEngine(dataclasses.replace(engine_config(settings, spec), gate=gate))
+
+    def make_embedder(spec: ModelSpec) -> EmbeddingEngine:
+        return EmbeddingEngine(embedding_config(settings, spec, gate))
 
     def need_of(spec: ModelSpec) -> MemoryNeed | None:
         if engine is not None and spec.default:
             return None
         config = engine_config(settings, spec)
-        path = resolve_model_path(spec.path)
+        path = spec.locate()
         try:
             header = read_gguf_header(path)
         except GgufError as exc:
@@ -138,6 +154,7 @@ def open_models(
         need_of=need_of,
         available=available_memory,
         on_load=metrics.model_load,
+        make_embedder=make_embedder,
     )
 
 
@@ -226,7 +243,9 @@ def create_app(
     app.include_router(router)
     app.include_router(native_router)
     app.include_router(openai_router)
+    app.include_router(openai_embed_router)
     app.include_router(ollama_router)
+    app.include_router(ollama_embed_router)
     app.include_router(model_router)
     app.include_router(session_router)
     app.include_router(metrics_router)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_worker.core.scheduling import StepEntry
+from gemma_worker.engine.compute_gate import ComputeGate
 from gemma_worker.engine.kernels import KernelChoices
 
 
@@ -34,7 +35,9 @@ class EngineConfig:
     kv_disk_bytes: int = 0
     #: Whether constrained answers are steered to close within their token budget.
     grammar_budget: bool = True
-    #: Called on the engine thread with each step's plan before it runs (tracing, tests).
     #: A Jinja chat template used instead of the model's own (``None``: the GGUF's).
     chat_template: str | None = None
+    #: Held around every decode; shared by every engine of the process (one decode at a time).
+    gate: ComputeGate = field(default_factory=ComputeGate)
+    #: Called on the engine thread with each step's plan before it runs (tracing, tests).
     on_step: Callable[[Sequence[StepEntry]], None] | None = None

@@ -143,6 +143,7 @@ class LlamaEngine:
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
         )
         self._order = 0
+        self._gate_name = f"generate-{id(self):x}"
         # Vocabulary-only work (preparing prompts, compiling grammars, /tokenize) runs here,
         # beside the engine thread, so decoding never waits for it; it never touches the
         # context (llama.cpp's tokenizer only reads the vocabulary). Two threads: one long
@@ -717,7 +718,8 @@ class LlamaEngine:
                 seq.n_past += 1
                 seq.next_token = None
                 outputs.append((seq, idx))
-        rc = model.decode(batch)
+        with self.config.gate.turn(self._gate_name):
+            rc = model.decode(batch)
         if rc != 0:
             log.error("llama_decode failed", extra={"rc": rc, "n_tokens": batch.n_tokens})
             error = WorkerError(ErrorCode.INFERENCE_ERROR, "the model failed to decode")

@@ -8,13 +8,20 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.engine.job import GenerationHandle
 from gemma_worker.systemd import SystemdNotifier
 
 log = logging.getLogger(__name__)
+
+
+class InFlight(Protocol):
+    """A request being served (a generation, an embedding request): the drain may cancel it."""
+
+    def cancel(self) -> None:
+        """Stop it soon; it still ends with its own final answer."""
+        ...
 
 
 class Phase(StrEnum):
@@ -35,7 +42,7 @@ class Lifecycle:
         #: Why the model failed to load (``/ready`` says it).
         self.load_error: str | None = None
         #: Generations whose clients are being served: what the drain waits for.
-        self.active: set[GenerationHandle] = set()
+        self.active: set[InFlight] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         #: One event per open WebSocket: set when it must close (the drain's end).
@@ -83,12 +90,12 @@ class Lifecycle:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def request_started(self, handle: GenerationHandle) -> None:
+    def request_started(self, handle: InFlight) -> None:
         """Track a generation whose client is being served (for the drain)."""
         self.active.add(handle)
         self._idle.clear()
 
-    def request_ended(self, handle: GenerationHandle) -> None:
+    def request_ended(self, handle: InFlight) -> None:
         """The generation's final event went out (or its client left)."""
         self.active.discard(handle)
         if not self.active:

@@ -70,6 +70,27 @@ class Metrics:
         self.generation_tokens = Counter(
             p + "generation_tokens_total", "Generated tokens, by model.", ["model"], registry=r
         )
+        self.embedding_requests = Counter(
+            p + "embedding_requests_total",
+            "Embedding requests that ended with vectors, by transport and model.",
+            ["transport", "model"],
+            registry=r,
+        )
+        self.embedding_inputs = Counter(
+            p + "embedding_inputs_total", "Inputs embedded, by model.", ["model"], registry=r
+        )
+        self.embedding_tokens = Counter(
+            p + "embedding_tokens_total",
+            "Tokens of embedded inputs, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.embedding_duration = Histogram(
+            p + "embedding_duration_seconds",
+            "Time from submission to the last vector of an embedding request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.models_loaded = Gauge(p + "models_loaded", "Models loaded now.", registry=r)
         self.model_loads = Counter(
             p + "model_loads_total",
@@ -139,6 +160,16 @@ class Metrics:
             self.ttft.observe(timings.ttft_ms / 1e3)
         if timings.tokens_per_second:
             self.itl.observe(1.0 / timings.tokens_per_second)
+
+    def embedded(
+        self, transport: str, model: str, n_inputs: int, n_tokens: int, seconds: float
+    ) -> None:
+        """Account for one embedding request that ended with its vectors."""
+        label = self.model_label(model)
+        self.embedding_requests.labels(transport=transport, model=label).inc()
+        self.embedding_inputs.labels(model=label).inc(n_inputs)
+        self.embedding_tokens.labels(model=label).inc(n_tokens)
+        self.embedding_duration.observe(seconds)
 
     def exposition(self) -> bytes:
         """The text format for ``GET /metrics``."""

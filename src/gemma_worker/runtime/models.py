@@ -23,6 +23,7 @@ from typing import Any
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.sampling import RequestLimits
+from gemma_worker.engine.embedding_engine import EmbeddingEngine
 from gemma_worker.engine.interface import Engine, EngineState
 from gemma_worker.engine.llama import ModelLoadError
 from gemma_worker.engine.memory import MemoryNeed
@@ -45,6 +46,8 @@ class ModelStatus(StrEnum):
 @dataclass(eq=False)
 class _Entry:
     spec: ModelSpec
+    #: Whether its engine embeds (a generative model's embedding engine is an entry apart).
+    embeds: bool = False
     engine: Engine | None = None
     loading: asyncio.Future[Engine] | None = None
     users: int = 0
@@ -88,6 +91,13 @@ class ModelUse:
         self.limits = manager.limits_for(entry.spec)
         self._released = False
 
+    @property
+    def embedder(self) -> EmbeddingEngine:
+        """The engine as an embedding engine (held with ``embed=True``)."""
+        engine = self.engine
+        assert isinstance(engine, EmbeddingEngine), "held for embeddings"
+        return engine
+
     def release(self, keep_alive: float | None = None) -> None:
         """Let go of the model (idempotent); ``keep_alive`` (seconds) is how long it stays
         loaded from now on, as Ollama's requests set it (``None``: the model's default)."""
@@ -116,13 +126,16 @@ class ModelManager:
         available: Callable[[], int | None] = lambda: None,
         busy_wait_s: float = BUSY_WAIT_S,
         on_load: Callable[[str, bool], None] = lambda _id, _ok: None,
+        make_embedder: Callable[[ModelSpec], EmbeddingEngine] | None = None,
     ) -> None:
         """``keep_alive`` (seconds) is the worker's default; without a models folder the
         one model stays loaded unless a request says otherwise. ``need_of`` estimates a
         model's memory (blocking: run on a thread), ``available`` measures free memory;
-        ``on_load`` hears each load's model id and whether it succeeded (metrics)."""
+        ``on_load`` hears each load's model id and whether it succeeded (metrics);
+        ``make_embedder`` makes the engine of a model held for embeddings."""
         self.registry = registry
         self._make_engine = make_engine
+        self._make_embedder = make_embedder
         self.limits_for = limits_for
         self._keep_alive = keep_alive if registry.folder is not None else math.inf
         self.max_loaded = max_loaded
@@ -147,10 +160,15 @@ class ModelManager:
         return await self.use_spec(spec, on_loading)
 
     async def use_spec(
-        self, spec: ModelSpec, on_loading: Callable[[ModelSpec], object] | None = None
+        self,
+        spec: ModelSpec,
+        on_loading: Callable[[ModelSpec], object] | None = None,
+        *,
+        embed: bool = False,
     ) -> ModelUse:
-        """:meth:`use` for a model already resolved."""
-        entry = self._entry(spec)
+        """:meth:`use` for a model already resolved; ``embed``: its embedding engine (for a
+        generative model, a second engine, loaded and unloaded on its own)."""
+        entry = self._entry(spec, embed or spec.embeds_only)
         entry.users += 1  # from now on it is not unloaded under this request
         self._stop_timer(entry)
         try:
@@ -185,8 +203,16 @@ class ModelManager:
     async def unload(self, name: str | None) -> bool:
         """Unload a model now, or, while requests run on it, as soon as they end; whether it
         was loaded."""
-        entry = self._entries.get(self.registry.resolve(name).id)
-        if entry is None or (entry.engine is None and entry.loading is None):
+        spec = self.registry.resolve(name)
+        unloaded = False
+        for key in (spec.id, _key(spec, not spec.embeds_only)):
+            entry = self._entries.get(key)
+            if entry is not None and await self._unload_entry(entry):
+                unloaded = True
+        return unloaded
+
+    async def _unload_entry(self, entry: _Entry) -> bool:
+        if entry.engine is None and entry.loading is None:
             return False
         entry.unload_pending = True
         if entry.engine is not None and entry.engine.state is not EngineState.READY:
@@ -212,12 +238,17 @@ class ModelManager:
         return self._view(spec)
 
     def loaded(self) -> list[ModelView]:
-        """The loaded models, most recently used first."""
+        """The loaded models, most recently used first (a model loaded both to generate and
+        to embed is listed once)."""
         entries = sorted(
             (e for e in self._entries.values() if e.engine is not None),
             key=lambda e: -e.last_used,
         )
-        return [self._view(e.spec) for e in entries]
+        ids = dict.fromkeys(e.spec.id for e in entries)
+        return [self._view(self._entries_of(i)[0].spec) for i in ids]
+
+    def _entries_of(self, model_id: str) -> list[_Entry]:
+        return [e for e in self._entries.values() if e.spec.id == model_id]
 
     def engine_of(self, spec: ModelSpec) -> Engine | None:
         """``spec``'s engine if it is loaded."""
@@ -226,6 +257,8 @@ class ModelManager:
 
     def _view(self, spec: ModelSpec) -> ModelView:
         entry = self._entries.get(spec.id)
+        if entry is None or (entry.engine is None and entry.loading is None):
+            entry = self._entries.get(_key(spec, not spec.embeds_only)) or entry
         if entry is None:
             return ModelView(spec, ModelStatus.UNLOADED, None, None, 0, None, None)
         status = (
@@ -258,12 +291,13 @@ class ModelManager:
                 await engine.close()
 
     # --- loading and unloading ------------------------------------------------------------
-    def _entry(self, spec: ModelSpec) -> _Entry:
-        entry = self._entries.get(spec.id)
+    def _entry(self, spec: ModelSpec, embeds: bool) -> _Entry:
+        key = _key(spec, embeds)
+        entry = self._entries.get(key)
         if entry is None or entry.spec != spec:
             if entry is not None and (entry.engine is not None or entry.loading is not None):
                 return entry  # its settings changed on disk: the running one serves on
-            entry = self._entries[spec.id] = _Entry(spec)
+            entry = self._entries[key] = _Entry(spec, embeds)
         return entry
 
     async def _ensure(self, entry: _Entry) -> Engine:
@@ -283,7 +317,7 @@ class ModelManager:
                 except ModelLoadError as exc:
                     raise _load_failed(spec, exc) from exc
                 await self._make_room(entry)
-                engine = self._make_engine(spec)
+                engine = self._new_engine(entry)
                 t0 = time.perf_counter()
                 try:
                     await engine.start()
@@ -314,6 +348,17 @@ class ModelManager:
         finally:
             entry.loading = None
             self._changed.set()
+
+    def _new_engine(self, entry: _Entry) -> Engine:
+        if not entry.embeds:
+            return self._make_engine(entry.spec)
+        if self._make_embedder is None:
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"model '{entry.spec.id}' cannot embed on this worker",
+                param="model",
+            )
+        return self._make_embedder(entry.spec)
 
     async def _make_room(self, entry: _Entry) -> None:
         """Unload idle models (least recently used first) while ``entry`` would be one too
@@ -395,6 +440,12 @@ class ModelManager:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _key(spec: ModelSpec, embeds: bool) -> str:
+    """The entry of ``spec``'s engine: its id, or a second one for a generative model held
+    for embeddings."""
+    return spec.id if embeds == spec.embeds_only else f"{spec.id}#embeds"
 
 
 def _load_failed(spec: ModelSpec, exc: ModelLoadError) -> WorkerError:

@@ -50,6 +50,12 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
         raise WorkerError(
             ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
         )
+    if spec.embeds_only:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"model '{spec.id}' is an embedding model: it does not generate text",
+            param="model",
+        )
     use = await state.models.use_spec(spec, req.on_loading)
     try:
         return await _start(state, req, use)

@@ -1,6 +1,7 @@
 """The models a worker can serve: the default one (the embedded Gemma 3 270M, or
-``model_path``) and, with ``models_dir``, every ``*.gguf`` directly in that folder, named by
-its file stem, with per-model settings from ``models.toml`` beside them.
+``model_path``), the built-in embedding model (all-MiniLM-L6-v2, converted into the cache on
+first use) and, with ``models_dir``, every ``*.gguf`` directly in that folder, named by its
+file stem, with per-model settings from ``models.toml`` beside them.
 
 A client's name is resolved among the models found (:mod:`gemma_worker.core.model_names`);
 it never becomes a path. A file is a model only if it lies in the folder itself: a symlink
@@ -13,9 +14,11 @@ import dataclasses
 import logging
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,8 +26,13 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.keep_alive import parse_keep_alive
 from gemma_worker.core.model_names import is_model_id, is_model_name, resolve, shown
 from gemma_worker.core.sampling import RequestLimits
+from gemma_worker.engine.compute_gate import ComputeGate
 from gemma_worker.engine.config import EngineConfig
+from gemma_worker.engine.embedding_engine import EmbeddingConfig
 from gemma_worker.engine.kernels import KernelChoices
+from gemma_worker.engine.llama_embed import Pooling
+from gemma_worker.engine.minilm import MINILM_ID, minilm_available, minilm_path
+from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,15 @@ MODELS_TOML = "models.toml"
 #: The embedded model's id (its file's stem) and the names it also answers to.
 EMBEDDED_ID = "gemma-3-270m-q4_k_m"
 EMBEDDED_ALIASES = ("gemma3:270m", "gemma-3-270m")
+#: The built-in embedding model's other names (Ollama calls it ``all-minilm``).
+MINILM_ALIASES = ("all-minilm", "all-minilm:22m", "all-minilm:l6-v2", "all-minilm-l6-v2-f16")
+
+
+class ModelKind(StrEnum):
+    """What a model does: generate text (it may also embed, pooled), or only embed."""
+
+    GENERATE = "generate"
+    EMBED = "embed"
 
 
 class ModelsConfigError(ValueError):
@@ -64,6 +81,17 @@ class ModelSettings(BaseModel):
     keep_alive: str | float | None = Field(
         default=None, description="How long the model stays loaded after a request."
     )
+    embedding: bool | None = Field(
+        default=None,
+        description="Whether the model only embeds (an embedding model such as BERT or "
+        "EmbeddingGemma: it serves /v1/embeddings, not generation). Default: false, except "
+        "for the built-in all-MiniLM-L6-v2.",
+    )
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        default=None,
+        description="How an input's token states become its vector when the model embeds. "
+        "Default: the GGUF's pooling type; for a generative model without one, mean.",
+    )
 
     @field_validator("aliases")
     @classmethod
@@ -90,12 +118,35 @@ class ModelSpec:
     path: Path | None
     default: bool = False
     settings: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    kind: ModelKind = ModelKind.GENERATE
+    #: A built-in model's names besides its id.
+    builtin_aliases: tuple[str, ...] = ()
+    #: Makes a built-in model's file (blocking; cached after the first time).
+    make: Callable[[], Path] | None = None
 
     @property
     def aliases(self) -> tuple[str, ...]:
         """The other names it answers to."""
-        extra = EMBEDDED_ALIASES if self.path is None else ()
-        return tuple(dict.fromkeys([*self.settings.aliases, *extra]))
+        return tuple(dict.fromkeys([*self.settings.aliases, *self.builtin_aliases]))
+
+    @property
+    def embeds_only(self) -> bool:
+        """Whether the model serves embeddings and no generation."""
+        return self.kind is ModelKind.EMBED
+
+    @property
+    def pooling(self) -> Pooling | None:
+        """The pooling its embeddings use (``None``: the GGUF's own; mean for a generative
+        model, which the engine applies when the file names none)."""
+        chosen = self.settings.pooling
+        return Pooling(chosen) if chosen is not None else None
+
+    def locate(self) -> Path:
+        """The model's file, made first for a built-in one (blocking);
+        :class:`ModelLoadError` if it cannot be had."""
+        if self.make is not None:
+            return self.make()
+        return resolve_model_path(self.path)
 
     def keep_alive(self, worker_default: float) -> float:
         """Seconds it stays loaded after a request that does not say."""
@@ -146,14 +197,16 @@ class ModelRegistry:
         default: ModelSpec,
         folder: Path | None = None,
         configs: dict[str, ModelSettings] | None = None,
+        builtins: list[ModelSpec] | None = None,
     ) -> None:
+        """``builtins``: models that are always there beside the default (the embedding
+        model), unless a file of the folder has the same id."""
         self.folder = folder
         self._configs = configs or {}
-        self._default = dataclasses.replace(
-            default, settings=self._configs.get(default.id, default.settings)
-        )
+        self._default = self._configured(default)
+        self._builtins = [self._configured(b) for b in builtins or () if b.id != self._default.id]
         self._stamp: int | None = None
-        self._specs: dict[str, ModelSpec] = {default.id: self._default}
+        self._specs: dict[str, ModelSpec] = self._fixed()
         self._aliases: dict[str, str] = {}
         self._rescan(force=True)
 
@@ -161,33 +214,84 @@ class ModelRegistry:
     def from_settings(cls, settings: Settings) -> ModelRegistry:
         """The registry the settings describe; :class:`ModelsConfigError` if unusable."""
         path = settings.model_path
-        default = ModelSpec(EMBEDDED_ID if path is None else path.stem, path, default=True)
+        default = ModelSpec(
+            EMBEDDED_ID if path is None else path.stem,
+            path,
+            default=True,
+            builtin_aliases=EMBEDDED_ALIASES if path is None else (),
+        )
         folder = settings.models_dir
         configs = {} if folder is None else read_models_toml(folder / MODELS_TOML)
-        return cls(default, folder, configs)
+        builtins = [] if not minilm_available() else [minilm_spec()]
+        return cls(default, folder, configs, builtins)
+
+    def _configured(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` with its ``models.toml`` settings (its kind as they say)."""
+        own = self._configs.get(spec.id, spec.settings)
+        kind = spec.kind
+        if own.embedding is not None:
+            kind = ModelKind.EMBED if own.embedding else ModelKind.GENERATE
+        return dataclasses.replace(spec, settings=own, kind=kind)
+
+    def _fixed(self) -> dict[str, ModelSpec]:
+        """The models that are there without a folder: the default and the built-ins."""
+        return {self._default.id: self._default, **{b.id: b for b in self._builtins}}
 
     @property
     def default(self) -> ModelSpec:
         """The model a request naming none gets."""
         return self._default
 
-    def specs(self) -> list[ModelSpec]:
-        """Every model: the default first, then the folder's by id."""
+    @property
+    def default_embedding(self) -> ModelSpec | None:
+        """The model an embedding request naming none (or, without a folder, naming an
+        unknown model, as OpenAI clients do) gets: the built-in embedding model, else the
+        first embedding model of the folder, else the default model (pooled)."""
         self._rescan()
-        rest = sorted((s for s in self._specs.values() if not s.default), key=lambda s: s.id)
-        return [self._default, *rest]
+        for spec in self._builtins:
+            if spec.embeds_only:
+                return spec
+        found = sorted((s for s in self._specs.values() if s.embeds_only), key=lambda s: s.id)
+        return found[0] if found else self._default
+
+    def specs(self) -> list[ModelSpec]:
+        """Every model: the default first, then the built-ins, then the folder's by id."""
+        self._rescan()
+        fixed = self._fixed()
+        rest = sorted((s for s in self._specs.values() if s.id not in fixed), key=lambda s: s.id)
+        return [*fixed.values(), *rest]
 
     def get(self, model_id: str) -> ModelSpec | None:
         """The model with this exact id."""
         self._rescan()
         return self._specs.get(model_id)
 
+    def resolve_embedding(self, name: str | None) -> ModelSpec:
+        """The model an embedding request for ``name`` runs on (see
+        :attr:`default_embedding`); ``MODEL_NOT_FOUND`` when none is meant."""
+        fallback = self.default_embedding or self._default
+        if name is None or name == "":
+            return fallback
+        self._rescan()
+        found = resolve(name, frozenset(self._specs), self._aliases)
+        if found is not None:
+            return self._specs[found]
+        if self.folder is None:
+            return fallback
+        raise WorkerError(
+            ErrorCode.MODEL_NOT_FOUND, f"model '{shown(name)}' not found", param="model"
+        )
+
     def resolve(self, name: str | None) -> ModelSpec:
-        """The model ``name`` means; ``MODEL_NOT_FOUND`` when none does."""
-        if name is None or name == "" or self.folder is None:
+        """The model ``name`` means; ``MODEL_NOT_FOUND`` when none does. Without a folder,
+        a name that is none of the worker's models means the default one (as llama-server
+        outside router mode: clients send names of their own)."""
+        if name is None or name == "":
             return self._default
         self._rescan()
         found = resolve(name, frozenset(self._specs), self._aliases)
+        if found is None and self.folder is None:
+            return self._default
         if found is None:
             raise WorkerError(
                 ErrorCode.MODEL_NOT_FOUND,
@@ -208,6 +312,8 @@ class ModelRegistry:
 
     def _rescan(self, force: bool = False) -> None:
         if self.folder is None:
+            if force:
+                self._aliases = self._alias_table(self._specs)
             return
         try:
             # A file added, removed or renamed changes the folder's mtime: one stat tells.
@@ -217,7 +323,7 @@ class ModelRegistry:
         if not force and stamp == self._stamp and stamp is not None:
             return
         self._stamp = stamp
-        found: dict[str, ModelSpec] = {self._default.id: self._default}
+        found = self._fixed()
         try:
             entries = list(os.scandir(self.folder))
         except OSError as exc:
@@ -230,7 +336,7 @@ class ModelRegistry:
             path = _inside(Path(entry.path), self.folder)
             if path is None:
                 continue
-            found[stem] = ModelSpec(stem, path, settings=self._configs.get(stem, ModelSettings()))
+            found[stem] = self._configured(ModelSpec(stem, path))
         self._specs = found
         self._aliases = self._alias_table(found)
 
@@ -244,6 +350,18 @@ class ModelRegistry:
                     continue
                 table[alias] = spec.id
         return table
+
+
+def minilm_spec() -> ModelSpec:
+    """The built-in embedding model: sentence-transformers' all-MiniLM-L6-v2 (384
+    dimensions, mean pooling), converted from its PyPI package on first use."""
+    return ModelSpec(
+        MINILM_ID,
+        None,
+        kind=ModelKind.EMBED,
+        builtin_aliases=MINILM_ALIASES,
+        make=minilm_path,
+    )
 
 
 def _inside(path: Path, folder: Path) -> Path | None:
@@ -282,6 +400,31 @@ def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
         kernels=kernels,
         kv_dir=kv_dir,
         chat_template=own.chat_template,
+    )
+
+
+def embedding_config(settings: Settings, spec: ModelSpec, gate: ComputeGate) -> EmbeddingConfig:
+    """The embedding engine's settings for ``spec`` (its kernel mode as for generation; a
+    generative model pooled by mean unless ``models.toml`` says otherwise)."""
+    base = engine_config(settings, spec)
+    pooling = spec.pooling
+    if pooling is None and not spec.embeds_only:
+        pooling = Pooling.MEAN
+    return EmbeddingConfig(
+        name=spec.id,
+        locate=spec.locate,
+        pooling=pooling,
+        max_input_tokens=min(
+            spec.settings.n_ctx or settings.embedding_max_input_tokens,
+            settings.embedding_max_input_tokens,
+        ),
+        batch_tokens=settings.embedding_batch_tokens,
+        max_pending=base.parallel + base.max_queue,
+        n_threads=base.n_threads,
+        n_gpu_layers=base.n_gpu_layers,
+        kernels=base.kernels,
+        gate=gate,
+        gap_factor=settings.prefill_gap_factor,
     )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from gemma_worker.engine.gguf_header import GgufError, GgufHeader, read_gguf_header
 from gemma_worker.engine.llama import ModelInfo
-from gemma_worker.engine.model_files import resolve_model_path
 from gemma_worker.runtime.models import ModelView
 from gemma_worker.runtime.registry import ModelSpec, request_limits
 from gemma_worker.runtime.state import WorkerState
@@ -59,17 +58,17 @@ class ModelCatalog:
         self.state = state
         self._digests: dict[tuple[Path, float], asyncio.Task[str]] = {}
         self._headers: dict[tuple[Path, float], GgufHeader | None] = {}
-        self._embedded: Path | None = None
+        self._built: dict[str, Path] = {}
 
     async def _path(self, spec: ModelSpec) -> Path | None:
         if spec.path is not None:
             return spec.path if spec.path.is_file() else None
-        if self._embedded is None:  # assembled (and checked) once
+        if spec.id not in self._built:  # a built-in model: made (and checked) once
             try:
-                self._embedded = await asyncio.to_thread(resolve_model_path, None)
+                self._built[spec.id] = await asyncio.to_thread(spec.locate)
             except Exception:
                 return None
-        return self._embedded
+        return self._built[spec.id]
 
     async def _digest(self, path: Path) -> str:
         key = (path, _mtime(path))
@@ -179,7 +178,7 @@ class ModelCatalog:
             "template": template or "{{ .Prompt }}",
             "details": details,
             "model_info": model_info,
-            "capabilities": ["completion", "tools"],
+            "capabilities": ["embedding"] if view.spec.embeds_only else ["completion", "tools"],
             **({"modified_at": files_part["modified_at"]} if files_part else {}),
         }
 

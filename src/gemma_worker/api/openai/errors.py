@@ -8,7 +8,14 @@ from typing import Any
 from gemma_worker.core.errors import ErrorCode, WorkerError
 
 #: Paths that speak this dialect (their errors, even before routing, use its shape).
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize")
+OPENAI_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/tokenize",
+    "/detokenize",
+)
 
 _STATUS = {
     ErrorCode.INVALID_JSON: 400,

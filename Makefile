@@ -28,6 +28,8 @@ run: install
 
 test: install
 	scripts/test-deps.sh
+	# llama.cpp's own llama-server: tests/api/test_embeddings.py checks our vectors against it
+	scripts/build-llama-server.sh $(PY) >/dev/null
 	$(PY) -m pytest
 
 lint: install

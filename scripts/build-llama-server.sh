@@ -21,7 +21,8 @@ if [[ ! -x "$bin" ]]; then
   tmp=$(mktemp -d)
   src=$(fetch_llama_source "$PY" "$VERSION" "$tmp")/vendor/llama.cpp
   # shellcheck disable=SC2086  # args is a list of flags
-  cmake -S "$src" -B "$tmp/build" -G Ninja $args >&2
+  gen=(); command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+  cmake -S "$src" -B "$tmp/build" "${gen[@]}" $args >&2
   cmake --build "$tmp/build" --target llama-server -j "$(nproc)" >&2
   mkdir -p "$dir"
   cp "$tmp/build/bin/llama-server" "$bin"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
+from gemma_worker.engine.minilm import MINILM_ID
 from gemma_worker.runtime.registry import (
     EMBEDDED_ID,
     ModelRegistry,
@@ -46,7 +47,7 @@ def test_every_gguf_directly_in_the_folder_is_a_model(folder: Path, tmp_path: Pa
     (folder / "inside-link.gguf").symlink_to(folder / "alpha.gguf")
     registry = registry_of(folder)
     ids = [s.id for s in registry.specs()]
-    assert ids == [EMBEDDED_ID, "alpha", "beta-q8", "inside-link"]
+    assert ids == [EMBEDDED_ID, MINILM_ID, "alpha", "beta-q8", "inside-link"]
     assert registry.specs()[0].default
 
 
@@ -66,11 +67,12 @@ def test_names_resolve_and_unknown_ones_are_not_found(folder: Path) -> None:
         assert str(folder) not in err.value.message
 
 
-def test_without_a_folder_every_name_is_the_one_model() -> None:
+def test_without_a_folder_every_other_name_is_the_one_model() -> None:
     registry = ModelRegistry.from_settings(make_settings())
     assert registry.folder is None
     assert registry.resolve("gpt-4o").id == EMBEDDED_ID
-    assert [s.id for s in registry.specs()] == [EMBEDDED_ID]
+    # beside it only the built-in embedding model, which answers to its own names
+    assert [s.id for s in registry.specs()] == [EMBEDDED_ID, MINILM_ID]
 
 
 def test_a_new_file_shows_up_and_a_swapped_in_symlink_is_refused(
@@ -136,3 +138,29 @@ def test_an_ambiguous_alias_is_ignored(folder: Path) -> None:
     )
     assert registry.resolve("beta-q8").id == "beta-q8"  # an id wins over an alias
     assert registry.resolve("x").id == "alpha"  # the first claim wins
+
+
+def test_the_built_in_embedding_model_and_what_embedding_names_mean(folder: Path) -> None:
+    bare = ModelRegistry.from_settings(make_settings())
+    minilm = bare.resolve_embedding(None)
+    assert minilm.id == MINILM_ID and minilm.embeds_only and "all-minilm" in minilm.aliases
+    # Without a folder, OpenAI clients' own names mean it; a generative model named embeds.
+    assert bare.resolve_embedding("text-embedding-3-small").id == MINILM_ID
+    assert bare.resolve_embedding("gemma3:270m").id == EMBEDDED_ID
+    assert bare.resolve("all-minilm:latest").id == MINILM_ID
+    assert [s.id for s in bare.specs()] == [EMBEDDED_ID, MINILM_ID]
+    # With a folder an unknown name is not found, and models.toml makes a file an embedder.
+    reg = registry_of(folder, '[models.alpha]\nembedding = true\npooling = "cls"\n')
+    with pytest.raises(WorkerError) as exc:
+        reg.resolve_embedding("nope")
+    assert exc.value.code is ErrorCode.MODEL_NOT_FOUND
+    alpha = reg.resolve_embedding("alpha")
+    assert alpha.embeds_only and alpha.pooling == "cls"
+    assert not reg.resolve("beta-q8").embeds_only
+    with pytest.raises(ModelsConfigError, match="pooling"):
+        read_models_toml_text(folder, '[models.alpha]\npooling = "max"\n')
+
+
+def read_models_toml_text(folder: Path, toml: str) -> None:
+    (folder / "models.toml").write_text(toml)
+    read_models_toml(folder / "models.toml")

@@ -287,7 +287,9 @@ class EmbeddingEngine:
                 return
             for job in [j for j in self._jobs if j.cancelled]:
                 self._end(job)
-                job.fail(WorkerError(ErrorCode.INFERENCE_ERROR, "cancelled"))
+                job.fail(
+                    WorkerError(ErrorCode.OVERLOADED, "the request was cancelled", retry_after=1)
+                )
             if self._jobs:
                 self._batch()
 

@@ -384,3 +384,24 @@ async def test_a_64_input_request_keeps_a_streams_pace(embedder: RunningWorker) 
         f"p95 gap {_p95(during) * 1e3:.1f} ms beside the embeddings, "
         f"{_p95(before) * 1e3:.1f} ms before"
     )
+
+
+def test_keys_guard_embeddings_like_generation() -> None:
+    full, gemma_only = "embed-key-0123456789abcdef", "gemma-key-0123456789abcdef"
+    w = start_worker(make_settings(api_keys=[full, f"{gemma_only} models=gemma3:270m"]))
+    try:
+        url = f"{w.http}/v1/embeddings"
+        body = {"model": "all-minilm", "input": "restart nginx"}
+        assert httpx.post(url, json=body).status_code == 401
+        ok = httpx.post(url, json=body, headers={"Authorization": f"Bearer {full}"})
+        assert ok.status_code == 200
+        denied = httpx.post(url, json=body, headers={"Authorization": f"Bearer {gemma_only}"})
+        assert denied.status_code == 403 and denied.json()["error"]["param"] == "model"
+        pooled = httpx.post(
+            url,
+            json={**body, "model": "gemma3:270m"},
+            headers={"Authorization": f"Bearer {gemma_only}"},
+        )
+        assert pooled.status_code == 200
+    finally:
+        w.stop()

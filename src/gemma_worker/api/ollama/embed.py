@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_worker.api.auth import caller_of
@@ -92,13 +93,15 @@ async def embed_route(body: EmbedBody, request: Request, state: State) -> Any:
         )
     except WorkerError as exc:
         return error_response(request, exc)
-    return {
-        "model": body.model or result.model,
-        "embeddings": result.vectors.astype(float).tolist(),
-        "total_duration": round(result.total_seconds * 1e9),
-        "load_duration": round(result.load_seconds * 1e9),
-        "prompt_eval_count": result.n_tokens,
-    }
+    return _json(
+        {
+            "model": body.model or result.model,
+            "embeddings": result.vectors,
+            "total_duration": round(result.total_seconds * 1e9),
+            "load_duration": round(result.load_seconds * 1e9),
+            "prompt_eval_count": result.n_tokens,
+        }
+    )
 
 
 @router.post("/api/embeddings", summary="One embedding (Ollama's older API)")
@@ -125,4 +128,11 @@ async def embeddings_route(body: LegacyEmbedBody, request: Request, state: State
         )
     except WorkerError as exc:
         return error_response(request, exc)
-    return {"embedding": result.vectors[0].astype(float).tolist()}
+    return _json({"embedding": result.vectors[0]})
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """``body`` as JSON, its float32 arrays serialised by orjson directly."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )

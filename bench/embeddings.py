@@ -87,6 +87,8 @@ SENTENCES = [
 #: (clients, inputs per request)
 POINTS = [(1, 1), (1, 32), (8, 1), (8, 32)]
 BIG_BATCH = 256
+#: Cores that other processes may take during a window before its figures are called noisy.
+OTHER_LOAD_LIMIT = 0.1
 
 
 def batch_of(offset: int, size: int) -> list[str]:
@@ -105,13 +107,55 @@ async def embed(http: httpx.AsyncClient, base: str, inputs: list[str]) -> np.nda
     return np.array([d["embedding"] for d in data], dtype=np.float64)
 
 
+def _busy_ticks() -> tuple[int, int]:
+    """(CPU ticks busy on the whole machine, ticks of this process and its children: the two
+    servers), from /proc; (0, 0) where there is no /proc."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        machine = sum(v) - v[3] - v[4]  # all but idle and iowait (steal counts as busy)
+        me, own = os.getpid(), 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry) == me or int(fields[1]) == me:
+                own += int(fields[11]) + int(fields[12])  # utime + stime
+        return machine, own
+    except OSError:
+        return 0, 0
+
+
+class CpuMeter:
+    """Over a window: the bench client's CPU share (of one core) and the CPU that processes
+    other than the bench and the two servers took (in cores): when that is not ~0, the
+    figures of that window are disturbed."""
+
+    def __init__(self) -> None:
+        self.cpu0, self.ticks0, self.t0 = time.process_time(), _busy_ticks(), time.perf_counter()
+
+    def stop(self) -> tuple[float, float, float]:
+        """(elapsed s, client CPU share, other load in cores)."""
+        elapsed = time.perf_counter() - self.t0
+        client = (time.process_time() - self.cpu0) / elapsed
+        (m0, o0), (m1, o1) = self.ticks0, _busy_ticks()
+        other = max(0, (m1 - m0) - (o1 - o0)) / os.sysconf("SC_CLK_TCK") / elapsed
+        return elapsed, client, other
+
+
 @dataclass
 class Run:
-    """One point on one server: inputs/s, request latencies, the client's CPU share."""
+    """One point on one server: inputs/s, request latencies, the client's CPU share and the
+    other processes' load during the window."""
 
     inputs_per_s: float
     latencies: list[float] = field(default_factory=list)
     client_cpu: float = 0.0
+    other_load: float = 0.0
 
 
 async def throughput(base: str, clients: int, size: int, duration: float) -> Run:
@@ -122,8 +166,8 @@ async def throughput(base: str, clients: int, size: int, duration: float) -> Run
         await asyncio.gather(*(embed(http, base, batch_of(c, 1)) for c in range(clients)))
         done = 0
         latencies: list[float] = []
-        cpu0, start = time.process_time(), time.perf_counter()
-        deadline = start + duration
+        meter = CpuMeter()
+        deadline = time.perf_counter() + duration
 
         async def client(c: int) -> None:
             nonlocal done
@@ -136,20 +180,18 @@ async def throughput(base: str, clients: int, size: int, duration: float) -> Run
                 offset += size
 
         await asyncio.gather(*(client(c) for c in range(clients)))
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu0
-    return Run(done / elapsed, latencies, cpu / elapsed)
+        elapsed, client_cpu, other = meter.stop()
+    return Run(done / elapsed, latencies, client_cpu, other)
 
 
 async def big_batch(base: str) -> Run:
     """One request of ``BIG_BATCH`` inputs alone."""
     async with httpx.AsyncClient(timeout=600) as http:
         await embed(http, base, batch_of(0, 1))
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        meter = CpuMeter()
         await embed(http, base, batch_of(3, BIG_BATCH))
-        elapsed = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
-    return Run(BIG_BATCH / elapsed, [elapsed], cpu / elapsed)
+        elapsed, client_cpu, other = meter.stop()
+    return Run(BIG_BATCH / elapsed, [elapsed], client_cpu, other)
 
 
 async def token_counts(http: httpx.AsyncClient, llama: str, texts: list[str]) -> list[int]:
@@ -211,17 +253,18 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
                 res = await throughput(servers[name], clients, size, args.duration)
                 results[scenario, name].append(res)
                 print(
-                    f"  round {r + 1} {scenario:<28} {name:<13} {res.inputs_per_s:8.1f} inputs/s"
+                    f"  round {r + 1} {scenario:<30} {name:<13} {res.inputs_per_s:8.1f} inputs/s"
                     f"  (median request {statistics.median(res.latencies) * 1e3:7.1f} ms, "
-                    f"{len(res.latencies)} requests, client CPU {res.client_cpu:4.0%})",
+                    f"{len(res.latencies)} requests, client CPU {res.client_cpu:4.0%}, "
+                    f"other load {res.other_load:.2f} cores)",
                     flush=True,
                 )
         for name in order:
             res = await big_batch(servers[name])
             results[plan[-1], name].append(res)
             print(
-                f"  round {r + 1} {plan[-1]:<28} {name:<13} {res.inputs_per_s:8.1f} inputs/s"
-                f"  ({res.latencies[0] * 1e3:7.1f} ms)",
+                f"  round {r + 1} {plan[-1]:<30} {name:<13} {res.inputs_per_s:8.1f} inputs/s"
+                f"  ({res.latencies[0] * 1e3:7.1f} ms, other load {res.other_load:.2f} cores)",
                 flush=True,
             )
     print(f"\nmedians over {args.rounds} rounds; ratio = worker / llama-server (>1 = worker ahead)")
@@ -230,6 +273,13 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
         meds = {n: statistics.median(x.inputs_per_s for x in results[scenario, n]) for n in names}
         ratio = meds["worker"] / meds["llama-server"]
         print(f"{scenario:<34}{meds['llama-server']:>16.1f}{meds['worker']:>16.1f}{ratio:>8.2f}x")
+    disturbed = [x for runs in results.values() for x in runs if x.other_load > OTHER_LOAD_LIMIT]
+    if disturbed:
+        worst = max(x.other_load for x in disturbed)
+        print(
+            f"\nWARNING: {len(disturbed)} of {sum(map(len, results.values()))} windows ran beside "
+            f"other processes (> {OTHER_LOAD_LIMIT} cores, up to {worst:.2f}): noisy figures"
+        )
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import openai
 import pytest
 from websockets.asyncio.client import connect
 
+from gemma_worker.engine.minilm import MINILM_ID
 from tests.api.wsclient import recv_event, run_request, send
 from tests.conftest import PARIS_PROMPT, RunningWorker, make_settings, start_worker
 
@@ -270,7 +271,7 @@ def test_one_loaded_model_at_a_time_swaps_the_least_recently_used(
 ) -> None:
     worker, _ = _worker_with(tmp_path, second_model, max_loaded_models=1)
     try:
-        assert statuses(worker) == {DEFAULT: "loaded", SECOND: "unloaded"}
+        assert statuses(worker) == {DEFAULT: "loaded", SECOND: "unloaded", MINILM_ID: "unloaded"}
         with openai_client(worker) as client:
             for model in (SECOND, DEFAULT, SECOND):
                 out = client.completions.create(model=model, prompt=PARIS_PROMPT, max_tokens=2)

@@ -74,6 +74,7 @@ async def test_the_least_recently_used_idle_model_makes_room(farm: Farm) -> None
     assert beta.state is EngineState.CLOSED
     assert [v.status for v in farm.manager.views()] == [
         ModelStatus.UNLOADED,  # the default, never used here
+        ModelStatus.UNLOADED,  # the built-in embedding model
         ModelStatus.LOADED,
         ModelStatus.UNLOADED,
         ModelStatus.LOADED,

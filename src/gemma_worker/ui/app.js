@@ -216,7 +216,8 @@
     } catch (_) {
       return;
     }
-    state.models = listing.data;
+    // Embedding models do not chat.
+    state.models = listing.data.filter((c) => !c.capabilities || c.capabilities.includes("completion"));
     const wanted = state.sessionModel || ui.picker.value || localStorage.getItem(MODEL);
     ui.picker.replaceChildren();
     for (const card of state.models) {

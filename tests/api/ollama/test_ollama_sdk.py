@@ -32,7 +32,9 @@ def test_version_is_dotted_numbers(worker: RunningWorker) -> None:
 
 def test_list_names_the_loaded_model_and_its_file(client: ollama.Client) -> None:
     models = client.list().models
-    assert len(models) == 1
+    # the default model, then the built-in embedding model
+    assert [m.model for m in models] == ["gemma-3-270m-q4_k_m:latest", "all-minilm-l6-v2:latest"]
+    assert models[1].details is not None and models[1].details.family == "bert"
     m = models[0]
     assert m.model and m.model.endswith(":latest") and m.modified_at is not None
     path = resolve_model_path(None)

@@ -58,6 +58,7 @@ def model_card(view: ModelView, *, files: bool) -> ModelCard:
         owned_by="gemma-worker",
         aliases=list(spec.aliases),
         default=spec.default,
+        capabilities=["embedding"] if spec.embeds_only else ["completion", "embedding"],
         status=ModelStatusBody(
             value=view.status.value, failed=view.error is not None, message=view.error
         ),

@@ -245,6 +245,8 @@ class ModelCard(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     default: bool = False
     status: ModelStatusBody | None = None
+    #: What it serves, as Ollama names it: ``completion`` (chat, completions) and ``embedding``.
+    capabilities: list[str] = Field(default_factory=lambda: ["completion", "embedding"])
     file: str | None = None
     size: int | None = None
 

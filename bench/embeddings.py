@@ -4,7 +4,7 @@ Both servers get the worker's built-in all-MiniLM-L6-v2 GGUF (``minilm_path()``)
 cores. llama-server runs ``--embeddings --pooling mean -b 2048 -ub 2048 -np 8 -c 4096``: a
 512-token input (the model's training context) fits one ubatch and one slot's context, and
 8 slots serve 8 clients. The worker runs with its defaults (inputs of many requests packed into
-one ``llama_decode``: up to 64 sequences, ``GEMMA_EMBEDDING_BATCH_TOKENS`` = 2048 tokens).
+one ``llama_decode``: up to 64 sequences, ``GEMMA_EMBEDDING_BATCH_TOKENS``, 512 tokens by default).
 
 Each point is N concurrent clients (httpx, asyncio, keep-alive connections opened before the
 clock starts), each sending OpenAI requests (``encoding_format: float``) of B inputs back to
@@ -268,11 +268,21 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
                 flush=True,
             )
     print(f"\nmedians over {args.rounds} rounds; ratio = worker / llama-server (>1 = worker ahead)")
-    print(f"{'scenario':<34}{'llama-server':>16}{'worker':>16}{'ratio':>9}   (inputs/s)")
+    print(
+        f"{'scenario (inputs/s)':<34}{'llama-server':>14}{'worker':>10}{'ratio':>8}"
+        "   ratio in each round"
+    )
     for scenario in plan:
-        meds = {n: statistics.median(x.inputs_per_s for x in results[scenario, n]) for n in names}
+        runs = {n: [x.inputs_per_s for x in results[scenario, n]] for n in names}
+        meds = {n: statistics.median(v) for n, v in runs.items()}
         ratio = meds["worker"] / meds["llama-server"]
-        print(f"{scenario:<34}{meds['llama-server']:>16.1f}{meds['worker']:>16.1f}{ratio:>8.2f}x")
+        each = " ".join(
+            f"{w / ls:.2f}" for w, ls in zip(runs["worker"], runs["llama-server"], strict=True)
+        )
+        print(
+            f"{scenario:<34}{meds['llama-server']:>14.1f}{meds['worker']:>10.1f}{ratio:>7.2f}x"
+            f"   {each}"
+        )
     disturbed = [x for runs in results.values() for x in runs if x.other_load > OTHER_LOAD_LIMIT]
     if disturbed:
         worst = max(x.other_load for x in disturbed)
@@ -302,7 +312,7 @@ def main() -> None:
         "-np", "8", "-c", "4096", "-t", threads, "-tb", threads,
     ]  # fmt: skip
     worker_env = {"GEMMA_N_THREADS": threads}
-    batch_tokens = os.environ.get("GEMMA_EMBEDDING_BATCH_TOKENS", "2048 (default)")
+    batch_tokens = os.environ.get("GEMMA_EMBEDDING_BATCH_TOKENS", "512 (default)")
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ExitStack() as stack:
         argv = [binary, "-m", model, *llama_flags, "--host", "127.0.0.1", "--port", str(port)]
         llama = f"http://127.0.0.1:{port}"

@@ -96,8 +96,9 @@ class EmbeddingModel:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
-        # Masked-out pairs (other inputs of the batch) are skipped, not computed: packing
-        # many inputs into one decode costs what they cost apart.
+        # Pairs of tokens of different inputs are masked out and skipped by flash attention
+        # (without it they would be computed, quadratic in the batch); the scan over them
+        # remains, so moderate batches pay best (GEMMA_EMBEDDING_BATCH_TOKENS).
         cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:

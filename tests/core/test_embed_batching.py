@@ -35,5 +35,5 @@ def test_the_pacer_keeps_batches_short_beside_another_engine() -> None:
     assert pacer.budget(0.02) == 1  # cost unknown yet: one input at a time
     pacer.observe(1000, 0.5)  # 0.5 ms a token
     assert pacer.budget(None) == 2048
-    assert pacer.budget(0.02) == 40  # (2 - 1) x 20 ms / 0.5 ms
+    assert pacer.budget(0.02) == 30  # 0.75 x (2 - 1) x 20 ms / 0.5 ms
     assert pacer.budget(0.0001) == 1

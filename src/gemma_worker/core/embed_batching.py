@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 #: Weight of the newest batch in the running cost average.
 _ALPHA = 0.3
+#: Share of the allowed delay a batch plans to use: its cost is an estimate, and the stream's
+#: gap also holds its own Python work between decodes.
+_MARGIN = 0.75
 
 
 @dataclass(eq=False)
@@ -73,9 +76,9 @@ class EmbedPacer:
     """Learns what a batch token costs; answers how many tokens the next batch may hold.
 
     Alone, a batch may be full. Beside another engine whose turns take ``other_turn``
-    seconds, a batch takes at most ``(gap_factor - 1) * other_turn``: the other engine's
-    next step waits for it, and its stream's token gap stays within ``gap_factor`` times
-    its own."""
+    seconds, a batch is planned to take ``0.75 * (gap_factor - 1) * other_turn``: the other
+    engine's next step waits for it, and its stream's token gap stays within ``gap_factor``
+    times its own."""
 
     gap_factor: float
     max_tokens: int
@@ -96,5 +99,5 @@ class EmbedPacer:
         other engine is busy)."""
         if other_turn is None or self.per_token is None:
             return self.max_tokens if other_turn is None else 1
-        fits = int((self.gap_factor - 1.0) * other_turn / self.per_token)
+        fits = int(_MARGIN * (self.gap_factor - 1.0) * other_turn / self.per_token)
         return max(1, min(self.max_tokens, fits))

@@ -13,9 +13,9 @@ from gemma_worker.api.deps import State
 from gemma_worker.api.embed_inputs import parse_inputs
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.ollama.catalog import ollama_name
+from gemma_worker.api.ollama.routes import keep_alive_of
 from gemma_worker.api.ollama.types import Options
 from gemma_worker.core.errors import ErrorCode, WorkerError
-from gemma_worker.core.keep_alive import KeepAliveError, parse_keep_alive
 from gemma_worker.runtime.embedding import EmbeddingRequest, embed
 from gemma_worker.runtime.state import WorkerState
 
@@ -45,15 +45,6 @@ class LegacyEmbedBody(_Embedding):
     prompt: Any = None
 
 
-def _keep_alive(value: float | str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_keep_alive(value)
-    except KeepAliveError as exc:
-        raise WorkerError(ErrorCode.INVALID_REQUEST, str(exc), param="keep_alive") from exc
-
-
 async def _load(state: WorkerState, request: Request, name: str, keep: float | None) -> str:
     """No input: load the model (Ollama's clients preload so), or unload it with
     ``keep_alive: 0``; its Ollama name."""
@@ -75,7 +66,7 @@ async def _load(state: WorkerState, request: Request, name: str, keep: float | N
 async def embed_route(body: EmbedBody, request: Request, state: State) -> Any:
     """``embeddings``: one L2-normalised vector per input."""
     try:
-        keep = _keep_alive(body.keep_alive)
+        keep = keep_alive_of(body.keep_alive)
         if body.input is None:
             name = await _load(state, request, body.model, keep)
             return {"model": name, "embeddings": []}
@@ -108,7 +99,7 @@ async def embed_route(body: EmbedBody, request: Request, state: State) -> Any:
 async def embeddings_route(body: LegacyEmbedBody, request: Request, state: State) -> Any:
     """``embedding``: the vector of ``prompt`` (L2-normalised, unlike Ollama's)."""
     try:
-        keep = _keep_alive(body.keep_alive)
+        keep = keep_alive_of(body.keep_alive)
         if body.prompt is None:
             await _load(state, request, body.model, keep)
             return {"embedding": []}

@@ -96,7 +96,9 @@ def _forbidden(spec: ModelSpec) -> WorkerError:
     return WorkerError(ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'")
 
 
-def _keep_alive(value: float | str | None) -> float | None:
+def keep_alive_of(value: float | str | None) -> float | None:
+    """A request's ``keep_alive`` in seconds (``None``: it did not say); ``INVALID_REQUEST``
+    when it is not a duration."""
     if value is None:
         return None
     try:
@@ -148,7 +150,7 @@ async def generate(body: GenerateRequest, request: Request, state: State) -> Any
     """A completion of ``prompt``: an ND-JSON stream (the default) or one JSON object."""
     try:
         sampling = _sampling(body.options)
-        keep_alive = _keep_alive(body.keep_alive)
+        keep_alive = keep_alive_of(body.keep_alive)
         if not body.prompt:
             return await _load_or_unload(
                 request, state, body.model, keep_alive, kind="generate", streaming=body.stream
@@ -183,7 +185,7 @@ async def chat(body: ChatRequest, request: Request, state: State) -> Any:
     """The next assistant message: text, or tool calls with JSON-object arguments."""
     try:
         sampling = _sampling(body.options)
-        keep_alive = _keep_alive(body.keep_alive)
+        keep_alive = keep_alive_of(body.keep_alive)
         if not body.messages:
             return await _load_or_unload(
                 request, state, body.model, keep_alive, kind="chat", streaming=body.stream

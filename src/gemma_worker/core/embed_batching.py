@@ -9,14 +9,18 @@ another model) it holds only as many tokens as keep its turn short
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-#: Weight of the newest batch in the running cost average.
-_ALPHA = 0.3
-#: Share of the allowed delay a batch plans to use: its cost is an estimate, and the stream's
-#: gap also holds its own Python work between decodes.
-_MARGIN = 0.75
+#: Batches the cost model is fitted over.
+_WINDOW = 32
+#: The largest batch seen must be this many times the smallest to fit a fixed cost apart.
+_SPREAD = 1.5
+#: Share of the allowed delay a batch plans to use: its cost is an estimate, the machine is
+#: shared (a stream's own steps run slower beside another decode's memory traffic), and the
+#: goal is on the stream's p95, not its median.
+_MARGIN = 0.5
 
 
 @dataclass(eq=False)
@@ -71,33 +75,71 @@ def pack(
     return picks
 
 
-@dataclass(slots=True)
-class EmbedPacer:
-    """Learns what a batch token costs; answers how many tokens the next batch may hold.
+class CostModel:
+    """A batch's cost as ``fixed + per_token * n_tokens`` seconds, fitted by least squares over
+    the last ``window`` batches. A decode has a fixed cost (a few ms: the graph, the pooling,
+    the thread pool's wake-up) that a per-token average learned from large batches leaves out,
+    so the short batches planned beside a stream would overrun."""
 
-    Alone, a batch may be full. Beside another engine whose turns take ``other_turn``
-    seconds, a batch is planned to take ``0.75 * (gap_factor - 1) * other_turn``: the other
-    engine's next step waits for it, and its stream's token gap stays within ``gap_factor``
-    times its own."""
-
-    gap_factor: float
-    max_tokens: int
-    #: Seconds per token (batch cost over its tokens), learned.
-    per_token: float | None = field(default=None)
+    def __init__(self, window: int = _WINDOW) -> None:
+        self._seen: deque[tuple[int, float]] = deque(maxlen=window)
+        self.fixed = 0.0
+        self.per_token: float | None = None
 
     def observe(self, n_tokens: int, seconds: float) -> None:
         """A batch of ``n_tokens`` took ``seconds``."""
-        if n_tokens <= 0:
+        if n_tokens <= 0 or seconds < 0:
             return
-        cost = seconds / n_tokens
-        self.per_token = (
-            cost if self.per_token is None else self.per_token + _ALPHA * (cost - self.per_token)
-        )
+        self._seen.append((n_tokens, seconds))
+        self._fit()
+
+    def tokens_within(self, seconds: float) -> int | None:
+        """The most tokens a batch may hold to take at most ``seconds`` (``None``: the cost is
+        not known yet; 0: not even one token fits)."""
+        if self.per_token is None:
+            return None
+        return max(0, int((seconds - self.fixed) / self.per_token))
+
+    def _fit(self) -> None:
+        ns = [float(n) for n, _ in self._seen]
+        ts = [t for _, t in self._seen]
+        mean_n, mean_t = sum(ns) / len(ns), sum(ts) / len(ts)
+        slope = 0.0
+        if max(ns) >= _SPREAD * min(ns):
+            var = sum((n - mean_n) ** 2 for n in ns)
+            slope = sum((n - mean_n) * (t - mean_t) for n, t in zip(ns, ts, strict=True)) / var
+        if slope <= 0.0:
+            # Sizes too alike to tell the two costs apart, or noise: proportional, which is
+            # right near the sizes seen (and those are the sizes being planned).
+            self.fixed, self.per_token = 0.0, mean_t / mean_n
+            return
+        fixed = mean_t - slope * mean_n
+        if fixed < 0.0:
+            fixed, slope = 0.0, sum(ts) / sum(ns)
+        self.fixed, self.per_token = fixed, slope
+
+
+@dataclass(slots=True)
+class EmbedPacer:
+    """Answers how many tokens the next batch may hold.
+
+    Alone, a batch may be full. Beside another engine whose turns take ``other_turn``
+    seconds, a batch is planned to take ``0.5 * (gap_factor - 1) * other_turn``: the other
+    engine's next step waits for it, and its stream's token gap stays within ``gap_factor``
+    times its own with room for the noise of a shared machine."""
+
+    gap_factor: float
+    max_tokens: int
+    cost: CostModel = field(default_factory=CostModel)
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        """A batch of ``n_tokens`` took ``seconds``."""
+        self.cost.observe(n_tokens, seconds)
 
     def budget(self, other_turn: float | None) -> int:
         """Tokens for the next batch, given the other engine's typical turn (``None``: no
-        other engine is busy)."""
-        if other_turn is None or self.per_token is None:
-            return self.max_tokens if other_turn is None else 1
-        fits = int(_MARGIN * (self.gap_factor - 1.0) * other_turn / self.per_token)
-        return max(1, min(self.max_tokens, fits))
+        other engine is busy). At least 1: an input always goes in, so work goes on."""
+        if other_turn is None:
+            return self.max_tokens
+        fits = self.cost.tokens_within(_MARGIN * (self.gap_factor - 1.0) * other_turn)
+        return 1 if fits is None else max(1, min(self.max_tokens, fits))

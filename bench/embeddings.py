@@ -244,11 +244,13 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
     for base in servers.values():  # warm-up: first allocations, the worker's lazy model load
         await throughput(base, 8, 32, 1.0)
     names = list(servers)
-    plan = [label(c, s) for c, s in POINTS] + [f"1 request of {BIG_BATCH} inputs alone"]
+    points = [(c, s) for c, s in POINTS if args.points is None or f"{c}x{s}" in args.points]
+    big = args.points is None or "big" in args.points
+    plan = [label(c, s) for c, s in points] + ([f"1 request of {BIG_BATCH} inputs alone"] * big)
     results: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        for (clients, size), scenario in zip(POINTS, plan, strict=False):
+        for (clients, size), scenario in zip(points, plan, strict=False):
             for name in order:
                 res = await throughput(servers[name], clients, size, args.duration)
                 results[scenario, name].append(res)
@@ -259,7 +261,7 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
                     f"other load {res.other_load:.2f} cores)",
                     flush=True,
                 )
-        for name in order:
+        for name in order if big else ():
             res = await big_batch(servers[name])
             results[plan[-1], name].append(res)
             print(
@@ -298,6 +300,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
+    parser.add_argument(
+        "--points",
+        type=lambda v: set(v.split(",")),
+        default=None,
+        help="only these points, e.g. 1x1,8x1,big (default: all)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s points")
     args = parser.parse_args()
     if args.quick:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -232,12 +233,18 @@ def test_a_generative_model_embeds_too(embedder: RunningWorker) -> None:
         ({"input": {"text": "x"}}, "input"),
         ({"input": "word " * 600}, "input[0]"),
         ({"input": "x", "dimensions": 0}, "dimensions"),
+        ({"input": ["fine", "lone \ud800 surrogate"]}, "input[1]"),
+        ({"input": ["fine", "lone \ud800 " + "word " * 1000], "truncate": True}, "input[1]"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(
     embedder: RunningWorker, body: dict[str, object], param: str
 ) -> None:
-    r = httpx.post(f"{embedder.http}/v1/embeddings", json={"model": "all-minilm", **body})
+    r = httpx.post(  # json.dumps escapes a lone surrogate, which httpx's json= cannot encode
+        f"{embedder.http}/v1/embeddings",
+        content=json.dumps({"model": "all-minilm", **body}),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"

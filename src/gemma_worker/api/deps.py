@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from gemma_worker.runtime.state import WorkerState
 
 
-def get_state(request: Request) -> WorkerState:
-    """Dependency: the app's :class:`WorkerState`."""
+async def get_state(request: Request) -> WorkerState:
+    """Dependency: the app's :class:`WorkerState`. A coroutine on purpose: FastAPI runs a
+    plain function dependency in its thread pool, a thread hop on every request."""
     state: WorkerState = request.app.state.worker
     return state
 

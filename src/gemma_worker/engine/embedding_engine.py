@@ -37,6 +37,9 @@ from gemma_worker.engine.prompt import PromptRenderer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Inputs up to this many characters in all are tokenized on the event loop (about 10 us a
+#: sentence), longer ones on the vocabulary thread.
+_INLINE_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,12 @@ def _not_generative(name: str) -> WorkerError:
     )
 
 
+def _not_unicode() -> WorkerError:
+    return WorkerError(
+        ErrorCode.INVALID_REQUEST, "the text is not valid Unicode (a lone surrogate)"
+    )
+
+
 class EmbeddingEngine:
     """Embeds batches of inputs on its own thread (see the module's docstring)."""
 
@@ -86,6 +95,9 @@ class EmbeddingEngine:
         self._model: EmbeddingModel | None = None
         self._identity: ModelIdentity | None = None
         self._lock = threading.Lock()
+        #: Held while the event loop tokenizes inline and while the model is freed.
+        self._free_lock = threading.Lock()
+        self._freed = False
         self._pending = 0
         self._closed = False
         self._jobs: list[EmbedJob] = []
@@ -165,8 +177,24 @@ class EmbeddingEngine:
         return await self._on_vocab_thread(run)
 
     async def tokenize_inputs(self, texts: list[str]) -> list[list[int]]:
-        """Each text as the model reads it (see :meth:`EmbeddingModel.tokenize`)."""
-        return await self._on_vocab_thread(lambda m: [m.tokenize(t) for t in texts])
+        """Each text as the model reads it (see :meth:`EmbeddingModel.tokenize`). Short texts
+        are tokenized right here (a few microseconds, less than the hop to the vocabulary
+        thread: llama.cpp's vocabulary is read-only once loaded, and llama-server tokenizes
+        beside its decodes too); long ones on the vocabulary thread."""
+
+        def run(m: EmbeddingModel) -> list[list[int]]:
+            return [m.tokenize(t) for t in texts]
+
+        if sum(map(len, texts)) > _INLINE_CHARS:
+            return await self._on_vocab_thread(run)
+        with self._free_lock:
+            model = self._model
+            if model is None or self._freed or self._state is not EngineState.READY:
+                raise WorkerError(ErrorCode.OVERLOADED, "the model is not ready", retry_after=1)
+            try:
+                return run(model)
+            except UnicodeEncodeError as exc:
+                raise _not_unicode() from exc
 
     async def token_pieces(self, tokens: list[int]) -> list[bytes]:
         """Each token's bytes; ``INVALID_REQUEST`` for an id outside the vocabulary."""
@@ -234,9 +262,7 @@ class EmbeddingEngine:
         except RuntimeError as exc:
             raise not_ready from exc
         except UnicodeEncodeError as exc:
-            raise WorkerError(
-                ErrorCode.INVALID_REQUEST, "the text is not valid Unicode (a lone surrogate)"
-            ) from exc
+            raise _not_unicode() from exc
 
     # --- engine thread ----------------------------------------------------------------------
     def _thread_main(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None]) -> None:
@@ -370,6 +396,8 @@ class EmbeddingEngine:
             job.fail(error)
         if self._model is not None:
             self._vocab_thread.shutdown(wait=True, cancel_futures=True)
-            self._model.close()
+            with self._free_lock:
+                self._freed = True
+                self._model.close()
         if crash is None:
             self._state = EngineState.CLOSED

@@ -141,12 +141,26 @@ def _check_inputs(state: WorkerState, req: EmbeddingRequest) -> None:
             param=req.field,
         )
     for i, item in enumerate(req.inputs):
+        where = f"{req.field}[{i}]"
         if len(item) == 0:
             what = "an empty string" if isinstance(item, str) else "an empty token list"
-            where = f"{req.field}[{i}]"
             raise WorkerError(ErrorCode.INVALID_REQUEST, f"{where}: {what}", param=where)
+        if isinstance(item, str) and not item.isascii() and not _is_unicode(item):
+            raise WorkerError(
+                ErrorCode.INVALID_REQUEST,
+                f"{where}: not valid Unicode (a lone surrogate)",
+                param=where,
+            )
     n_chars = sum(len(item) for item in req.inputs if isinstance(item, str))
     state.limits.check_chars(n_chars)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _tokenize(embedder: EmbeddingEngine, req: EmbeddingRequest) -> list[list[int]]:

@@ -36,7 +36,8 @@ from gemma_worker.sessions.service import TurnRequest
 router = APIRouter(tags=["Ollama-compatible"])
 
 
-def _catalog(request: Request) -> ModelCatalog:
+async def _catalog(request: Request) -> ModelCatalog:
+    """Dependency (a coroutine, as :func:`~gemma_worker.api.deps.get_state`): the catalog."""
     catalog: ModelCatalog = request.app.state.model_catalog
     return catalog
 

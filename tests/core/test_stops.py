@@ -40,3 +40,11 @@ def test_flush_releases_held_text_at_end() -> None:
 def test_earliest_of_several_stops_wins() -> None:
     m = StopMatcher(["b", "a"])
     assert m.feed("xxab") == "xx"
+
+
+def test_the_matcher_says_which_stop_string_ended_the_text() -> None:
+    m = StopMatcher(["END", "\n\n"])
+    assert m.matched is None
+    assert m.feed("one\n") == "one"
+    assert m.feed("\nEND") == ""
+    assert m.stopped and m.matched == "\n\n"  # the earliest in the text, not the first listed

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from gemma_worker import __version__
+from gemma_worker.api.anthropic.routes import router as anthropic_router
 from gemma_worker.api.auth import AuthMiddleware
 from gemma_worker.api.body_limit import BodyLimitMiddleware
 from gemma_worker.api.errors import install_error_handlers
@@ -245,6 +246,7 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(openai_embed_router)
     app.include_router(ollama_router)
+    app.include_router(anthropic_router)
     app.include_router(ollama_embed_router)
     app.include_router(model_router)
     app.include_router(session_router)

@@ -13,6 +13,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from gemma_worker.api.anthropic.errors import (
+    anthropic_error_body,
+    anthropic_status,
+    is_anthropic_path,
+)
 from gemma_worker.api.ollama.errors import is_ollama_path, ollama_error_body, ollama_status
 from gemma_worker.api.openai.errors import is_openai_path, openai_error_body, openai_status
 from gemma_worker.core import events as ev
@@ -62,7 +67,9 @@ def dialect_error(
     path: str, exc: WorkerError, status: int | None = None, request_id: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     """The status and body of ``exc`` in the API dialect of ``path`` (``status`` overrides the
-    dialect's choice): OpenAI's, Ollama's, or the native protocol's."""
+    dialect's choice): OpenAI's, Anthropic's, Ollama's, or the native protocol's."""
+    if is_anthropic_path(path):
+        return status or anthropic_status(exc), anthropic_error_body(exc, status)
     if is_openai_path(path):
         return status or openai_status(exc), openai_error_body(exc, status)
     if is_ollama_path(path):

@@ -10,12 +10,14 @@ from __future__ import annotations
 class StopMatcher:
     """Feed generated text in pieces; get back what is safe to emit and whether a stop was hit."""
 
-    __slots__ = ("_held", "_stops", "stopped")
+    __slots__ = ("_held", "_stops", "matched", "stopped")
 
     def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        #: The stop string that was found (the earliest in the text), once :attr:`stopped`.
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         """Add ``text``; return the part that can be emitted now.
@@ -28,8 +30,9 @@ class StopMatcher:
         if not self._stops:
             return text
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self._stops if (i := buf.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: f[0])
             self.stopped = True
             self._held = ""
             return buf[:cut]

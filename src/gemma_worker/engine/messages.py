@@ -72,6 +72,8 @@ class Finished:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
+    #: The stop string that ended it (``None``: the end of turn, a length, a cancel).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

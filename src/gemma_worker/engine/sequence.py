@@ -118,6 +118,7 @@ class SequenceState:
                 tps = (self.n_generated - 1) / span
         return Finished(
             finish_reason=reason,
+            stop_sequence=self._stops.matched if reason == "stop" else None,
             usage=Usage(len(self.prompt_tokens), self.n_generated, self.n_cached),
             timings=Timings(
                 queue_ms=(self.started_at - submitted) * 1e3,

@@ -135,6 +135,39 @@ async def _start(state: WorkerState, req: GenerationRequest, use: ModelUse) -> G
     )
 
 
+async def count_input_tokens(state: WorkerState, req: GenerationRequest) -> tuple[str, int]:
+    """The model's id and how many tokens the prompt of ``req`` (a conversation, with its
+    tool instructions) takes, as a generation of it would count them in ``prompt_tokens``;
+    nothing is generated. The same checks as :func:`start_generation` before the model."""
+    state.lifecycle.admit()
+    source = req.input
+    if not isinstance(source, Conversation):
+        raise TypeError("only a conversation's tokens are counted")
+    spec = state.models.registry.resolve(req.model)
+    if not req.caller.may_use(spec.id, spec.aliases):
+        raise WorkerError(
+            ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
+        )
+    if spec.embeds_only:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"model '{spec.id}' is an embedding model: it does not generate text",
+            param="model",
+        )
+    use = await state.models.use_spec(spec)
+    try:
+        conv = _with_tools(source, req.output)
+        _check_size(use.limits, conv, req)
+        engine = use.engine
+        prompt = engine.renderer.render(conv)
+        tokens = await engine.tokenize(
+            prompt.text, add_special=prompt.add_special, parse_special=prompt.parse_special
+        )
+    finally:
+        use.release()
+    return spec.id, len(tokens)
+
+
 def _check_size(limits: RequestLimits, source: Input, req: GenerationRequest) -> None:
     """The character and message limits, before any costly step. A history that will be
     trimmed to fit does not count (a long session is not refused for its age)."""

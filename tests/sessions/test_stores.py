@@ -132,6 +132,30 @@ def test_concurrent_appends_are_not_interleaved(make_store: MakeStore) -> None:
         assert [t.user for t in turns if t.user[0] == tag] == [f"{tag}{i}" for i in range(50)]
 
 
+def test_records_are_owned_replaced_deleted_and_shared(make_store: MakeStore) -> None:
+    store, replica = make_store(), make_store()
+    store.put_record("response", "resp_1", '{"v": 1}', owner="alice")
+    assert replica.get_record("response", "resp_1", owner="alice") == '{"v": 1}'
+    assert store.get_record("response", "resp_1", owner="bob") is None
+    assert store.get_record("response", "resp_1", owner=None) is None
+    assert store.get_record("other-kind", "resp_1", owner="alice") is None
+    store.put_record("response", "resp_1", '{"v": 2}', owner="alice")
+    assert store.get_record("response", "resp_1", owner="alice") == '{"v": 2}'
+    assert not store.delete_record("response", "resp_1", owner="bob")
+    assert replica.delete_record("response", "resp_1", owner="alice")
+    assert store.get_record("response", "resp_1", owner="alice") is None
+    assert not store.delete_record("response", "resp_1", owner="alice")
+
+
+def test_records_expire_with_the_ttl(make_store: MakeStore) -> None:
+    store = make_store(ttl=0.3)
+    store.put_record("response", "resp_2", "{}", owner=None)
+    assert store.get_record("response", "resp_2", owner=None) == "{}"
+    time.sleep(0.5)
+    store.expire()
+    assert store.get_record("response", "resp_2", owner=None) is None
+
+
 def test_redis_expiry_is_the_ttl(redis_server: RedisServer) -> None:
     """Sessions in Redis expire by themselves: no sweep is needed for them to go."""
     store = RedisSessionStore(

@@ -28,6 +28,8 @@ from gemma_worker.api.ollama.embed import router as ollama_embed_router
 from gemma_worker.api.ollama.routes import router as ollama_router
 from gemma_worker.api.openai.embeddings import router as openai_embed_router
 from gemma_worker.api.openai.routes import router as openai_router
+from gemma_worker.api.responses.records import Running
+from gemma_worker.api.responses.routes import router as responses_router
 from gemma_worker.api.routes import router
 from gemma_worker.api.session_routes import router as session_router
 from gemma_worker.api.ui import BrowserRedirectMiddleware, load_assets, ui_router
@@ -227,6 +229,7 @@ def create_app(
     )
     app.state.worker = state
     app.state.model_catalog = ModelCatalog(state)
+    app.state.responses_running = Running()
     # The last added middleware is the outermost: metrics see everything, the Host check
     # runs before anything else can, the worker id sees what auth found, CORS answers
     # preflights before auth, auth runs before a body is read.
@@ -247,6 +250,7 @@ def create_app(
     app.include_router(openai_embed_router)
     app.include_router(ollama_router)
     app.include_router(anthropic_router)
+    app.include_router(responses_router)
     app.include_router(ollama_embed_router)
     app.include_router(model_router)
     app.include_router(session_router)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,9 @@ class StreamFormat:
     """How a dialect writes a stream: ``head`` are the records before the first event,
     ``encode`` turns an event into records (``Finished`` included; a cancelled one only with
     ``cancel_is_error=False``), ``error`` writes the one record a broken stream ends with,
-    ``done`` is a last record after success (SSE's ``[DONE]``)."""
+    ``done`` is a last record after success (SSE's ``[DONE]``). ``before_final`` is awaited
+    with the final ``Finished`` before it is encoded (a dialect that stores its answers does
+    so there, so that a client acting on the last record finds it stored)."""
 
     encode: Callable[[GenerationEvent], list[str]]
     error: Callable[[WorkerError], str]
@@ -104,6 +106,7 @@ class StreamFormat:
     done: str | None = None
     head: tuple[str, ...] = ()
     cancel_is_error: bool = True
+    before_final: Callable[[Finished], Awaitable[None]] | None = None
 
 
 async def stream(
@@ -135,6 +138,8 @@ async def stream(
                         state.metrics.error(str(failed.code))
                         yield fmt.error(failed)
                         return
+                    if isinstance(event, Finished) and fmt.before_final is not None:
+                        await fmt.before_final(event)
                     for record in fmt.encode(event):
                         yield record
             if fmt.done is not None:

@@ -61,6 +61,13 @@ return existed
 """
 
 
+# KEYS: record. ARGV: owner.
+_DELETE_RECORD = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
 def _owner(owner: str | None) -> str:
     return json.dumps(owner)
 
@@ -82,6 +89,7 @@ class RedisSessionStore:
         self._create = client.register_script(_CREATE)
         self._append = client.register_script(_APPEND)
         self._delete = client.register_script(_DELETE)
+        self._delete_record = client.register_script(_DELETE_RECORD)
 
     def _session(self, sid: str) -> str:
         return f"{self._p}session:{sid}"
@@ -249,6 +257,34 @@ class RedisSessionStore:
         for sid in ids:
             self._drop(sid, None, any_owner=True)
         return ids
+
+    def _record(self, kind: str, record_id: str) -> str:
+        return f"{self._p}record:{kind}:{record_id}"
+
+    def put_record(self, kind: str, record_id: str, data: str, *, owner: str | None) -> None:
+        """Keep ``data`` as the record ``record_id`` of ``kind`` (Redis expires it)."""
+        key = self._record(kind, record_id)
+
+        def write() -> None:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.hset(key, mapping={"owner": _owner(owner), "data": data})
+            pipe.pexpire(key, self._ttl_ms)
+            pipe.execute()
+
+        self._call(write)
+
+    def get_record(self, kind: str, record_id: str, *, owner: str | None) -> str | None:
+        """The record, or ``None`` when unknown, expired or another owner's."""
+        fields = self._call(lambda: self._r.hgetall(self._record(kind, record_id)))
+        if not fields or fields.get("owner") != _owner(owner):
+            return None
+        return str(fields["data"])
+
+    def delete_record(self, kind: str, record_id: str, *, owner: str | None) -> bool:
+        """Remove the record; whether it existed (for this owner)."""
+        keys, args = [self._record(kind, record_id)], [_owner(owner)]
+        return bool(self._call(lambda: self._delete_record(keys=keys, args=args)))
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -32,8 +32,9 @@ def _unavailable() -> WorkerError:
     )
 
 
-async def _off_loop(fn: Callable[[], T]) -> T:
-    """Run a store call on a thread; an unreachable shared store is ``OVERLOADED`` (503)."""
+async def off_loop(fn: Callable[[], T]) -> T:
+    """Run a blocking store call on a thread; an unreachable shared store is ``OVERLOADED``
+    (503)."""
     try:
         return await asyncio.to_thread(fn)
     except SharedStateError as exc:
@@ -135,7 +136,7 @@ class SessionService:
 
     async def model_of(self, session_id: str, owner: str | None = None) -> str | None:
         """The model a session was answered by (``None``: unknown session, or none kept)."""
-        info = await _off_loop(lambda: self.store.get(session_id, owner=owner))
+        info = await off_loop(lambda: self.store.get(session_id, owner=owner))
         return None if info is None else info.model
 
     async def begin(
@@ -170,14 +171,14 @@ class SessionService:
         plan = TurnPlan(sid, owner, False, Conversation(req.input, fmt), model=model)
         await self._claim(plan)
         try:
-            info = await _off_loop(lambda: self.store.get(sid, owner=owner))
+            info = await off_loop(lambda: self.store.get(sid, owner=owner))
             if info is None and req.may_create:
                 plan.is_new, plan.conversation = True, fresh
                 return plan
             if info is None:
                 raise _not_found(sid)
             _check_consistent(req, info, model)
-            turns = await _off_loop(lambda: self.store.turns(sid, owner=owner))
+            turns = await off_loop(lambda: self.store.turns(sid, owner=owner))
             if turns is None:
                 raise _not_found(sid)
         except BaseException:
@@ -229,25 +230,25 @@ class SessionService:
             turns = self.store.turns(session_id, owner=owner)
             return None if info is None or turns is None else (info, turns)
 
-        found = await _off_loop(read)
+        found = await off_loop(read)
         if found is None:
             raise _not_found(session_id)
         return found
 
     async def list_sessions(self, owner: str | None = None, limit: int = 100) -> list[SessionInfo]:
         """Sessions, most recently used first."""
-        return await _off_loop(lambda: self.store.list_sessions(owner=owner, limit=limit))
+        return await off_loop(lambda: self.store.list_sessions(owner=owner, limit=limit))
 
     async def delete(self, session_id: str, owner: str | None = None) -> None:
         """Delete a session; ``SESSION_NOT_FOUND`` when unknown."""
-        if not await _off_loop(lambda: self.store.delete(session_id, owner=owner)):
+        if not await off_loop(lambda: self.store.delete(session_id, owner=owner)):
             raise _not_found(session_id)
         self._forget(session_id)
 
     async def expire(self) -> int:
         """Delete expired sessions now; how many went."""
         busy = self._running()
-        expired = await _off_loop(lambda: self.store.expire(keep=busy))
+        expired = await off_loop(lambda: self.store.expire(keep=busy))
         for session_id in expired:
             self._forget(session_id)
         if expired:

@@ -35,6 +35,15 @@ CREATE TABLE IF NOT EXISTS turns (
     completion_tokens INTEGER NOT NULL,
     PRIMARY KEY (session_id, seq)
 );
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    owner TEXT,
+    data TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS records_updated ON records(updated);
 """
 
 _COLUMNS = "id, owner, system, format, created, updated, n_turns, n_tokens, model, title"
@@ -205,11 +214,41 @@ class SQLiteSessionStore:
                 ).fetchall()
                 ids = [r[0] for r in rows if r[0] not in keep]
                 self._db.executemany("DELETE FROM sessions WHERE id = ?", [(i,) for i in ids])
+                self._db.execute("DELETE FROM records WHERE updated < ?", (cutoff,))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         return ids
+
+    def put_record(self, kind: str, record_id: str, data: str, *, owner: str | None) -> None:
+        """Keep ``data`` as the record ``record_id`` of ``kind`` (expires with the TTL)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO records (kind, id, owner, data, updated) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (kind, record_id, owner, data, time.time()),
+            )
+
+    def get_record(self, kind: str, record_id: str, *, owner: str | None) -> str | None:
+        """The record, or ``None`` when unknown, expired or another owner's."""
+        cutoff = time.time() - self.ttl_seconds
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM records WHERE kind = ? AND id = ? AND owner IS ? "
+                "AND updated >= ?",
+                (kind, record_id, owner, cutoff),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def delete_record(self, kind: str, record_id: str, *, owner: str | None) -> bool:
+        """Remove the record; whether it existed (for this owner)."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM records WHERE kind = ? AND id = ? AND owner IS ?",
+                (kind, record_id, owner),
+            )
+            return cur.rowcount > 0
 
     def close(self) -> None:
         """Close the database."""

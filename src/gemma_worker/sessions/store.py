@@ -89,6 +89,19 @@ class SessionStore(Protocol):
         maximum count, except those in ``keep``; return the ids removed."""
         ...
 
+    def put_record(self, kind: str, record_id: str, data: str, *, owner: str | None) -> None:
+        """Keep ``data`` (a JSON document, e.g. a stored Responses API answer) as the record
+        ``record_id`` of ``kind``, replacing any; it expires like an idle session."""
+        ...
+
+    def get_record(self, kind: str, record_id: str, *, owner: str | None) -> str | None:
+        """The record, or ``None`` when unknown, expired or another owner's."""
+        ...
+
+    def delete_record(self, kind: str, record_id: str, *, owner: str | None) -> bool:
+        """Remove the record; whether it existed (for this owner)."""
+        ...
+
     def close(self) -> None:
         """Release the store's resources."""
         ...

@@ -12,6 +12,7 @@ OPENAI_PATHS = (
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
+    "/v1/responses",
     "/v1/models",
     "/tokenize",
     "/detokenize",
@@ -37,6 +38,7 @@ _TYPE = {
 
 _CODE = {
     ErrorCode.CONTEXT_OVERFLOW: "context_length_exceeded",
+    ErrorCode.SESSION_NOT_FOUND: "not_found",  # a stored response (the Responses API)
     ErrorCode.UNAUTHORIZED: "invalid_api_key",
     ErrorCode.RATE_LIMITED: "rate_limit_exceeded",
 }

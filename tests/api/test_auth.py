@@ -49,8 +49,10 @@ def call(worker: RunningWorker, method: str, path: str, **kw: Any) -> httpx.Resp
 
 
 def concrete(path: str) -> str:
-    return path.replace("{session_id}", "no-such-session").replace(
-        "{model_id:path}", "no-such-model"
+    return (
+        path.replace("{session_id}", "no-such-session")
+        .replace("{model_id:path}", "no-such-model")
+        .replace("{response_id}", "resp_nosuchresponse")
     )
 
 
@@ -63,6 +65,10 @@ BODIES: dict[str, dict[str, Any]] = {
     "/api/generate": {"prompt": PARIS_PROMPT, "options": {"num_predict": 2}, "stream": False},
     "/api/chat": {"messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 2}},
     "/api/show": {"model": "gemma3"},
+    "/v1/messages": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+    "/v1/messages/count_tokens": {"messages": [{"role": "user", "content": "Hi"}]},
+    "/v1/responses": {"input": "Hi", "max_output_tokens": 2},
+    "/v1/responses/input_tokens": {"input": "Hi"},
     "/models/load": {"model": "gemma3:270m"},
     "/models/unload": {"model": "gemma3:270m"},
 }
@@ -71,8 +77,12 @@ ADMIN_ONLY = {"/models/load", "/models/unload"}
 
 
 def error_code(response: httpx.Response) -> str:
-    """The code of a house, OpenAI or Ollama error body (Ollama's has only a message)."""
+    """The code of a house, OpenAI, Anthropic or Ollama error body (Ollama's has only a
+    message, Anthropic's a type)."""
     body = response.json()
+    if body.get("type") == "error":
+        kind = body["error"]["type"]
+        return "UNAUTHORIZED" if kind == "authentication_error" else str(kind)
     if isinstance(body.get("error"), str) and "code" not in body:
         return "UNAUTHORIZED" if "API key" in body["error"] else body["error"]
     code = body["error"]["code"] if isinstance(body.get("error"), dict) else body["code"]

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from gemma_worker.api.anthropic.errors import is_anthropic_path
 from gemma_worker.api.ollama.errors import is_ollama_path
 from gemma_worker.api.openai.errors import is_openai_path
 from tests.conftest import RunningWorker, make_settings, start_fake_worker
@@ -40,7 +41,10 @@ def check(worker: RunningWorker, case: schemathesis.Case) -> None:
     assert response.status_code < 500, (where, response.text)
     if response.status_code >= 400:
         body = response.json()
-        if is_openai_path(case.path):
+        if is_anthropic_path(case.path):
+            assert body["type"] == "error" and body["error"]["message"], where
+            assert body["error"]["type"], where
+        elif is_openai_path(case.path):
             assert body["error"]["message"] and body["error"]["type"], where
         elif is_ollama_path(case.path):
             assert isinstance(body["error"], str) and body["error"], where

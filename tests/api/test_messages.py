@@ -253,3 +253,32 @@ def test_errors_take_anthropics_status_and_type(code: str, status: int, kind: st
         "type": "error",
         "error": {"type": kind, "message": "message"},
     }
+
+
+def test_fields_the_sdk_may_send_are_accepted_and_a_resend_reads_the_cache(
+    ac: anthropic.Anthropic, wait_idle: None
+) -> None:
+    system = [
+        {"type": "text", "text": "You are a terse assistant for system administrators. " * 6},
+        {"type": "text", "text": "Answer in one line.", "cache_control": {"type": "ephemeral"}},
+    ]
+    args: dict[str, Any] = {
+        "model": "m",
+        "max_tokens": 4,
+        "system": system,
+        "messages": USER,
+        "metadata": {"user_id": "someone"},
+        "service_tier": "auto",
+        "extra_body": {
+            **GREEDY,
+            "thinking": {"type": "disabled"},
+            "speed": "fast",
+            "cache_control": {"type": "ephemeral"},
+        },
+    }
+    first = ac.messages.create(**args)
+    again = ac.messages.create(**args)
+    assert again.content[0].text == first.content[0].text  # type: ignore[union-attr]
+    assert (again.usage.cache_read_input_tokens or 0) > 32
+    total = first.usage.input_tokens + (first.usage.cache_read_input_tokens or 0)
+    assert again.usage.input_tokens + (again.usage.cache_read_input_tokens or 0) == total

@@ -289,3 +289,16 @@ def test_an_agents_sdk_agent_runs_a_function_tool_to_its_final_output(
     result = asyncio.run(run())
     assert len(calls) == 1
     assert result.final_output == f"The sum is {sum(calls[0])}."
+
+
+def test_text_format_json_object_answers_one_object(oa: openai.OpenAI) -> None:
+    r = oa.responses.create(
+        model="m",
+        input="Describe Paris as JSON.",
+        text={"format": {"type": "json_object"}},
+        max_output_tokens=120,
+        temperature=0,
+    )
+    assert r.status == "completed", r.status
+    assert isinstance(json.loads(r.output_text), dict)
+    assert r.text is not None and r.text.format.type == "json_object"  # type: ignore[union-attr]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_worker.api.auth import caller_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.embed_inputs import parse_inputs
+from gemma_worker.api.embed_json import vectors_json
 from gemma_worker.api.errors import error_response
 from gemma_worker.api.ollama.catalog import ollama_name
 from gemma_worker.api.ollama.routes import keep_alive_of
@@ -84,7 +84,7 @@ async def embed_route(body: EmbedBody, request: Request, state: State) -> Any:
         )
     except WorkerError as exc:
         return error_response(request, exc)
-    return _json(
+    return vectors_json(
         {
             "model": body.model or result.model,
             "embeddings": result.vectors,
@@ -119,11 +119,4 @@ async def embeddings_route(body: LegacyEmbedBody, request: Request, state: State
         )
     except WorkerError as exc:
         return error_response(request, exc)
-    return _json({"embedding": result.vectors[0]})
-
-
-def _json(body: dict[str, Any]) -> Response:
-    """``body`` as JSON, its float32 arrays serialised by orjson directly."""
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
-    )
+    return vectors_json({"embedding": result.vectors[0]})

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_worker.api.auth import caller_of
 from gemma_worker.api.deps import State
 from gemma_worker.api.embed_inputs import parse_inputs
+from gemma_worker.api.embed_json import vectors_json
 from gemma_worker.api.errors import error_response
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.runtime.embedding import EmbeddingRequest, Embeddings, embed
@@ -58,9 +58,7 @@ def encode(result: Embeddings, encoding_format: str) -> Response:
         "model": result.model,
         "usage": {"prompt_tokens": result.n_tokens, "total_tokens": result.n_tokens},
     }
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
-    )
+    return vectors_json(body)
 
 
 @router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible)")

@@ -59,7 +59,7 @@ def test_a_failure_takes_the_next_number_without_using_it_up() -> None:
     assert failed["sequence_number"] == len(events) and enc.failed(error) == failed
     assert failed["response"]["status"] == "failed"
     assert failed["response"]["error"] == {
-        "code": "overloaded",
+        "code": "server_error",
         "message": "the worker is shutting down",
     }
 

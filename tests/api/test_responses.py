@@ -216,6 +216,11 @@ def test_cancel_stops_a_running_response(worker: RunningWorker, oa: openai.OpenA
             "input[0].content[0]",
         ),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+        ({"input": [{"type": []}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": {}, "text": "x"}]}]},
+            "input[0].content[0]",
+        ),
         ({"previous_response_id": "../../etc/passwd"}, "previous_response_id"),
         ({"previous_response_id": "resp_0000"}, "previous_response_id"),
         ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [ADD]}, "tool_choice.name"),

@@ -156,6 +156,16 @@ def test_records_expire_with_the_ttl(make_store: MakeStore) -> None:
     assert store.get_record("response", "resp_2", owner=None) is None
 
 
+def test_sqlite_keeps_at_most_the_session_count_of_records(tmp_path: Path) -> None:
+    store = SQLiteSessionStore(tmp_path / "s.db", ttl_seconds=3600, max_sessions=2)
+    for i in range(4):
+        store.put_record("response", f"resp_{i}", "{}", owner=None)
+        time.sleep(0.01)
+    store.expire()
+    kept = [i for i in range(4) if store.get_record("response", f"resp_{i}", owner=None)]
+    assert kept == [2, 3]
+
+
 def test_redis_expiry_is_the_ttl(redis_server: RedisServer) -> None:
     """Sessions in Redis expire by themselves: no sweep is needed for them to go."""
     store = RedisSessionStore(

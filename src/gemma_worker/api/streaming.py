@@ -98,7 +98,8 @@ class StreamFormat:
     ``cancel_is_error=False``), ``error`` writes the one record a broken stream ends with,
     ``done`` is a last record after success (SSE's ``[DONE]``). ``before_final`` is awaited
     with the final ``Finished`` before it is encoded (a dialect that stores its answers does
-    so there, so that a client acting on the last record finds it stored)."""
+    so there, so that a client acting on the last record finds it stored). ``on_close`` is
+    called once the stream has ended, whichever way (its body closed)."""
 
     encode: Callable[[GenerationEvent], list[str]]
     error: Callable[[WorkerError], str]
@@ -107,6 +108,7 @@ class StreamFormat:
     head: tuple[str, ...] = ()
     cancel_is_error: bool = True
     before_final: Callable[[Finished], Awaitable[None]] | None = None
+    on_close: Callable[[], object] | None = None
 
 
 async def stream(
@@ -116,11 +118,15 @@ async def stream(
     it ends the stream as ``fmt.error``; the client leaving cancels the generation."""
     head = await first_decisive(gen, request)
     if head is None:
+        if fmt.on_close is not None:
+            fmt.on_close()
         return _client_left()
     taken, rest = head
     if isinstance(taken[-1], Failed):
         await rest.aclose()
         gen.release()
+        if fmt.on_close is not None:
+            fmt.on_close()
         return error_response(request, taken[-1].error, gen.request_id)
 
     async def body() -> AsyncIterator[str]:
@@ -150,6 +156,8 @@ async def stream(
             yield fmt.error(error)
         finally:
             gen.release()
+            if fmt.on_close is not None:
+                fmt.on_close()
 
     return guarded_stream(
         body(),

@@ -214,7 +214,11 @@ class SQLiteSessionStore:
                 ).fetchall()
                 ids = [r[0] for r in rows if r[0] not in keep]
                 self._db.executemany("DELETE FROM sessions WHERE id = ?", [(i,) for i in ids])
-                self._db.execute("DELETE FROM records WHERE updated < ?", (cutoff,))
+                self._db.execute(
+                    "DELETE FROM records WHERE updated < ? OR rowid IN (SELECT rowid FROM "
+                    "records ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                    (cutoff, self.max_sessions),
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise

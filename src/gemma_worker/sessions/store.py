@@ -91,7 +91,8 @@ class SessionStore(Protocol):
 
     def put_record(self, kind: str, record_id: str, data: str, *, owner: str | None) -> None:
         """Keep ``data`` (a JSON document, e.g. a stored Responses API answer) as the record
-        ``record_id`` of ``kind``, replacing any; it expires like an idle session."""
+        ``record_id`` of ``kind``, replacing any; it expires like an idle session (and in
+        SQLite, beyond the session count, the least recently written go first)."""
         ...
 
     def get_record(self, kind: str, record_id: str, *, owner: str | None) -> str | None:

@@ -112,6 +112,11 @@ def conversation(
     """The Gemma conversation of a Messages request."""
     if not messages:
         raise _invalid("messages", "must not be empty")
+    if messages[-1].role == "assistant":
+        raise _invalid(
+            f"messages[{len(messages) - 1}]",
+            "a final assistant turn (prefilling the answer) is not supported: end with a user turn",
+        )
     return to_conversation(to_openai(system_text(system), messages))
 
 

@@ -17,7 +17,7 @@ from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
-from gemma_worker.engine.messages import Finished, Started, Text
+from gemma_worker.engine.messages import Finished, Queued, Started, Text, Trimmed
 from gemma_worker.runtime.generation import GenerationEvent
 from gemma_worker.runtime.pipeline import count_input_tokens, start_generation
 from gemma_worker.runtime.request import GenerationRequest
@@ -61,6 +61,8 @@ async def messages(body: MessagesRequest, request: Request, state: State) -> Any
         return await answer_whole(gen, request, on_event, encoder.response)
 
     def encode(event: GenerationEvent) -> list[str]:
+        if isinstance(event, Queued | Trimmed):  # message_start waits for the prompt's usage
+            return []
         out = encoder.start(event if isinstance(event, Started) else None)
         if isinstance(event, Text | ToolCallStart | ToolCallArguments):
             out += encoder.add(event)

@@ -58,7 +58,11 @@ def _text(content: Any, where: str) -> str:
     parts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
+        if (
+            not isinstance(kind, str)
+            or kind not in _TEXT_PARTS
+            or not isinstance(part.get("text"), str)
+        ):
             shown = kind if isinstance(kind, str) else "that"
             raise invalid(f"{where}[{j}]", f"{shown} content is not supported (text only)")
         parts.append(part["text"])
@@ -82,6 +86,8 @@ def to_openai(instructions: str | None, items: list[Item]) -> list[oa.Message]:
         if not isinstance(item, dict):
             raise invalid(where, "must be an object")
         kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise invalid(f"{where}.type", "must be a string")
         if kind == "message":
             role = item.get("role")
             text = _text(item.get("content", ""), f"{where}.content")

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemma_worker.api.openai.errors import openai_error
+from gemma_worker.api.openai.errors import openai_error, openai_status
 from gemma_worker.api.responses.types import ResponsesRequest
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
@@ -26,7 +26,7 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     """The Responses API's usage (cached prompt tokens are counted in ``input_tokens``)."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens,
@@ -269,5 +269,13 @@ class ResponseEncoder:
 
 
 def _error_json(error: WorkerError) -> dict[str, Any]:
-    body = openai_error(error)
-    return {"code": body["code"], "message": body["message"]}
+    """A failed response's ``error``, its ``code`` one of those the SDK's type lists."""
+    status = openai_status(error)
+    code = (
+        "rate_limit_exceeded"
+        if status == 429
+        else "server_error"
+        if status >= 500
+        else ("invalid_prompt")
+    )
+    return {"code": code, "message": openai_error(error)["message"]}

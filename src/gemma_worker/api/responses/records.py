@@ -62,14 +62,13 @@ async def delete(store: SessionStore, response_id: str, owner: str | None) -> bo
 @dataclass(eq=False)
 class Running:
     """The answers being generated in this process, by response id (for ``cancel`` and a
-    ``GET`` of one still in progress)."""
+    ``GET`` of one still in progress). An entry stays until its answer is stored (or its
+    request has ended otherwise), so a ``GET`` always finds one or the other."""
 
     _by_id: dict[str, tuple[str | None, Generation, ResponseEncoder]] = field(default_factory=dict)
 
     def add(self, owner: str | None, gen: Generation, encoder: ResponseEncoder) -> None:
-        """``encoder``'s answer runs as ``gen`` (those that ended are forgotten now)."""
-        for rid in [r for r, (_, g, _) in self._by_id.items() if g.handle.done]:
-            del self._by_id[rid]
+        """``encoder``'s answer runs as ``gen`` until :meth:`remove` (once it is stored)."""
         self._by_id[encoder.id] = (owner, gen, encoder)
 
     def remove(self, response_id: str) -> None:
@@ -79,9 +78,6 @@ class Running:
     def get(self, response_id: str, owner: str | None) -> tuple[Generation, ResponseEncoder] | None:
         """The running answer, if it is ``owner``'s."""
         found = self._by_id.get(response_id)
-        if found is not None and found[1].handle.done:
-            self.remove(response_id)
-            return None
         if found is None or found[0] != owner:
             return None
         return found[1], found[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,6 +32,7 @@ from gemma_worker.runtime.pipeline import count_input_tokens, start_generation
 from gemma_worker.runtime.request import GenerationRequest
 from gemma_worker.runtime.state import WorkerState
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["OpenAI-compatible"])
 
 
@@ -85,14 +87,21 @@ async def create(body: ResponsesRequest, request: Request, state: State) -> Any:
     running.add(owner, gen, encoder)
 
     async def keep(finished: Finished) -> dict[str, Any]:
+        """The answer, stored when asked; a store that fails costs the storing, not the
+        answer (it goes out with ``store: false``)."""
         answer = encoder.response(encoder.status_of(finished), finished)
         if body.store:
             stored = records.StoredResponse(answer, items + encoder.output_items())
-            await records.save(state.sessions.store, stored, owner)
+            try:
+                await records.save(state.sessions.store, stored, owner)
+            except Exception:
+                log.exception("could not store a response", extra={"response_id": encoder.id})
+                encoder.body = body.model_copy(update={"store": False})
+                answer = encoder.response(encoder.status_of(finished), finished)
         return answer
 
-    try:
-        if not body.stream:
+    if not body.stream:
+        try:
 
             def on_event(event: GenerationEvent) -> None:
                 if isinstance(event, Text | ToolCallStart | ToolCallArguments):
@@ -104,36 +113,31 @@ async def create(body: ResponsesRequest, request: Request, state: State) -> Any:
             whole = await answer_whole(gen, request, on_event, final, cancel_is_error=False)
             if not isinstance(whole, Finished):
                 return whole  # the error response, or the one for a client that left
-            try:
-                return await keep(whole)
-            except WorkerError as exc:
-                return error_response(request, exc)
-
-        async def before_final(finished: Finished) -> None:
-            try:
-                await keep(finished)
-            except WorkerError:  # the answer still goes out; it is just not stored
-                encoder.body = body.model_copy(update={"store": False})
-
-        def encode(event: GenerationEvent) -> list[str]:
-            if isinstance(event, Text | ToolCallStart | ToolCallArguments):
-                return [sse(e) for e in encoder.add(event)]
-            if isinstance(event, Finished):
-                return [sse(e) for e in encoder.finish(event)]
-            return []
-
-        fmt = StreamFormat(
-            encode=encode,
-            error=lambda error: sse(encoder.failed(error)),
-            media_type="text/event-stream",
-            head=tuple(sse(e) for e in encoder.start()),
-            cancel_is_error=False,
-            before_final=before_final,
-        )
-        return await stream(gen, request, state, fmt)
-    finally:
-        if not body.stream:  # a stream's entry goes once its generation is done
+            return await keep(whole)
+        finally:
             running.remove(encoder.id)
+
+    async def before_final(finished: Finished) -> None:
+        await keep(finished)
+        running.remove(encoder.id)  # stored: a GET finds it there from now on
+
+    def encode(event: GenerationEvent) -> list[str]:
+        if isinstance(event, Text | ToolCallStart | ToolCallArguments):
+            return [sse(e) for e in encoder.add(event)]
+        if isinstance(event, Finished):
+            return [sse(e) for e in encoder.finish(event)]
+        return []
+
+    fmt = StreamFormat(
+        encode=encode,
+        error=lambda error: sse(encoder.failed(error)),
+        media_type="text/event-stream",
+        head=tuple(sse(e) for e in encoder.start()),
+        cancel_is_error=False,
+        before_final=before_final,
+        on_close=lambda: running.remove(encoder.id),
+    )
+    return await stream(gen, request, state, fmt)
 
 
 @router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")

@@ -199,6 +199,7 @@ def test_missing_max_tokens_is_a_bad_request(ac: anthropic.Anthropic) -> None:
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
         ({"tool_choice": {"type": "tool", "name": "nope"}, "tools": [ADD]}, "tool_choice.name"),
         ({"max_tokens": 0}, "max_tokens"),
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),
         ({"messages": [*USER, {"role": "assistant", "content": "Paris"}]}, "messages[1]"),
     ],
 )

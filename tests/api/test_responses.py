@@ -225,6 +225,7 @@ def test_cancel_stops_a_running_response(worker: RunningWorker, oa: openai.OpenA
         ({"previous_response_id": "resp_0000"}, "previous_response_id"),
         ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [ADD]}, "tool_choice.name"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"tool_choice": "required"}, "tool_choice"),
     ],
 )
 def test_bad_requests_are_400s_naming_the_field(

@@ -27,6 +27,7 @@ KEYS = [
     "busy-key-0123456789",
     "limit-key-0123456789",
     "concurrent-key-0123456789",
+    "responses-key-0123456789",
 ]
 COUNTING = "Count from 1 to 100: 1, 2, 3, 4,"
 
@@ -299,3 +300,29 @@ def test_the_limits_hold_across_replicas(cluster: Cluster) -> None:
         execute(cluster, "stream-key-0123456789", {"input": "Hi", "max_tokens": 1}).status_code
         == 200
     )
+
+
+def test_a_stored_response_is_continued_and_deleted_on_the_other_replica(cluster: Cluster) -> None:
+    """Responses API answers live in Redis: replica b continues, reads and deletes what
+    replica a answered."""
+    key = "responses-key-0123456789"
+    a, b = (
+        openai.OpenAI(base_url=f"{cluster.replica(n).http}/v1", api_key=key, max_retries=0)
+        for n in ("a", "b")
+    )
+    with a, b:
+        first = a.responses.create(model="m", input=COUNTING, max_output_tokens=4, temperature=0)
+        second = b.responses.create(
+            model="m",
+            input="Go on.",
+            previous_response_id=first.id,
+            max_output_tokens=4,
+            temperature=0,
+        )
+        assert second.usage is not None and first.usage is not None
+        assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+        assert b.responses.retrieve(first.id).output_text == first.output_text
+        b.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            a.responses.retrieve(first.id)
+        assert a.responses.retrieve(second.id).previous_response_id == first.id

@@ -142,6 +142,8 @@ def output(
 ) -> Output | None:
     """What the answer must be: tool calls, JSON for ``output_config.format``, or free text."""
     fmt = config.format if config is not None else None
+    if not tools and choice is not None and choice.type in ("any", "tool"):
+        raise _invalid("tool_choice", f"'{choice.type}' needs tools, and none are offered")
     if tools and not (choice is not None and choice.type == "none"):
         if fmt is not None:
             raise _invalid("output_config.format", "cannot be combined with tools")

@@ -154,6 +154,8 @@ def output(body: ResponsesRequest, tools: list[FunctionTool]) -> Output | None:
     """What the answer must be: tool calls, JSON for ``text.format``, or free text."""
     fmt = body.text.format if body.text is not None else None
     choice = body.tool_choice
+    if not tools and (choice == "required" or isinstance(choice, NamedFunctionChoice)):
+        raise invalid("tool_choice", "a required or named call needs tools, and none are offered")
     if tools and choice != "none":
         if fmt is not None and fmt.type != "text":
             raise invalid("text.format", "cannot be combined with tools")

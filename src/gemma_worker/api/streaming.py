@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,13 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _CANCELLED = WorkerError(
     ErrorCode.OVERLOADED, "the generation was cancelled: the worker is shutting down", retry_after=5
 )
+
+
+def named_sse(event: dict[str, Any]) -> str:
+    """One server-sent event named by the object's ``type`` (Anthropic's and the Responses
+    API's streams)."""
+    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {data}\n\n"
 
 
 def _client_left() -> Response:

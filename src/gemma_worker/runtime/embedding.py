@@ -72,10 +72,7 @@ async def embed(state: WorkerState, req: EmbeddingRequest) -> Embeddings:
     state.lifecycle.admit()
     _check_inputs(state, req)
     spec = state.models.registry.resolve_embedding(req.model)
-    if not req.caller.may_use(spec.id, spec.aliases):
-        raise WorkerError(
-            ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
-        )
+    req.caller.check_may_use(spec)
     use = await state.models.use_spec(spec, embed=True)
     try:
         embedder = use.embedder

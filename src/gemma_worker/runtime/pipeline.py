@@ -26,6 +26,7 @@ from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.prompt import Prompt
 from gemma_worker.runtime.generation import Generation
 from gemma_worker.runtime.models import ModelUse
+from gemma_worker.runtime.registry import ModelSpec
 from gemma_worker.runtime.request import GenerationRequest, Input, Output, RawPrompt
 from gemma_worker.runtime.state import WorkerState
 from gemma_worker.sessions.service import TurnPlan, TurnRequest
@@ -45,23 +46,26 @@ async def start_generation(state: WorkerState, req: GenerationRequest) -> Genera
     name = req.model
     if not name and isinstance(source, TurnRequest) and source.session_id and not source.stateless:
         name = await state.sessions.model_of(source.session_id, req.caller.owner)
-    spec = state.models.registry.resolve(name)
-    if not req.caller.may_use(spec.id, spec.aliases):
-        raise WorkerError(
-            ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
-        )
-    if spec.embeds_only:
-        raise WorkerError(
-            ErrorCode.INVALID_REQUEST,
-            f"model '{spec.id}' is an embedding model: it does not generate text",
-            param="model",
-        )
+    spec = _generative_spec(state, req, name)
     use = await state.models.use_spec(spec, req.on_loading)
     try:
         return await _start(state, req, use)
     except BaseException:
         use.release()
         raise
+
+
+def _generative_spec(state: WorkerState, req: GenerationRequest, name: str | None) -> ModelSpec:
+    """The model ``name`` resolves to, if the caller's key may use it and it generates."""
+    spec = state.models.registry.resolve(name)
+    req.caller.check_may_use(spec)
+    if spec.embeds_only:
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST,
+            f"model '{spec.id}' is an embedding model: it does not generate text",
+            param="model",
+        )
+    return spec
 
 
 async def _start(state: WorkerState, req: GenerationRequest, use: ModelUse) -> Generation:
@@ -143,17 +147,7 @@ async def count_input_tokens(state: WorkerState, req: GenerationRequest) -> tupl
     source = req.input
     if not isinstance(source, Conversation):
         raise TypeError("only a conversation's tokens are counted")
-    spec = state.models.registry.resolve(req.model)
-    if not req.caller.may_use(spec.id, spec.aliases):
-        raise WorkerError(
-            ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
-        )
-    if spec.embeds_only:
-        raise WorkerError(
-            ErrorCode.INVALID_REQUEST,
-            f"model '{spec.id}' is an embedding model: it does not generate text",
-            param="model",
-        )
+    spec = _generative_spec(state, req, req.model)
     use = await state.models.use_spec(spec)
     try:
         conv = _with_tools(source, req.output)

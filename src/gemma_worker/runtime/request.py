@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gemma_worker.core.conversation import Conversation
+from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec
 from gemma_worker.core.response_format import JsonObjectFormat, JsonSchemaFormat, TextFormat
 from gemma_worker.core.sampling import SamplingRequest
@@ -56,6 +57,13 @@ class Caller:
         """Whether the caller's key may use the model ``model_id`` (also known as
         ``aliases``)."""
         return self.models is None or not self.models.isdisjoint((model_id, *aliases))
+
+    def check_may_use(self, spec: ModelSpec) -> None:
+        """``FORBIDDEN`` naming ``model`` unless the caller's key may use ``spec``."""
+        if not self.may_use(spec.id, spec.aliases):
+            raise WorkerError(
+                ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from gemma_worker.api.anthropic.types import (
     Block,
     ImageBlock,
@@ -27,6 +25,7 @@ from gemma_worker.api.anthropic.types import (
 )
 from gemma_worker.api.openai import types as oa
 from gemma_worker.api.openai.chat import to_conversation
+from gemma_worker.api.tool_params import parse_tools
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec
@@ -123,18 +122,7 @@ def conversation(
 def tool_params(tools: list[dict[str, Any]] | None) -> list[ToolParam]:
     """The client tools; a server tool (``web_search_...``, ``bash_...``) or a malformed one is
     ``INVALID_REQUEST`` naming it."""
-    out = []
-    for i, raw in enumerate(tools or []):
-        kind = raw.get("type") if isinstance(raw, dict) else None
-        if kind not in (None, "custom"):
-            raise _invalid(f"tools[{i}].type", f"tool type '{kind}' is not supported")
-        try:
-            out.append(ToolParam.model_validate(raw))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in (f"tools[{i}]", *first.get("loc", ())))
-            raise _invalid(where, first.get("msg", "invalid")) from exc
-    return out
+    return parse_tools(tools, ToolParam, types=(None, "custom"))
 
 
 def output(

@@ -23,12 +23,6 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
-def sse(event: dict[str, Any]) -> str:
-    """One named server-sent event (the name is the object's ``type``)."""
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n"
-
-
 @dataclass
 class _Block:
     kind: str  # "text" or "tool_use"

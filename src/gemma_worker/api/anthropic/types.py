@@ -107,14 +107,22 @@ class OutputConfig(BaseModel):
     format: JsonOutputFormat | None = None
 
 
-class MessagesRequest(BaseModel):
-    """``POST /v1/messages``."""
+class CountTokensRequest(BaseModel):
+    """``POST /v1/messages/count_tokens``: what makes a prompt (no ``max_tokens``)."""
 
     model_config = _BODY
     model: str | None = None
-    max_tokens: Annotated[int, Field(ge=1)]
     messages: Annotated[list[MessageParam], Field(max_length=MAX_MESSAGES)]
     system: str | list[TextBlock] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
+
+
+class MessagesRequest(CountTokensRequest):
+    """``POST /v1/messages``: the prompt's fields, then the answer's."""
+
+    max_tokens: Annotated[int, Field(ge=1)]
     stop_sequences: (
         Annotated[
             list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_LENGTH)]],
@@ -125,20 +133,5 @@ class MessagesRequest(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: ToolChoice | None = None
-    output_config: OutputConfig | None = None
     metadata: dict[str, Any] | None = None
     stream: bool = False
-
-
-class CountTokensRequest(BaseModel):
-    """``POST /v1/messages/count_tokens``: the request without ``max_tokens``."""
-
-    model_config = _BODY
-    model: str | None = None
-    messages: Annotated[list[MessageParam], Field(max_length=MAX_MESSAGES)]
-    system: str | list[TextBlock] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: ToolChoice | None = None
-    output_config: OutputConfig | None = None

@@ -50,10 +50,7 @@ async def _load(state: WorkerState, request: Request, name: str, keep: float | N
     ``keep_alive: 0``; its Ollama name."""
     state.lifecycle.admit()
     spec = state.models.registry.resolve_embedding(name)
-    if not caller_of(request.scope).may_use(spec.id, spec.aliases):
-        raise WorkerError(
-            ErrorCode.FORBIDDEN, f"this API key may not use model '{spec.id}'", param="model"
-        )
+    caller_of(request.scope).check_may_use(spec)
     if keep == 0:
         await state.models.unload(spec.id)
     else:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import ValidationError
-
 from gemma_worker.api.openai import types as oa
 from gemma_worker.api.openai.chat import to_conversation
 from gemma_worker.api.responses.types import FunctionTool, NamedFunctionChoice, ResponsesRequest
+from gemma_worker.api.tool_params import parse_tools
 from gemma_worker.core.conversation import Conversation
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.json_schema import ToolSpec
@@ -136,18 +135,7 @@ def conversation(instructions: str | None, items: list[Item]) -> Conversation:
 def function_tools(tools: list[dict[str, Any]] | None) -> list[FunctionTool]:
     """The function tools; any other type (``web_search``, ``file_search``, ``mcp``...) is
     ``INVALID_REQUEST`` naming it."""
-    out = []
-    for i, raw in enumerate(tools or []):
-        kind = raw.get("type") if isinstance(raw, dict) else None
-        if kind != "function":
-            raise invalid(f"tools[{i}].type", f"tool type '{kind}' is not supported")
-        try:
-            out.append(FunctionTool.model_validate(raw))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in (f"tools[{i}]", *first.get("loc", ())))
-            raise invalid(where, first.get("msg", "invalid")) from exc
-    return out
+    return parse_tools(tools, FunctionTool, types=("function",))
 
 
 def output(body: ResponsesRequest, tools: list[FunctionTool]) -> Output | None:

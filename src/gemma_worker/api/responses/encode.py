@@ -3,7 +3,6 @@ items, and the stream's typed events, each with its ``sequence_number``."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,12 +30,6 @@ def usage_json(usage: Usage) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens,
     }
-
-
-def sse(event: dict[str, Any]) -> str:
-    """One named server-sent event."""
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n"
 
 
 @dataclass

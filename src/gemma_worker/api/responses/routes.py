@@ -20,9 +20,9 @@ from gemma_worker.api.responses.convert import (
     invalid,
     output,
 )
-from gemma_worker.api.responses.encode import ResponseEncoder, sse
+from gemma_worker.api.responses.encode import ResponseEncoder
 from gemma_worker.api.responses.types import ResponsesRequest
-from gemma_worker.api.streaming import StreamFormat, answer_whole, stream
+from gemma_worker.api.streaming import StreamFormat, answer_whole, named_sse, stream
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.core.sampling import LengthRule, SamplingRequest
 from gemma_worker.core.tool_stream import ToolCallArguments, ToolCallStart
@@ -123,16 +123,16 @@ async def create(body: ResponsesRequest, request: Request, state: State) -> Any:
 
     def encode(event: GenerationEvent) -> list[str]:
         if isinstance(event, Text | ToolCallStart | ToolCallArguments):
-            return [sse(e) for e in encoder.add(event)]
+            return [named_sse(e) for e in encoder.add(event)]
         if isinstance(event, Finished):
-            return [sse(e) for e in encoder.finish(event)]
+            return [named_sse(e) for e in encoder.finish(event)]
         return []
 
     fmt = StreamFormat(
         encode=encode,
-        error=lambda error: sse(encoder.failed(error)),
+        error=lambda error: named_sse(encoder.failed(error)),
         media_type="text/event-stream",
-        head=tuple(sse(e) for e in encoder.start()),
+        head=tuple(named_sse(e) for e in encoder.start()),
         cancel_is_error=False,
         before_final=before_final,
         on_close=lambda: running.remove(encoder.id),

@@ -141,6 +141,19 @@ class Settings(BaseSettings):
         "this many times a decode-only step: the streams' token gap while a long prompt is "
         "processed.",
     )
+    speculation: bool = Field(
+        default=True,
+        description="Draft-free speculative decoding: each decoding request drafts tokens from "
+        "its prompt and its own output (n-gram lookup) and they are verified in the same step; "
+        "answers that repeat their input come out several times faster. Outputs are the same "
+        "with it off; it switches itself off for a request whose drafts keep failing.",
+    )
+    max_draft: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Most draft tokens one request verifies in a step (speculation).",
+    )
     max_queue: int = Field(
         default=64,
         ge=0,

@@ -2,7 +2,8 @@
 
 import pytest
 
-from gemma_worker.core.embed_batching import CostModel, EmbedPacer, PendingInputs, Pick, pack
+from gemma_worker.core.embed_batching import EmbedPacer, PendingInputs, Pick, pack
+from gemma_worker.core.step_cost import CostModel
 
 
 def test_inputs_are_taken_round_robin_across_requests() -> None:

@@ -1,10 +1,16 @@
-"""Draft-free speculation's decisions on plain data: n-gram drafts, the adaptive length and
-the speculative-sampling rule (exact output distribution)."""
+"""Draft-free speculation's decisions on plain data: n-gram drafts, the adaptive length, and
+how a step's room for drafts is shared with the step cost model."""
 
-import numpy as np
 import pytest
 
-from gemma_worker.core.speculation import DraftLength, NgramDrafter, accept_draft
+from gemma_worker.core.scheduling import SlotView, plan_step
+from gemma_worker.core.speculation import (
+    DraftLength,
+    NgramDrafter,
+    break_even,
+    grant_drafts,
+)
+from gemma_worker.core.step_cost import CostModel
 
 
 def test_a_repeated_span_is_drafted_from_its_earlier_occurrence() -> None:
@@ -51,26 +57,51 @@ def test_the_length_follows_acceptance_and_failing_drafts_switch_it_off() -> Non
     length.observe(0, 0)  # nothing drafted: nothing learned
 
 
-def test_accepting_a_point_mass_draft_keeps_the_models_distribution_exactly() -> None:
-    probs = np.array([0.5, 0.3, 0.15, 0.05])
-    for draft in range(len(probs)):
-        # P(emit y) = P(accept) [y = draft] + P(reject) * rest(y), integrated over u
-        rest = probs.copy()
-        rest[draft] = 0
-        rest /= rest.sum()
-        exact = np.where(np.arange(4) == draft, probs[draft], 0) + (1 - probs[draft]) * rest
-        assert np.allclose(exact, probs)
-        # and the function draws it: many draws, tight bounds
-        rng = np.random.default_rng(draft)
-        counts = np.zeros(4)
-        n = 40_000
-        for _ in range(n):
-            _, token = accept_draft(probs, draft, float(rng.random()), rng)
-            counts[token] += 1
-        assert np.max(np.abs(counts / n - probs)) < 0.01
+def _cost(fixed: float, per_token: float) -> CostModel:
+    cost = CostModel()
+    for n in (1, 2, 4, 8, 16):
+        cost.observe(n, fixed + per_token * n)
+    return cost
 
 
-def test_a_certain_draft_is_always_accepted() -> None:
-    rng = np.random.default_rng(0)
-    assert accept_draft(np.array([0.0, 1.0, 0.0]), 1, 0.999, rng) == (True, 1)
-    assert accept_draft(np.array([0.2, 0.8, 0.0]), 2, 0.0, rng)[0] is False
+def test_the_break_even_acceptance_grows_with_the_streams_in_the_step() -> None:
+    cost = _cost(fixed=0.008, per_token=0.0005)
+    assert break_even(cost, 1) == pytest.approx(0.0005 / 0.0085)
+    assert break_even(cost, 16) == pytest.approx(0.008 / 0.016)
+    assert break_even(CostModel(), 4) == 0.0  # nothing known: drafts are tried
+
+
+def test_drafts_go_where_they_pay_best_first_within_the_step_budget() -> None:
+    cost = _cost(fixed=0.0085, per_token=0.001)
+    wants = {0: 8, 1: 8, 2: 8}
+    acceptance = {0: 0.9, 1: 0.5, 2: 0.1, 3: 0.0}  # slot 3 decodes without a draft
+    # 4 rows: 12.5 ms plain, break-even 0.32; budget (1.5 - 1) * 12.5 / 1 = 6 tokens
+    granted = grant_drafts(wants, acceptance, cost, room=100)
+    assert granted == {0: 6}
+    assert grant_drafts(wants, acceptance, cost, room=100, step_factor=3.0) == {0: 8, 1: 8}
+    assert grant_drafts(wants, acceptance, cost, room=3) == {0: 3}  # the batch's room
+    # nothing known of the costs yet: every draft is tried, within the room
+    assert grant_drafts(wants, acceptance, CostModel(), room=20) == {0: 8, 1: 8, 2: 4}
+
+
+def test_a_draft_widens_its_decoders_entry_and_comes_out_of_the_prefill_budget() -> None:
+    slots = [
+        SlotView(slot=0, order=1, prefill_remaining=0, draft=5),
+        SlotView(slot=1, order=2, prefill_remaining=0),
+        SlotView(slot=2, order=3, prefill_remaining=100),
+    ]
+    seen: list[int] = []
+
+    def beside(n: int) -> int:
+        seen.append(n)
+        return 20
+
+    plan = plan_step(slots, 64, beside)
+    assert [(e.slot, e.n_tokens, e.prefill) for e in plan] == [
+        (0, 6, False),
+        (1, 1, False),
+        (2, 20, True),
+    ]
+    assert seen == [7]  # the prefill budget is asked for beside all 7 decoding tokens
+    plan = plan_step(slots, 10, beside)
+    assert plan[-1].n_tokens == 3  # the batch's size bounds prefill after the drafts

@@ -25,6 +25,12 @@ class TimingsBody(BaseModel):
     ttft_ms: float | None
     tokens_per_second: float | None
     total_ms: float
+    draft_tokens: int = Field(
+        default=0, description="Speculation: tokens drafted from the context and verified."
+    )
+    accepted_tokens: int = Field(
+        default=0, description="Draft tokens that stood (each saved a decoding step)."
+    )
 
 
 class ExecuteResponse(BaseModel):

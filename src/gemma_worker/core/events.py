@@ -27,7 +27,7 @@ def usage_json(usage: Usage) -> dict[str, int]:
     }
 
 
-def timings_json(timings: Timings) -> dict[str, float | None]:
+def timings_json(timings: Timings) -> dict[str, float | int | None]:
     """The native protocol's form of :class:`Timings`, rounded for humans."""
 
     def r(value: float | None) -> float | None:
@@ -38,6 +38,8 @@ def timings_json(timings: Timings) -> dict[str, float | None]:
         "ttft_ms": r(timings.ttft_ms),
         "tokens_per_second": r(timings.tokens_per_second),
         "total_ms": r(timings.total_ms),
+        "draft_tokens": timings.draft_tokens,
+        "accepted_tokens": timings.accepted_tokens,
     }
 
 

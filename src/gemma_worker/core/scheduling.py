@@ -24,6 +24,8 @@ class SlotView:
     prefill_remaining: int
     #: A decoding sequence whose consumer is behind; it sits this step out.
     paused: bool = False
+    #: Draft tokens a decoding sequence verifies beside its next token (speculation).
+    draft: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +40,11 @@ class StepEntry:
 def plan_step(
     slots: Sequence[SlotView], n_batch: int, prefill_beside: Callable[[int], int]
 ) -> list[StepEntry]:
-    """Choose this step's batch: all unpaused decoders, in slot order, then prefill chunks.
+    """Choose this step's batch: all unpaused decoders, in slot order (each its next token
+    and its draft), then prefill chunks.
 
-    A prompt alone gets the whole batch. Beside ``n`` decoding streams, prefill gets at most
-    ``prefill_beside(n)`` tokens, so the streams keep flowing.
+    A prompt alone gets the whole batch. Beside ``n`` decoding tokens (drafts included),
+    prefill gets at most ``prefill_beside(n)`` tokens, so the streams keep flowing.
 
     Slot order matters: with a KV buffer per slot, llama.cpp splits a batch into micro-batches
     of *consecutive* sequence ids in the order their tokens appear, and runs the whole model
@@ -49,13 +52,14 @@ def plan_step(
     across slots) would cost several forward passes per step instead of one.
     """
     plan = [
-        StepEntry(s.slot, 1, prefill=False)
+        StepEntry(s.slot, 1 + s.draft, prefill=False)
         for s in sorted(slots, key=lambda s: s.slot)
         if s.prefill_remaining == 0 and not s.paused
     ]
-    budget = n_batch - len(plan)
+    n_decode = sum(e.n_tokens for e in plan)
+    budget = n_batch - n_decode
     if plan:
-        budget = min(budget, prefill_beside(len(plan)))
+        budget = min(budget, prefill_beside(n_decode))
     for s in sorted((s for s in slots if s.prefill_remaining > 0), key=lambda s: s.order):
         if budget <= 0:
             break

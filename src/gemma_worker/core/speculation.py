@@ -6,19 +6,24 @@ whether a sampled draft token stands.
   (prompt-lookup decoding).
 - :class:`DraftLength` sets a sequence's draft length from its recent acceptance, and turns
   drafting off for a while when drafts keep failing (they cost a wider step for nothing).
-- :func:`accept_draft` is the speculative-sampling rule for a point-mass draft: the output
-  distribution stays exactly the model's.
+- :func:`grant_drafts` shares a step's room for draft tokens among the sequences that want
+  it, with the step cost model (:class:`~gemma_worker.core.step_cost.CostModel`): only where
+  drafts pay, and never so many that the step turns slow for everyone in it.
 
-The engine verifies drafts in its batched ``llama_decode``; this module does no I/O.
+The engine verifies drafts in its batched ``llama_decode``: it samples at every drafted
+position as it would without speculation and keeps a draft token while it equals the token
+sampled before it. For a draft that is one token (a point mass q), that is the
+speculative-sampling rule itself: accepted with probability min(1, p(d)/q(d)) = p(d), else the
+token comes from p without d, renormalised; so greedy and seeded outputs are the same as
+without speculation, token for token. This module does no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
+from gemma_worker.core.step_cost import CostModel
 
 
 class NgramDrafter:
@@ -92,22 +97,44 @@ class DraftLength:
             self.acceptance = self.floor  # after the pause, start again from the floor
 
 
-def accept_draft(
-    probs: npt.NDArray[np.float64], draft: int, u: float, rng: np.random.Generator
-) -> tuple[bool, int]:
-    """Whether the drafted token ``draft`` stands, and the token to emit.
+#: The longest a step with drafts may take, in steps without them (its other streams wait).
+STEP_FACTOR = 1.5
 
-    ``probs`` is the model's distribution at this position (after temperature, top-k, top-p,
-    grammar: every filter the sampler applies), ``u`` a uniform draw in [0, 1). A point-mass
-    draft is accepted with probability ``p(draft)``; if not, the token is drawn from ``p``
-    without ``draft``, renormalised. The emitted token is then distributed exactly as ``p``
-    (the speculative-sampling rule with q = the draft's point mass)."""
-    p = float(probs[draft])
-    if u < p:
-        return True, draft
-    rest = probs.astype(np.float64, copy=True)
-    rest[draft] = 0.0
-    total = rest.sum()
-    if total <= 0.0:  # p(draft) was 1 up to rounding: nothing else can come out
-        return True, draft
-    return False, int(rng.choice(len(rest), p=rest / total))
+
+def break_even(cost: CostModel, n_rows: int) -> float:
+    """The acceptance a draft needs to pay beside ``n_rows`` tokens already in the step: each
+    draft token costs ``per_token``; each accepted one saves its sequence a share
+    ``(fixed + per_token * n_rows) / n_rows`` of a step. 0 while the cost's fixed part is not
+    known (then drafts are tried, and their steps teach the model)."""
+    if cost.per_token is None or cost.fixed <= 0.0 or n_rows <= 0:
+        return 0.0
+    return cost.per_token * n_rows / (cost.fixed + cost.per_token * n_rows)
+
+
+def grant_drafts(
+    wants: Mapping[int, int],
+    acceptance: Mapping[int, float],
+    cost: CostModel,
+    *,
+    room: int,
+    step_factor: float = STEP_FACTOR,
+) -> dict[int, int]:
+    """Draft tokens per slot for the next step. ``wants``: the tokens each decoding sequence
+    has drafted (slots with none are left out); ``acceptance``: each one's recent acceptance;
+    ``room``: batch tokens left. Sequences below the break-even acceptance get none; the
+    others, best acceptance first, get their draft while the step stays within
+    ``step_factor`` times a step without drafts (and within ``room``)."""
+    n_rows = len(acceptance)
+    budget = room
+    if cost.per_token is not None and cost.per_token > 0.0 and cost.fixed > 0.0:
+        plain = cost.fixed + cost.per_token * n_rows
+        budget = min(room, int((step_factor - 1.0) * plain / cost.per_token))
+    need = break_even(cost, n_rows)
+    granted: dict[int, int] = {}
+    for slot in sorted(wants, key=lambda s: (-acceptance.get(s, 0.0), s)):
+        n = min(wants[slot], budget)
+        if n <= 0 or acceptance.get(slot, 0.0) < need:
+            continue
+        granted[slot] = n
+        budget -= n
+    return granted

@@ -33,3 +33,7 @@ class Timings:
     ttft_ms: float | None
     tokens_per_second: float | None
     total_ms: float
+    #: Speculation: tokens drafted from the context and verified, and how many of them stood
+    #: (each one a token that cost no step of its own).
+    draft_tokens: int = 0
+    accepted_tokens: int = 0

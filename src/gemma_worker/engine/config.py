@@ -35,6 +35,11 @@ class EngineConfig:
     kv_disk_bytes: int = 0
     #: Whether constrained answers are steered to close within their token budget.
     grammar_budget: bool = True
+    #: Whether decoding sequences draft tokens from their context and verify them in the step
+    #: (draft-free speculative decoding; outputs are the same either way).
+    speculation: bool = True
+    #: The most draft tokens one sequence verifies in a step.
+    max_draft: int = 8
     #: A Jinja chat template used instead of the model's own (``None``: the GGUF's).
     chat_template: str | None = None
     #: Held around every decode; shared by every engine of the process (one decode at a time).

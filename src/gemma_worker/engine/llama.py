@@ -135,7 +135,8 @@ class Batch:
 
 
 class LlamaModel:
-    """A loaded GGUF model with one context of ``n_seq`` sequences of ``n_ctx_seq`` tokens each."""
+    """A loaded GGUF model with one context of ``n_seq`` sequences of ``n_ctx_seq`` tokens each,
+    whose decodes return logits for at most ``outputs_per_seq`` positions per sequence."""
 
     def __init__(
         self,
@@ -147,6 +148,7 @@ class LlamaModel:
         n_threads: int | None,
         n_gpu_layers: int,
         kernels: KernelChoices,
+        outputs_per_seq: int = 1,
     ) -> None:
         try:
             kernels.apply_process_wide()
@@ -167,9 +169,10 @@ class LlamaModel:
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)
         cparams.n_seq_max = n_seq
-        # At most one sampled position per sequence per step: sizing the logits buffer for
-        # n_seq outputs instead of n_ubatch saves ~500 MiB with Gemma's 262k vocabulary.
-        cparams.n_outputs_max = n_seq
+        # A step samples one position per sequence, or one per verified draft token: sizing
+        # the logits buffer for that instead of n_ubatch outputs saves hundreds of MiB with
+        # Gemma's 262k vocabulary (1 MiB per output).
+        cparams.n_outputs_max = min(n_seq * outputs_per_seq, max(n_batch, n_seq))
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True

@@ -37,6 +37,8 @@ from gemma_worker.core.scheduling import (
     StepEntry,
     plan_step,
 )
+from gemma_worker.core.speculation import grant_drafts
+from gemma_worker.core.step_cost import CostModel
 from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.allocator import pin_mmap_threshold
 from gemma_worker.engine.channel import EventChannel
@@ -142,6 +144,8 @@ class LlamaEngine:
         self._pacer = PrefillPacer(
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
         )
+        #: What a step without prompt tokens costs, by its tokens: decides where drafts pay.
+        self._step_cost = CostModel()
         self._order = 0
         self._gate_name = f"generate-{id(self):x}"
         # Vocabulary-only work (preparing prompts, compiling grammars, /tokenize) runs here,
@@ -312,6 +316,7 @@ class LlamaEngine:
                     n_threads=config.n_threads,
                     n_gpu_layers=config.n_gpu_layers,
                     kernels=config.kernels,
+                    outputs_per_seq=1 + config.max_draft if config.speculation else 1,
                 )
             )
             template = self.config.chat_template or model.chat_template
@@ -363,6 +368,7 @@ class LlamaEngine:
             self._reap_cancelled()
             self._admit()
             self._defragment()
+            self._plan_drafts()
             plan = plan_step(self._views(), self.config.n_batch, self._pacer.budget)
             if plan:
                 self._step(plan)
@@ -496,7 +502,14 @@ class LlamaEngine:
         """Render and tokenise ``job``'s prompt (on a vocabulary thread)."""
         model, renderer, prompt_tokens = self._model, self._renderer, self._prompt_tokens
         assert model is not None and renderer is not None and prompt_tokens is not None
-        return prepare(job, model, renderer, prompt_tokens, self.config.max_input_tokens)
+        return prepare(
+            job,
+            model,
+            renderer,
+            prompt_tokens,
+            self.config.max_input_tokens,
+            speculation=self.config.speculation,
+        )
 
     @property
     def _cache(self) -> KVCacheManager:
@@ -569,7 +582,15 @@ class LlamaEngine:
             return
         self._order += 1
         self._seqs[slot] = SequenceState(
-            job, slot, self._order, tokens, model.n_ctx_seq, sampler=sampler, n_cached=n_cached
+            job,
+            slot,
+            self._order,
+            tokens,
+            model.n_ctx_seq,
+            sampler=sampler,
+            n_cached=n_cached,
+            drafter=prepared.drafter,
+            max_draft=self.config.max_draft,
         )
         job.channel.put(Started(len(tokens), n_cached))
 
@@ -680,26 +701,57 @@ class LlamaEngine:
                 order=s.order,
                 prefill_remaining=s.prefill_remaining,
                 paused=s.next_token is not None and s.job.channel.full(),
+                draft=len(s.draft),
             )
             for s in self._seqs.values()
         ]
+
+    def _plan_drafts(self) -> None:
+        """Each decoding sequence's draft for the next step: what its context suggests, as
+        long as its acceptance allows, where drafts pay and the step stays short
+        (:func:`~gemma_worker.core.speculation.grant_drafts`)."""
+        wants: dict[int, list[int]] = {}
+        acceptance: dict[int, float] = {}
+        for seq in self._seqs.values():
+            seq.draft = []
+            if seq.next_token is None or seq.prefill_remaining or seq.job.channel.full():
+                continue
+            acceptance[seq.slot] = seq.draft_length.acceptance
+            if seq.drafter is None:
+                continue
+            k = min(seq.draft_length.next(), seq.draft_room())
+            draft = seq.drafter.draft(k) if k > 0 else []
+            if draft:
+                wants[seq.slot] = draft
+        if not wants:
+            return
+        room = self.config.n_batch - len(acceptance)
+        granted = grant_drafts(
+            {slot: len(d) for slot, d in wants.items()}, acceptance, self._step_cost, room=room
+        )
+        for slot, n in granted.items():
+            self._seqs[slot].draft = wants[slot][:n]
 
     def _step(self, plan: list[StepEntry]) -> None:
         if self.config.on_step is not None:
             self.config.on_step(plan)
         t0 = time.perf_counter()
         self._run_step(plan)
+        seconds = time.perf_counter() - t0
         n_prefill = sum(e.n_tokens for e in plan if e.prefill)
-        self._pacer.observe(
-            len(plan) - sum(e.prefill for e in plan), n_prefill, time.perf_counter() - t0
-        )
+        n_decode = sum(e.n_tokens for e in plan if not e.prefill)
+        self._pacer.observe(n_decode, n_prefill, seconds)
+        if n_prefill == 0:
+            self._step_cost.observe(n_decode, seconds)
 
     def _run_step(self, plan: list[StepEntry]) -> None:
         model = self._model
         assert model is not None
         batch = self._batch
         batch.clear()
-        outputs: list[tuple[SequenceState, int]] = []
+        #: Per sequence sampled this step: its output rows, and the tokens decoded there that
+        #: are not yet its own (the next token and its draft; none for a prompt's end).
+        outputs: list[tuple[SequenceState, list[int], list[int]]] = []
         for entry in plan:
             seq = self._seqs[entry.slot]
             if entry.prefill:
@@ -710,14 +762,13 @@ class LlamaEngine:
                     idx = batch.add(token, seq.n_past + i, seq.slot, ends_prompt and i == last)
                 seq.n_past += len(chunk)
                 if ends_prompt:
-                    outputs.append((seq, idx))
+                    outputs.append((seq, [idx], []))
             else:
                 assert seq.next_token is not None
-                idx = batch.add(seq.next_token, seq.n_past, seq.slot, True)
-                seq.decoded.append(seq.next_token)
-                seq.n_past += 1
+                inputs = [seq.next_token, *seq.draft]
+                rows = [batch.add(t, seq.n_past + i, seq.slot, True) for i, t in enumerate(inputs)]
                 seq.next_token = None
-                outputs.append((seq, idx))
+                outputs.append((seq, rows, inputs))
         with self.config.gate.turn(self._gate_name):
             rc = model.decode(batch)
         if rc != 0:
@@ -728,27 +779,57 @@ class LlamaEngine:
                 self._release(seq)
                 self._fail(seq.job, error)
             return
-        for seq, idx in outputs:
-            sampler = seq.sampler
+        for seq, rows, inputs in outputs:
+            self._sample(seq, rows, inputs)
+
+    def _sample(self, seq: SequenceState, rows: list[int], inputs: list[int]) -> None:
+        """Sample ``seq``'s tokens at its output ``rows``, in order, as it would without
+        speculation: the token at each row follows the input decoded there; a draft token
+        (``inputs[1:]``) stands while it equals the token sampled before it, and the first
+        that does not ends the step for this sequence. Its KV cache then keeps only the
+        tokens that stood (the rejected draft's cells are removed)."""
+        model = self._model
+        assert model is not None
+        sampler = seq.sampler
+        draft = inputs[1:]
+        written = seq.n_past + len(inputs)  # KV positions this step filled
+        accepted = 0
+        reason: FinishReason | None = None
+        for i, row in enumerate(rows):
+            if inputs:
+                seq.decoded.append(inputs[i])
+                seq.n_past += 1
             room = min(seq.job.params.max_tokens - seq.n_generated, seq.n_ctx - seq.n_past)
             try:
-                token = sampler.sample(model.ctx, idx, room)
+                token = sampler.sample(model.ctx, row, room)
             except SamplingError as exc:
                 log.info("sampling dead end", extra={"request_id": seq.job.request_id})
                 self._release(seq)
                 self._fail(seq.job, WorkerError(ErrorCode.INVALID_REQUEST, str(exc)))
-                continue
+                return
             eog = model.is_eog(token)
-            logprob = None if eog else sampler.logprob(model.ctx, idx, token)
+            logprob = None if eog else sampler.logprob(model.ctx, row, token)
             text, reason = seq.on_token(
                 model.piece(token), eog, logprob, complete=sampler.ends_answer
             )
             if text is not None:
                 seq.job.channel.put(text)
+            stands = i < len(draft) and token == draft[i]
+            accepted += stands
             if reason is not None:
-                self._finish(seq, reason)
-            else:
+                break
+            if seq.drafter is not None:
+                seq.drafter.extend((token,))
+            if not stands:
                 seq.next_token = token
+                break
+        if seq.n_past < written:
+            # Only the newest cells go; sliding-window layers lost none that later positions
+            # need (llama.cpp reuses a cell only once it is out of every later one's window).
+            self._cache.keep_prefix(seq.slot, seq.n_past)
+        seq.speculated(len(draft), accepted)
+        if reason is not None:
+            self._finish(seq, reason)
 
     def _release(self, seq: SequenceState, *, keep_cache: bool = False) -> None:
         """Free the slot; with ``keep_cache`` its KV cache stays for later requests to reuse."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from gemma_worker.core.conversation import Conversation, turns_to_drop
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.prefix import token_boundaries
+from gemma_worker.core.speculation import NgramDrafter
 from gemma_worker.engine.job import GenerationSpec, Job
 from gemma_worker.engine.llama import LlamaModel
 from gemma_worker.engine.messages import Trimmed
@@ -29,6 +30,8 @@ class Prepared:
     #: Byte offsets of the prompt text where its tokens break, each with the number of tokens
     #: before it.
     boundaries: dict[int, int]
+    #: The prompt's n-gram index for speculation (``None``: the request does not speculate).
+    drafter: NgramDrafter | None = None
 
     @functools.cached_property
     def text(self) -> bytes:
@@ -47,11 +50,14 @@ def prepare(
     renderer: PromptRenderer,
     prompt_tokens: SessionTokens,
     max_input_tokens: int | None,
+    *,
+    speculation: bool = False,
 ) -> Prepared:
     """Render and tokenise the prompt, leaving out the oldest turns of a conversation if its
     history does not fit; ``CONTEXT_OVERFLOW`` when even the new input alone does not.
     Runs on a vocabulary thread; what the engine thread will need of the prompt (its
-    bytes, its token boundaries) is worked out here too."""
+    bytes, its token boundaries, with ``speculation`` its n-gram index) is worked out here
+    too."""
     source = job.spec.prompt
     limit = max_input_tokens
     if limit is not None:
@@ -121,7 +127,11 @@ def prepare(
         )
     head = model.bos_head if prompt.add_special else []
     prepared = Prepared(
-        job, prompt, tokens, token_boundaries(tokens, len(head), model.special_piece)
+        job,
+        prompt,
+        tokens,
+        token_boundaries(tokens, len(head), model.special_piece),
+        NgramDrafter(tokens) if speculation else None,
     )
     _ = prepared.text  # encoded here, once
     return prepared

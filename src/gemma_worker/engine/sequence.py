@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import time
 
+from gemma_worker.core.speculation import DraftLength, NgramDrafter
 from gemma_worker.core.stops import StopMatcher
 from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.job import Job
@@ -29,6 +30,8 @@ class SequenceState:
         *,
         sampler: Sampler,
         n_cached: int = 0,
+        drafter: NgramDrafter | None = None,
+        max_draft: int = 8,
     ) -> None:
         self.job = job
         #: Its sampler (owned: freed with the sequence).
@@ -52,6 +55,27 @@ class SequenceState:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopMatcher(job.params.stop)
         self._logprobs: list[TokenLogprob] = []
+        #: Drafts continuations from the prompt and the tokens sampled so far (``None``: this
+        #: sequence does not speculate).
+        self.drafter = drafter
+        self.draft_length = DraftLength(max_len=max_draft)
+        #: The draft verified in the coming step beside :attr:`next_token`.
+        self.draft: list[int] = []
+        self.n_drafted = 0
+        self.n_accepted = 0
+
+    def draft_room(self) -> int:
+        """The most draft tokens worth verifying: the answer's tokens left after the next
+        one, and the context's positions left."""
+        left = self.job.params.max_tokens - self.n_generated - 1
+        return max(0, min(left, self.n_ctx - self.n_past - 2))
+
+    def speculated(self, drafted: int, accepted: int) -> None:
+        """A step verified ``drafted`` draft tokens and kept ``accepted`` of them."""
+        if drafted:
+            self.n_drafted += drafted
+            self.n_accepted += accepted
+            self.draft_length.observe(drafted, accepted)
 
     @property
     def prefill_remaining(self) -> int:
@@ -125,5 +149,7 @@ class SequenceState:
                 ttft_ms=ttft,
                 tokens_per_second=tps,
                 total_ms=(end - submitted) * 1e3,
+                draft_tokens=self.n_drafted,
+                accepted_tokens=self.n_accepted,
             ),
         )

@@ -70,6 +70,18 @@ class Metrics:
         self.generation_tokens = Counter(
             p + "generation_tokens_total", "Generated tokens, by model.", ["model"], registry=r
         )
+        self.draft_tokens = Counter(
+            p + "speculative_draft_tokens_total",
+            "Tokens drafted from the context and verified (speculative decoding), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            p + "speculative_accepted_tokens_total",
+            "Draft tokens that stood, each a generated token without a step of its own, by model.",
+            ["model"],
+            registry=r,
+        )
         self.embedding_requests = Counter(
             p + "embedding_requests_total",
             "Embedding requests that ended with vectors, by transport and model.",
@@ -155,6 +167,8 @@ class Metrics:
         self.prompt_tokens.labels(model=label).inc(usage.prompt_tokens)
         self.cached_prompt_tokens.inc(usage.cached_tokens)
         self.generation_tokens.labels(model=label).inc(usage.completion_tokens)
+        self.draft_tokens.labels(model=label).inc(timings.draft_tokens)
+        self.accepted_tokens.labels(model=label).inc(timings.accepted_tokens)
         self.queue_wait.observe(timings.queue_ms / 1e3)
         if timings.ttft_ms is not None:
             self.ttft.observe(timings.ttft_ms / 1e3)

@@ -24,6 +24,7 @@ class Completion:
     #: Arrival time of each chunk that carried text.
     arrivals: list[float] = field(default_factory=list)
     completion_tokens: int = 0
+    text: str = ""
 
     @property
     def ttft_s(self) -> float:
@@ -67,6 +68,7 @@ async def complete(
             choices = chunk.get("choices") or []
             if choices and choices[0].get("text"):
                 done.arrivals.append(time.perf_counter())
+                done.text += choices[0]["text"]
     if not done.arrivals:
         raise RuntimeError(f"{base}: no text streamed")
     done.completion_tokens = done.completion_tokens or len(done.arrivals)

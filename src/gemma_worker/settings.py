@@ -149,7 +149,7 @@ class Settings(BaseSettings):
         "with it off; it switches itself off for a request whose drafts keep failing.",
     )
     max_draft: int = Field(
-        default=8,
+        default=48,
         ge=1,
         le=64,
         description="Most draft tokens one request verifies in a step (speculation).",

@@ -30,6 +30,8 @@ EXPECTED = {
     "errors",
     "rate_limited",
     "cancellations",
+    "speculative_draft_tokens",
+    "speculative_accepted_tokens",
 }
 
 
@@ -98,3 +100,21 @@ async def test_metrics_move_when_requests_run(worker: RunningWorker) -> None:
     assert value(after, "slots_total") == worker.settings.parallel
     assert value(after, "sessions_active") >= 2
     assert value(after, "queue_depth") == 0
+
+
+def test_speculation_is_counted_in_the_answer_and_the_metrics(worker: RunningWorker) -> None:
+    # a base model asked to repeat a list repeats it: drafts from the prompt stand
+    items = "\n".join(f"- host web-{i:02d} port {8000 + i} state up" for i in range(12))
+    prompt = f"Inventory:\n{items}\n\nThe same inventory again:\n- host web-00"
+    before = scrape(worker)
+    r = post(worker, {"input": prompt, "max_tokens": 96, "temperature": 0})
+    assert r.status_code == 200
+    timings = r.json()["timings"]
+    assert timings["accepted_tokens"] >= 30, timings
+    assert timings["draft_tokens"] >= timings["accepted_tokens"]
+    after = scrape(worker)
+    for name, key in (
+        ("speculative_draft_tokens_total", "draft_tokens"),
+        ("speculative_accepted_tokens_total", "accepted_tokens"),
+    ):
+        assert value(after, name) - value(before, name) == timings[key], name

@@ -5,17 +5,17 @@ import pytest
 
 from gemma_worker.core.scheduling import SlotView, plan_step
 from gemma_worker.core.speculation import (
-    DraftLength,
+    Acceptance,
     NgramDrafter,
-    break_even,
-    grant_drafts,
+    expected_accepted,
+    plan_drafts,
 )
-from gemma_worker.core.step_cost import CostModel
+from gemma_worker.core.step_cost import StepCosts
 
 
 def test_a_repeated_span_is_drafted_from_its_earlier_occurrence() -> None:
     # "key = value ;" twice, then the start of it again: the rest of it is the draft
-    d = NgramDrafter([5, 6, 7, 8, 9, 1, 5, 6, 7, 8, 9, 2, 5, 6], min_n=2, max_n=3)
+    d = NgramDrafter([5, 6, 7, 8, 9, 1, 5, 6, 7, 8, 9, 2, 5, 6], sizes=(2, 3))
     assert d.draft(3) == [7, 8, 9]  # after the latest earlier "5 6"
     assert d.draft(0) == []
     d.extend([7, 8])
@@ -23,85 +23,102 @@ def test_a_repeated_span_is_drafted_from_its_earlier_occurrence() -> None:
 
 
 def test_the_longest_suffix_wins_and_nothing_seen_drafts_nothing() -> None:
-    d = NgramDrafter([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3], min_n=2, max_n=3)
+    d = NgramDrafter([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3], sizes=(2, 3))
     assert d.draft(1) == [4]  # "1 2 3" beats the later "2 3" (followed by 5)
     assert NgramDrafter([1, 2, 3, 4]).draft(4) == []
     assert NgramDrafter([]).draft(4) == []
 
 
 def test_a_draft_never_reads_past_the_sequence_and_periodic_text_drafts_its_period() -> None:
-    d = NgramDrafter([3, 4, 3, 4, 3, 4], min_n=2, max_n=2)
+    d = NgramDrafter([3, 4, 3, 4, 3, 4], sizes=(2,))
     assert d.draft(8) == [3, 4]  # "3 4" last ended 2 tokens back: only 2 follow it
     assert len(d) == 6
 
 
 def test_bad_bounds_are_refused() -> None:
     with pytest.raises(ValueError):
-        NgramDrafter(min_n=3, max_n=2)
+        NgramDrafter(sizes=(0, 2))
 
 
-def test_the_length_follows_acceptance_and_failing_drafts_switch_it_off() -> None:
-    length = DraftLength(max_len=8, floor=0.3, cooldown=3)
-    assert length.next() == 8
-    length.observe(8, 8)
-    assert length.next() == 8
-    for _ in range(2):
-        length.observe(8, 2)  # 25% accepted: the average falls
-    assert 1 <= length.next() < 8
-    for _ in range(5):
-        length.observe(4, 0)
-    # off for the cooldown: two steps without drafting, then a one-token probe
-    assert [length.next() for _ in range(3)] == [0, 0, 1]
-    length.observe(1, 1)
-    assert length.next() >= 1
-    length.observe(0, 0)  # nothing drafted: nothing learned
+def test_longer_ngrams_find_the_place_being_copied() -> None:
+    # "a b" occurs twice; the 3-gram "x a b" only where the copy is
+    d = NgramDrafter([7, 1, 2, 3, 4, 9, 1, 2, 5, 7, 1, 2], sizes=(2, 3))
+    assert d.draft(2) == [3, 4]
+    assert NgramDrafter([9, 1, 2, 3, 4, 9, 1, 2, 5, 7, 1, 2], sizes=(2,)).draft(1) == [5]
 
 
-def _cost(fixed: float, per_token: float) -> CostModel:
-    cost = CostModel()
-    for n in (1, 2, 4, 8, 16):
-        cost.observe(n, fixed + per_token * n)
-    return cost
+def test_acceptance_learns_from_verifications_and_recovers_while_resting() -> None:
+    acc = Acceptance()
+    prior = acc.rate
+    assert 0.5 < prior < 1.0  # optimistic: a context match usually continues
+    for _ in range(6):
+        acc.observe(8, 8)
+    assert acc.rate > prior
+    for _ in range(12):
+        acc.observe(8, 0)
+    low = acc.rate
+    assert low < 0.6
+    # a lone stream stops drafting at that rate (the steps measured here)...
+    assert plan_drafts({0: 48}, {0: low}, _costs(), room=64) == {}
+    acc.observe(0, 0)  # nothing drafted: nothing learned
+    assert acc.rate == low
+    for _ in range(200):
+        acc.rest()
+    assert acc.rate == pytest.approx(prior, abs=0.02)
+    assert plan_drafts({0: 48}, {0: acc.rate}, _costs(), room=64)  # ...and in time tries again
 
 
-def test_the_break_even_acceptance_grows_with_the_streams_in_the_step() -> None:
-    cost = _cost(fixed=0.008, per_token=0.0005)
-    assert break_even(cost, 1) == pytest.approx(0.0005 / 0.0085)
-    assert break_even(cost, 16) == pytest.approx(0.008 / 0.016)
-    assert break_even(CostModel(), 4) == 0.0  # nothing known: drafts are tried
+def test_expected_accepted_tokens() -> None:
+    assert expected_accepted(0.5, 0) == 0.0
+    assert expected_accepted(1.0, 7) == 7.0
+    assert expected_accepted(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
+    assert expected_accepted(0.9, 200) == pytest.approx(9.0, rel=1e-6)
 
 
-def test_drafts_go_where_they_pay_best_first_within_the_step_budget() -> None:
-    cost = _cost(fixed=0.0085, per_token=0.001)
-    wants = {0: 8, 1: 8, 2: 8}
-    acceptance = {0: 0.9, 1: 0.5, 2: 0.1, 3: 0.0}  # slot 3 decodes without a draft
-    # 4 rows: 12.5 ms plain, break-even 0.32; budget (1.5 - 1) * 12.5 / 1 = 6 tokens
-    granted = grant_drafts(wants, acceptance, cost, room=100)
-    assert granted == {0: 6}
-    assert grant_drafts(wants, acceptance, cost, room=100, step_factor=3.0) == {0: 8, 1: 8}
-    assert grant_drafts(wants, acceptance, cost, room=3) == {0: 3}  # the batch's room
-    # nothing known of the costs yet: every draft is tried, within the room
-    assert grant_drafts(wants, acceptance, CostModel(), room=20) == {0: 8, 1: 8, 2: 4}
+#: What steps of each width cost on these CPUs (fast kernels, the embedded model), in s.
+MEASURED = {1: 0.012, 2: 0.024, 4: 0.034, 5: 0.049, 8: 0.047, 9: 0.065, 16: 0.081,
+            17: 0.101, 32: 0.136, 64: 0.233}  # fmt: skip
 
 
-def test_a_draft_widens_its_decoders_entry_and_comes_out_of_the_prefill_budget() -> None:
-    slots = [
-        SlotView(slot=0, order=1, prefill_remaining=0, draft=5),
-        SlotView(slot=1, order=2, prefill_remaining=0),
-        SlotView(slot=2, order=3, prefill_remaining=100),
-    ]
-    seen: list[int] = []
+def _costs(widths: dict[int, float] = MEASURED) -> StepCosts:
+    costs = StepCosts()
+    for _ in range(3):
+        for w, t in widths.items():
+            costs.observe(w, t)
+    return costs
 
-    def beside(n: int) -> int:
-        seen.append(n)
-        return 20
 
-    plan = plan_step(slots, 64, beside)
-    assert [(e.slot, e.n_tokens, e.prefill) for e in plan] == [
-        (0, 6, False),
-        (1, 1, False),
-        (2, 20, True),
-    ]
-    assert seen == [7]  # the prefill budget is asked for beside all 7 decoding tokens
-    plan = plan_step(slots, 10, beside)
-    assert plan[-1].n_tokens == 3  # the batch's size bounds prefill after the drafts
+def test_step_costs_follow_the_kernels_row_blocks() -> None:
+    costs = _costs()
+    assert StepCosts().estimate(4) is None
+    assert costs.estimate(1) == pytest.approx(0.012)
+    assert costs.estimate(3) == pytest.approx(0.036)  # row by row, like 1 and 2
+    assert costs.estimate(9) == costs.estimate(12)  # a partial block costs a whole one
+    for width in (16, 32, 64):  # the power law is within 20% of what was measured
+        assert costs.estimate(width) == pytest.approx(MEASURED[width], rel=0.2)
+    assert 0.5 < (costs.exponent or 0) < 0.9
+    one = StepCosts()
+    one.observe(1, 0.012)  # only one stream seen: wider steps from the prior exponent
+    assert one.estimate(8) == pytest.approx(0.012 * 8**0.75)
+
+
+def test_a_lone_stream_drafts_long_when_its_drafts_stand_and_not_when_they_fail() -> None:
+    costs = _costs()
+    good = plan_drafts({0: 48}, {0: 0.97}, costs, room=64)
+    assert good[0] >= 15 and (1 + good[0]) % 4 == 0  # fills its row blocks
+    assert plan_drafts({0: 48}, {0: 0.3}, costs, room=64) == {}
+    assert plan_drafts({0: 48}, {0: 0.97}, costs, room=6) == {0: 6}  # the room bounds it
+    assert plan_drafts({0: 48}, {0: 0.97}, StepCosts(), room=64) == {}  # nothing known yet
+
+
+def test_beside_other_streams_drafts_must_pay_for_everyone() -> None:
+    costs = _costs()
+    rates = {s: 0.0 for s in range(8)}  # 8 streams, 7 without drafts
+    rates[0] = 0.99
+    granted = plan_drafts({0: 48}, rates, costs, room=64)
+    # the others' rate may fall by at most 1.5x: a step of 8 costs 47 ms, so at most ~70
+    assert granted and costs.estimate(8 + granted[0]) <= 1.5 * costs.estimate(8)  # type: ignore[operator]
+    rates = dict.fromkeys(range(8), 0.97)  # all 8 copy: all draft, and the step widens
+    both = plan_drafts(dict.fromkeys(range(8), 48), rates, costs, room=64)
+    assert len(both) >= 2 and sum(both.values()) <= 64
+    assert (8 + sum(both.values())) % 4 == 0

@@ -4,11 +4,13 @@ whether a sampled draft token stands.
 - :class:`NgramDrafter` drafts from a sequence's own context (prompt and output): the tokens
   that followed the latest earlier occurrence of its current suffix, longest n-gram first
   (prompt-lookup decoding).
-- :class:`DraftLength` sets a sequence's draft length from its recent acceptance, and turns
-  drafting off for a while when drafts keep failing (they cost a wider step for nothing).
-- :func:`grant_drafts` shares a step's room for draft tokens among the sequences that want
-  it, with the step cost model (:class:`~gemma_worker.core.step_cost.CostModel`): only where
-  drafts pay, and never so many that the step turns slow for everyone in it.
+- :class:`Acceptance` estimates how likely a sequence's next draft token is to stand, from
+  its recent verifications (optimistic at first, and again after a while without drafting).
+- :func:`plan_drafts` chooses each sequence's draft length for a step: the lengths that
+  maximise the step's expected tokens per second, judged by what steps of each width cost
+  (:class:`~gemma_worker.core.step_cost.StepCosts`), such that no stream in the step expects
+  to lose more than a bounded share of its own rate. So a sequence whose drafts fail stops
+  drafting, and a batch of 16 streams does not turn into a slow, wide step.
 
 The engine verifies drafts in its batched ``llama_decode``: it samples at every drafted
 position as it would without speculation and keeps a draft token while it equals the token
@@ -21,22 +23,27 @@ without speculation, token for token. This module does no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from gemma_worker.core.step_cost import CostModel
+from gemma_worker.core.step_cost import StepCosts
+
+
+#: The n-gram lengths indexed by default.
+NGRAM_SIZES = (2, 3, 4, 6, 8, 12)
 
 
 class NgramDrafter:
-    """An index of every n-gram (``min_n`` to ``max_n`` tokens) of a growing token sequence,
-    each mapped to where its latest occurrence ended, that drafts continuations."""
+    """An index of the n-grams of a growing token sequence (each length in ``sizes``), each
+    mapped to where its latest occurrence ended, that drafts continuations. Long n-grams find
+    the place being copied; short ones draft when no long one matches."""
 
-    def __init__(self, tokens: Sequence[int] = (), *, min_n: int = 2, max_n: int = 4) -> None:
-        if not 1 <= min_n <= max_n:
-            raise ValueError("need 1 <= min_n <= max_n")
-        self.min_n, self.max_n = min_n, max_n
+    def __init__(self, tokens: Sequence[int] = (), *, sizes: Sequence[int] = NGRAM_SIZES) -> None:
+        if not sizes or min(sizes) < 1:
+            raise ValueError("n-gram sizes must be >= 1")
+        self.sizes = sorted(set(sizes), reverse=True)
         self._tokens: list[int] = []
         #: n -> n-gram -> end (exclusive) of its latest occurrence before the sequence's end.
-        self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
+        self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
         self.extend(tokens)
 
     def __len__(self) -> int:
@@ -53,11 +60,11 @@ class NgramDrafter:
 
     def draft(self, k: int) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the longest
-        suffix (``max_n`` down to ``min_n`` tokens) seen before; ``[]`` when none was."""
+        suffix (of the indexed sizes) seen before; ``[]`` when none was."""
         toks, size = self._tokens, len(self._tokens)
         if k <= 0:
             return []
-        for n in range(self.max_n, self.min_n - 1, -1):
+        for n in self.sizes:
             if size < n:
                 continue
             end = self._ends[n].get(tuple(toks[size - n :]))
@@ -66,75 +73,118 @@ class NgramDrafter:
         return []
 
 
+#: Prior belief in a draft token, as pseudo-verifications: 9 in 10 stand, weighing about three
+#: tokens (a few verifications outweigh it).
+_PRIOR_HITS, _PRIOR_MISSES = 2.7, 0.3
+#: Weight kept by earlier evidence at each new verification, and at each step a sequence
+#: could have drafted but did not (so a sequence switched off tries again after a while).
+_DECAY, _REST_DECAY = 0.85, 0.97
+
+
 @dataclass(slots=True)
-class DraftLength:
-    """A sequence's draft length: ``max_len`` while drafts are accepted, shorter as they fail,
-    off for ``cooldown`` steps once the acceptance falls below ``floor`` (then one probe)."""
+class Acceptance:
+    """How likely a sequence's next draft token is to stand, given that the ones before it
+    did: draft tokens that stood against drafts that ended in a miss, recent ones weighing
+    most, beside an optimistic prior."""
 
-    max_len: int = 8
-    floor: float = 0.3
-    cooldown: int = 16
-    #: Weight of the newest verification in the acceptance average.
-    alpha: float = 0.3
-    acceptance: float = 1.0
-    _off_for: int = field(default=0)
+    hits: float = 0.0
+    misses: float = 0.0
 
-    def next(self) -> int:
-        """Tokens to draft this step (0: do not speculate)."""
-        if self._off_for > 0:
-            self._off_for -= 1
-            return 1 if self._off_for == 0 else 0  # the step it comes back: a cheap probe
-        return max(1, min(self.max_len, round(self.max_len * self.acceptance)))
+    @property
+    def rate(self) -> float:
+        """The chance that a draft token stands (after its predecessors stood)."""
+        h, m = self.hits + _PRIOR_HITS, self.misses + _PRIOR_MISSES
+        return h / (h + m)
 
     def observe(self, drafted: int, accepted: int) -> None:
         """A verification kept ``accepted`` of ``drafted`` tokens."""
         if drafted <= 0:
             return
-        rate = accepted / drafted
-        self.acceptance += self.alpha * (rate - self.acceptance)
-        if self.acceptance < self.floor:
-            self._off_for = self.cooldown
-            self.acceptance = self.floor  # after the pause, start again from the floor
+        self.hits = self.hits * _DECAY + accepted
+        self.misses = self.misses * _DECAY + (1.0 if accepted < drafted else 0.0)
+
+    def rest(self) -> None:
+        """A step in which the sequence could have drafted and did not: its evidence fades."""
+        self.hits *= _REST_DECAY
+        self.misses *= _REST_DECAY
 
 
-#: The longest a step with drafts may take, in steps without them (its other streams wait).
+def expected_accepted(rate: float, k: int) -> float:
+    """Draft tokens expected to stand out of ``k`` when each stands with ``rate`` once its
+    predecessors have (a draft stops counting at its first miss)."""
+    if k <= 0 or rate <= 0.0:
+        return 0.0
+    if rate >= 1.0:
+        return float(k)
+    return rate * (1.0 - rate**k) / (1.0 - rate)
+
+
+#: The most a stream's expected rate may fall, as a factor, for the others' drafts in its step.
 STEP_FACTOR = 1.5
 
 
-def break_even(cost: CostModel, n_rows: int) -> float:
-    """The acceptance a draft needs to pay beside ``n_rows`` tokens already in the step: each
-    draft token costs ``per_token``; each accepted one saves its sequence a share
-    ``(fixed + per_token * n_rows) / n_rows`` of a step. 0 while the cost's fixed part is not
-    known (then drafts are tried, and their steps teach the model)."""
-    if cost.per_token is None or cost.fixed <= 0.0 or n_rows <= 0:
-        return 0.0
-    return cost.per_token * n_rows / (cost.fixed + cost.per_token * n_rows)
-
-
-def grant_drafts(
+def plan_drafts(
     wants: Mapping[int, int],
-    acceptance: Mapping[int, float],
-    cost: CostModel,
+    rates: Mapping[int, float],
+    costs: StepCosts,
     *,
     room: int,
     step_factor: float = STEP_FACTOR,
 ) -> dict[int, int]:
-    """Draft tokens per slot for the next step. ``wants``: the tokens each decoding sequence
-    has drafted (slots with none are left out); ``acceptance``: each one's recent acceptance;
-    ``room``: batch tokens left. Sequences below the break-even acceptance get none; the
-    others, best acceptance first, get their draft while the step stays within
-    ``step_factor`` times a step without drafts (and within ``room``)."""
-    n_rows = len(acceptance)
-    budget = room
-    if cost.per_token is not None and cost.per_token > 0.0 and cost.fixed > 0.0:
-        plain = cost.fixed + cost.per_token * n_rows
-        budget = min(room, int((step_factor - 1.0) * plain / cost.per_token))
-    need = break_even(cost, n_rows)
-    granted: dict[int, int] = {}
-    for slot in sorted(wants, key=lambda s: (-acceptance.get(s, 0.0), s)):
-        n = min(wants[slot], budget)
-        if n <= 0 or acceptance.get(slot, 0.0) < need:
-            continue
-        granted[slot] = n
-        budget -= n
-    return granted
+    """Draft tokens per slot for the next step.
+
+    ``rates``: every decoding sequence of the step with its acceptance rate (those without a
+    draft too); ``wants``: the tokens each sequence with a draft has drafted; ``room``: draft
+    tokens the batch can take. Drafts grow in rounds, a row block (:class:`StepCosts`) at a
+    time, each sequence's turn (best rate first) taken when it raises the step's expected
+    tokens per second (streams plus expected accepted drafts, over the step's estimated
+    cost). A round stands only as far as every stream in the step still expects at least
+    ``1 / step_factor`` of its rate in a step without drafts: so the step never widens for
+    the few at the cost of the rest."""
+    n_rows = len(rates)
+    plain = costs.estimate(n_rows) if n_rows else None
+    if plain is None:
+        return {}
+    order = sorted(wants, key=lambda s: (-rates.get(s, 0.0), s))
+    ks = dict.fromkeys(order, 0)
+    expected = dict.fromkeys(rates, 0.0)
+
+    def speed(total: int) -> float:
+        cost = costs.estimate(n_rows + total)
+        assert cost is not None
+        return (n_rows + sum(expected.values())) / cost
+
+    def fair(total: int) -> bool:
+        cost = costs.estimate(n_rows + total)
+        assert cost is not None
+        floor = cost / (step_factor * plain)  # each stream's expected tokens must reach it
+        return all(1.0 + e >= floor for e in expected.values())
+
+    total = 0
+    best = speed(0)
+    while True:
+        taken: list[tuple[int, int]] = []  # this round's (slot, tokens added)
+        for slot in order:
+            width = n_rows + total
+            step = (costs.block - width % costs.block) % costs.block or costs.block
+            add = min(step, wants[slot] - ks[slot], room - total)
+            if add <= 0:
+                continue
+            ks[slot] += add
+            expected[slot] = expected_accepted(rates.get(slot, 0.0), ks[slot])
+            v = speed(total + add)
+            if v > best:
+                best, total = v, total + add
+                taken.append((slot, add))
+            else:
+                ks[slot] -= add
+                expected[slot] = expected_accepted(rates.get(slot, 0.0), ks[slot])
+        while taken and not fair(total):  # undo the round's latest turns until fair
+            slot, add = taken.pop()
+            ks[slot] -= add
+            total -= add
+            expected[slot] = expected_accepted(rates.get(slot, 0.0), ks[slot])
+            best = speed(total)
+        if not taken or not fair(total):
+            break
+    return {slot: k for slot, k in ks.items() if k}

@@ -39,7 +39,7 @@ class EngineConfig:
     #: (draft-free speculative decoding; outputs are the same either way).
     speculation: bool = True
     #: The most draft tokens one sequence verifies in a step.
-    max_draft: int = 8
+    max_draft: int = 48
     #: A Jinja chat template used instead of the model's own (``None``: the GGUF's).
     chat_template: str | None = None
     #: Held around every decode; shared by every engine of the process (one decode at a time).

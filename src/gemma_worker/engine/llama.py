@@ -136,7 +136,8 @@ class Batch:
 
 class LlamaModel:
     """A loaded GGUF model with one context of ``n_seq`` sequences of ``n_ctx_seq`` tokens each,
-    whose decodes return logits for at most ``outputs_per_seq`` positions per sequence."""
+    whose decodes return logits for at most ``n_outputs`` positions (default: one per
+    sequence)."""
 
     def __init__(
         self,
@@ -148,7 +149,7 @@ class LlamaModel:
         n_threads: int | None,
         n_gpu_layers: int,
         kernels: KernelChoices,
-        outputs_per_seq: int = 1,
+        n_outputs: int | None = None,
     ) -> None:
         try:
             kernels.apply_process_wide()
@@ -172,7 +173,7 @@ class LlamaModel:
         # A step samples one position per sequence, or one per verified draft token: sizing
         # the logits buffer for that instead of n_ubatch outputs saves hundreds of MiB with
         # Gemma's 262k vocabulary (1 MiB per output).
-        cparams.n_outputs_max = min(n_seq * outputs_per_seq, max(n_batch, n_seq))
+        cparams.n_outputs_max = min(n_outputs or n_seq, max(n_batch, n_seq))
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True

@@ -37,8 +37,8 @@ from gemma_worker.core.scheduling import (
     StepEntry,
     plan_step,
 )
-from gemma_worker.core.speculation import grant_drafts
-from gemma_worker.core.step_cost import CostModel
+from gemma_worker.core.speculation import plan_drafts
+from gemma_worker.core.step_cost import StepCosts
 from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.allocator import pin_mmap_threshold
 from gemma_worker.engine.channel import EventChannel
@@ -115,6 +115,10 @@ class _Ready:
 _Message = Job | _Stop | _Wake | _Forget | _Ready | _Evict
 
 
+#: Draft tokens verified in one step, at most (each needs its logits: 1 MiB with Gemma's
+#: vocabulary, so the buffer is sized for this many beyond one output per slot).
+STEP_DRAFTS = 64
+
 #: The interpreter's thread switch interval while an engine runs (see ``start``).
 _SWITCH_INTERVAL_S = 0.001
 
@@ -144,8 +148,9 @@ class LlamaEngine:
         self._pacer = PrefillPacer(
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
         )
-        #: What a step without prompt tokens costs, by its tokens: decides where drafts pay.
-        self._step_cost = CostModel()
+        #: What a step without prompt tokens costs, by its width: decides where drafts pay.
+        self._step_costs = StepCosts()
+        self._draft_outputs = max(STEP_DRAFTS, config.max_draft) if config.speculation else 0
         self._order = 0
         self._gate_name = f"generate-{id(self):x}"
         # Vocabulary-only work (preparing prompts, compiling grammars, /tokenize) runs here,
@@ -316,7 +321,7 @@ class LlamaEngine:
                     n_threads=config.n_threads,
                     n_gpu_layers=config.n_gpu_layers,
                     kernels=config.kernels,
-                    outputs_per_seq=1 + config.max_draft if config.speculation else 1,
+                    n_outputs=config.parallel + self._draft_outputs,
                 )
             )
             template = self.config.chat_template or model.chat_template
@@ -590,7 +595,6 @@ class LlamaEngine:
             sampler=sampler,
             n_cached=n_cached,
             drafter=prepared.drafter,
-            max_draft=self.config.max_draft,
         )
         job.channel.put(Started(len(tokens), n_cached))
 
@@ -708,29 +712,32 @@ class LlamaEngine:
 
     def _plan_drafts(self) -> None:
         """Each decoding sequence's draft for the next step: what its context suggests, as
-        long as its acceptance allows, where drafts pay and the step stays short
-        (:func:`~gemma_worker.core.speculation.grant_drafts`)."""
+        long as pays (:func:`~gemma_worker.core.speculation.plan_drafts`)."""
         wants: dict[int, list[int]] = {}
-        acceptance: dict[int, float] = {}
+        rates: dict[int, float] = {}
         for seq in self._seqs.values():
             seq.draft = []
             if seq.next_token is None or seq.prefill_remaining or seq.job.channel.full():
                 continue
-            acceptance[seq.slot] = seq.draft_length.acceptance
+            rates[seq.slot] = seq.acceptance.rate
             if seq.drafter is None:
                 continue
-            k = min(seq.draft_length.next(), seq.draft_room())
+            k = min(self.config.max_draft, seq.draft_room())
             draft = seq.drafter.draft(k) if k > 0 else []
             if draft:
                 wants[seq.slot] = draft
         if not wants:
             return
-        room = self.config.n_batch - len(acceptance)
-        granted = grant_drafts(
-            {slot: len(d) for slot, d in wants.items()}, acceptance, self._step_cost, room=room
+        room = min(self.config.n_batch - len(rates), self._draft_outputs)
+        granted = plan_drafts(
+            {slot: len(d) for slot, d in wants.items()}, rates, self._step_costs, room=room
         )
-        for slot, n in granted.items():
-            self._seqs[slot].draft = wants[slot][:n]
+        for slot, draft in wants.items():
+            n = granted.get(slot, 0)
+            if n:
+                self._seqs[slot].draft = draft[:n]
+            else:
+                self._seqs[slot].acceptance.rest()
 
     def _step(self, plan: list[StepEntry]) -> None:
         if self.config.on_step is not None:
@@ -742,7 +749,7 @@ class LlamaEngine:
         n_decode = sum(e.n_tokens for e in plan if not e.prefill)
         self._pacer.observe(n_decode, n_prefill, seconds)
         if n_prefill == 0:
-            self._step_cost.observe(n_decode, seconds)
+            self._step_costs.observe(n_decode, seconds)
 
     def _run_step(self, plan: list[StepEntry]) -> None:
         model = self._model

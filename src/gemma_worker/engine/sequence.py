@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import time
 
-from gemma_worker.core.speculation import DraftLength, NgramDrafter
+from gemma_worker.core.speculation import Acceptance, NgramDrafter
 from gemma_worker.core.stops import StopMatcher
 from gemma_worker.core.usage import FinishReason, Timings, Usage
 from gemma_worker.engine.job import Job
@@ -31,7 +31,6 @@ class SequenceState:
         sampler: Sampler,
         n_cached: int = 0,
         drafter: NgramDrafter | None = None,
-        max_draft: int = 8,
     ) -> None:
         self.job = job
         #: Its sampler (owned: freed with the sequence).
@@ -58,7 +57,7 @@ class SequenceState:
         #: Drafts continuations from the prompt and the tokens sampled so far (``None``: this
         #: sequence does not speculate).
         self.drafter = drafter
-        self.draft_length = DraftLength(max_len=max_draft)
+        self.acceptance = Acceptance()
         #: The draft verified in the coming step beside :attr:`next_token`.
         self.draft: list[int] = []
         self.n_drafted = 0
@@ -75,7 +74,7 @@ class SequenceState:
         if drafted:
             self.n_drafted += drafted
             self.n_accepted += accepted
-            self.draft_length.observe(drafted, accepted)
+            self.acceptance.observe(drafted, accepted)
 
     @property
     def prefill_remaining(self) -> int:

@@ -1,0 +1,169 @@
+"""Speculative decoding: the worker with and without it beside llama-server with its default
+and with each of its n-gram speculation types, on answers that repeat their input.
+
+Workloads (fixed prompts, ``bench/prompts/speculative.json``), greedy, on the embedded model:
+``extraction`` (JSON lines quoting fields of a ~400-token log), ``rewrite`` (a ~60-line
+config file returned with one change), ``prose`` (free continuation). Each point is N
+concurrent clients (1 and 8), each sending one streamed ``/v1/completions`` request per
+prompt of the workload in turn; the figure is decode tokens/s: completion tokens over the
+time from the first streamed text to the last (so the prompt's processing, which speculation
+does not touch, is left out), summed over clients for 8. Every server gets the same slots
+(8), context and threads; every round runs every point on every server, who goes first
+rotating; figures are medians over rounds, ratios against llama-server's default in the same
+run. The worker's outputs with speculation must equal its outputs without (checked on every
+prompt, every round: a difference is printed and fails the run).
+
+    .venv/bin/python bench/speculative.py
+    .venv/bin/python bench/speculative.py --quick        # 1 round, 1 client: a smoke run
+    .venv/bin/python bench/speculative.py --rounds 3 --clients 1,8 --types ngram-mod,ngram-simple
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from _common import embedded_model_path, free_port, server_process, worker_process
+from _oai_load import Completion, complete
+from compare_llama_server import llama_server_binary
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS: dict[str, Any] = json.loads((HERE / "prompts" / "speculative.json").read_text())
+TYPES = ["ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod"]
+PLAIN, SPEC = "worker (no spec)", "worker"
+
+
+async def point(
+    http: httpx.AsyncClient, base: str, workload: str, n_clients: int
+) -> tuple[float, list[str]]:
+    """Decode tokens/s of ``n_clients`` clients running the workload's prompts; the texts."""
+    prompts = WORKLOADS["workloads"][workload]
+    max_tokens = WORKLOADS["max_tokens"][workload]
+    done: list[tuple[int, Completion]] = []
+
+    async def client(c: int) -> None:
+        for i in range(len(prompts)):
+            k = (c + i) % len(prompts)
+            done.append((k, await complete(http, base, prompts[k], max_tokens)))
+
+    await asyncio.gather(*(client(c) for c in range(n_clients)))
+    texts = [""] * len(prompts)
+    for k, comp in done:
+        texts[k] = comp.text
+    if n_clients == 1:
+        rates = [
+            (c.completion_tokens - 1) / (c.arrivals[-1] - c.arrivals[0])
+            for _, c in done
+            if len(c.arrivals) > 1
+        ]
+        return statistics.mean(rates), texts
+    first = min(c.arrivals[0] for _, c in done)
+    last = max(c.arrivals[-1] for _, c in done)
+    return sum(c.completion_tokens - 1 for _, c in done) / (last - first), texts
+
+
+async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
+    limits = httpx.Limits(max_keepalive_connections=0)
+    failures = 0
+    results: dict[tuple[str, str], list[float]] = defaultdict(list)
+    async with httpx.AsyncClient(timeout=900, limits=limits) as http:
+        for base in servers.values():  # warm-up
+            await complete(http, base, "Hello", 4)
+        names = list(servers)
+        points = [(w, n) for w in args.workloads for n in args.clients]
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for workload, n in points:
+                texts: dict[str, list[str]] = {}
+                for name in order:
+                    value, texts[name] = await point(http, servers[name], workload, n)
+                    results[f"{workload} x{n}", name].append(value)
+                    print(f"  round {r + 1} {workload:<10} x{n:<2} {name:<24} {value:8.1f} tok/s")
+                if PLAIN in texts and SPEC in texts and texts[PLAIN] != texts[SPEC]:
+                    failures += 1
+                    for i, (a, b) in enumerate(zip(texts[PLAIN], texts[SPEC], strict=True)):
+                        if a != b:
+                            print(f"  OUTPUT DIFFERS: {workload} prompt {i}:\n    {a!r}\n    {b!r}")
+    print_table(names, results)
+    print(f"\noutputs with speculation == without: {'yes' if not failures else 'NO'}")
+    return failures
+
+
+def print_table(names: list[str], results: dict[tuple[str, str], list[float]]) -> None:
+    base = names[0]
+    print(f"\ndecode tokens/s, medians over rounds; ratio = figure / {base}'s")
+    print(f"{'point':<16}" + "".join(f"{n:>24}" for n in names))
+    for point_name in dict.fromkeys(p for p, _ in results):
+        meds = {n: statistics.median(results[point_name, n]) for n in names}
+        print(f"{point_name:<16}" + "".join(f"{meds[n]:>24.1f}" for n in names))
+        print(f"{'  ratio':<16}" + "".join(f"{meds[n] / meds[base]:>23.2f}x" for n in names))
+        if PLAIN in meds and SPEC in meds:
+            best = max(v for n, v in meds.items() if n.startswith("llama-server"))
+            print(
+                f"{'':<16}worker / without: {meds[SPEC] / meds[PLAIN]:.2f}x; "
+                f"worker / best llama-server: {meds[SPEC] / best:.2f}x"
+            )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8]
+    )
+    parser.add_argument(
+        "--workloads",
+        type=lambda s: s.split(","),
+        default=list(WORKLOADS["workloads"]),
+    )
+    parser.add_argument("--types", type=lambda s: s.split(","), default=TYPES)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 client")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.clients = 1, [1]
+    threads = str(os.cpu_count() or 1)
+    model = str(embedded_model_path())
+    binary = llama_server_binary()
+    servers: dict[str, str] = {}
+    with ExitStack() as stack:
+        for kind in ["default", *args.types]:
+            port = free_port()
+            argv = [
+                binary, "-m", model, "--port", str(port), "--host", "127.0.0.1",
+                "-np", str(args.parallel), "-c", str(4096 * args.parallel),
+                "-t", threads, "-tb", threads, "--no-webui",
+            ]  # fmt: skip
+            if kind != "default":
+                argv += ["--spec-type", kind]
+            base = f"http://127.0.0.1:{port}"
+            stack.enter_context(server_process(argv, f"{base}/health"))
+            servers[f"llama-server {kind}"] = base
+        env = {"GEMMA_PARALLEL": str(args.parallel), "GEMMA_N_CTX": "4096"}
+        servers[SPEC] = stack.enter_context(worker_process(free_port(), env))
+        servers[PLAIN] = stack.enter_context(
+            worker_process(free_port(), {**env, "GEMMA_SPECULATION": "false"})
+        )
+        print(
+            f"{threads} threads, {args.parallel} slots of 4096 tokens, {args.rounds} rounds; "
+            f"servers: {', '.join(servers)}",
+            flush=True,
+        )
+        failures = asyncio.run(run(args, servers))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

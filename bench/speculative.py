@@ -3,15 +3,23 @@ and with each of its n-gram speculation types, on answers that repeat their inpu
 
 Workloads (fixed prompts, ``bench/prompts/speculative.json``), greedy, on the embedded model:
 ``extraction`` (JSON lines quoting fields of a ~400-token log), ``rewrite`` (a ~60-line
-config file returned with one change), ``prose`` (free continuation). Each point is N
-concurrent clients (1 and 8), each sending one streamed ``/v1/completions`` request per
-prompt of the workload in turn; the figure is decode tokens/s: completion tokens over the
-time from the first streamed text to the last (so the prompt's processing, which speculation
-does not touch, is left out), summed over clients for 8. Every server gets the same slots
-(8), context and threads; every round runs every point on every server, who goes first
-rotating; figures are medians over rounds, ratios against llama-server's default in the same
-run. The worker's outputs with speculation must equal its outputs without (checked on every
-prompt, every round: a difference is printed and fails the run).
+config file returned with one change), ``prose`` (free continuation). At 1 client, the
+client sends each prompt of the workload in turn; at 8, each client sends one (prompts
+shared round-robin), all at once. All requests are streamed ``/v1/completions``. The figure
+at 1 client is decode tokens/s: completion tokens over the time from the first streamed text
+to the last (the prompt's processing, which speculation does not touch, is left out); at 8,
+all completion tokens over the wall time from the first request to the last text (prompts
+included: the servers schedule prompt processing beside decoding differently). Every server gets the same slots (8), context and threads; every round runs
+every point on every server, who goes first rotating; figures are medians over rounds,
+ratios against llama-server's default in the same run.
+
+Servers: llama-server with its defaults and with each ``--spec-type`` n-gram mode; the
+worker in its default fast mode with speculation and without; the worker in deterministic
+mode (``GEMMA_DETERMINISTIC=true``) with and without. Outputs: in deterministic mode the
+worker's outputs with speculation must equal those without on every prompt at every point
+(a difference is printed and fails the run); in fast mode, rounding depends on the batch's
+shape (``docs/PERFORMANCE.md``), so the prompts whose outputs differ, and from which
+character, are reported.
 
     .venv/bin/python bench/speculative.py
     .venv/bin/python bench/speculative.py --quick        # 1 round, 1 client: a smoke run
@@ -39,8 +47,11 @@ from compare_llama_server import llama_server_binary
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS: dict[str, Any] = json.loads((HERE / "prompts" / "speculative.json").read_text())
-TYPES = ["ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod"]
-PLAIN, SPEC = "worker (no spec)", "worker"
+TYPES = ["ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache"]
+SPEC, PLAIN = "worker", "worker no-spec"
+DET_SPEC, DET_PLAIN = "worker det", "worker det no-spec"
+#: Pairs whose outputs are compared: (with, without, must be identical).
+PAIRS = [(DET_SPEC, DET_PLAIN, True), (SPEC, PLAIN, False)]
 
 
 async def point(
@@ -52,8 +63,7 @@ async def point(
     done: list[tuple[int, Completion]] = []
 
     async def client(c: int) -> None:
-        for i in range(len(prompts)):
-            k = (c + i) % len(prompts)
+        for k in range(len(prompts)) if n_clients == 1 else [c % len(prompts)]:
             done.append((k, await complete(http, base, prompts[k], max_tokens)))
 
     await asyncio.gather(*(client(c) for c in range(n_clients)))
@@ -67,15 +77,18 @@ async def point(
             if len(c.arrivals) > 1
         ]
         return statistics.mean(rates), texts
-    first = min(c.arrivals[0] for _, c in done)
+    # Several clients: tokens over the wall time, prompts included (servers schedule prompt
+    # processing beside decoding differently, so a decode-only window would not compare).
+    first = min(c.sent for _, c in done)
     last = max(c.arrivals[-1] for _, c in done)
-    return sum(c.completion_tokens - 1 for _, c in done) / (last - first), texts
+    return sum(c.completion_tokens for _, c in done) / (last - first), texts
 
 
 async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
     limits = httpx.Limits(max_keepalive_connections=0)
     failures = 0
     results: dict[tuple[str, str], list[float]] = defaultdict(list)
+    differs: dict[str, list[str]] = defaultdict(list)
     async with httpx.AsyncClient(timeout=900, limits=limits) as http:
         for base in servers.values():  # warm-up
             await complete(http, base, "Hello", 4)
@@ -89,30 +102,45 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
                     value, texts[name] = await point(http, servers[name], workload, n)
                     results[f"{workload} x{n}", name].append(value)
                     print(f"  round {r + 1} {workload:<10} x{n:<2} {name:<24} {value:8.1f} tok/s")
-                if PLAIN in texts and SPEC in texts and texts[PLAIN] != texts[SPEC]:
-                    failures += 1
-                    for i, (a, b) in enumerate(zip(texts[PLAIN], texts[SPEC], strict=True)):
-                        if a != b:
-                            print(f"  OUTPUT DIFFERS: {workload} prompt {i}:\n    {a!r}\n    {b!r}")
+                for with_, without, strict in PAIRS:
+                    if with_ not in texts or without not in texts:
+                        continue
+                    for i, (a, b) in enumerate(zip(texts[without], texts[with_], strict=True)):
+                        if a == b:
+                            continue
+                        at = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+                        differs[with_].append(f"{workload} x{n} prompt {i} from char {at}")
+                        if strict:
+                            failures += 1
+                            print(f"  OUTPUT DIFFERS ({with_}): {workload} prompt {i}:")
+                            print(f"    {a!r}\n    {b!r}")
     print_table(names, results)
-    print(f"\noutputs with speculation == without: {'yes' if not failures else 'NO'}")
+    for with_, without, strict in PAIRS:
+        if with_ in servers:
+            found = differs[with_]
+            print(
+                f"\noutputs of {with_!r} == {without!r}: "
+                + ("yes, every prompt" if not found else f"NO: {'; '.join(found)}")
+                + ("" if strict else " (fast mode: rounding depends on the batch's shape)")
+            )
     return failures
 
 
 def print_table(names: list[str], results: dict[tuple[str, str], list[float]]) -> None:
     base = names[0]
-    print(f"\ndecode tokens/s, medians over rounds; ratio = figure / {base}'s")
+    print(f"\ntokens/s (x1: decode; x8: wall), medians over rounds; ratio = figure / {base}'s")
     print(f"{'point':<16}" + "".join(f"{n:>24}" for n in names))
     for point_name in dict.fromkeys(p for p, _ in results):
         meds = {n: statistics.median(results[point_name, n]) for n in names}
         print(f"{point_name:<16}" + "".join(f"{meds[n]:>24.1f}" for n in names))
         print(f"{'  ratio':<16}" + "".join(f"{meds[n] / meds[base]:>23.2f}x" for n in names))
-        if PLAIN in meds and SPEC in meds:
-            best = max(v for n, v in meds.items() if n.startswith("llama-server"))
-            print(
-                f"{'':<16}worker / without: {meds[SPEC] / meds[PLAIN]:.2f}x; "
-                f"worker / best llama-server: {meds[SPEC] / best:.2f}x"
-            )
+        best = max(v for n, v in meds.items() if n.startswith("llama-server"))
+        for with_, without, _ in PAIRS:
+            if with_ in meds and without in meds:
+                print(
+                    f"{'':<16}{with_} / without: {meds[with_] / meds[without]:.2f}x; "
+                    f"/ best llama-server: {meds[with_] / best:.2f}x"
+                )
 
 
 def main() -> int:
@@ -130,6 +158,12 @@ def main() -> int:
     )
     parser.add_argument("--types", type=lambda s: s.split(","), default=TYPES)
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument(
+        "--workers",
+        type=lambda s: s.split(","),
+        default=[SPEC, PLAIN, DET_SPEC, DET_PLAIN],
+        help="worker variants (comma-separated names as printed)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round, 1 client")
     args = parser.parse_args()
     if args.quick:
@@ -152,10 +186,12 @@ def main() -> int:
             stack.enter_context(server_process(argv, f"{base}/health"))
             servers[f"llama-server {kind}"] = base
         env = {"GEMMA_PARALLEL": str(args.parallel), "GEMMA_N_CTX": "4096"}
-        servers[SPEC] = stack.enter_context(worker_process(free_port(), env))
-        servers[PLAIN] = stack.enter_context(
-            worker_process(free_port(), {**env, "GEMMA_SPECULATION": "false"})
-        )
+        off = {"GEMMA_SPECULATION": "false"}
+        det = {"GEMMA_DETERMINISTIC": "true"}
+        variants = {SPEC: {}, PLAIN: off, DET_SPEC: det, DET_PLAIN: {**det, **off}}
+        for name, extra in variants.items():
+            if name in args.workers:
+                servers[name] = stack.enter_context(worker_process(free_port(), {**env, **extra}))
         print(
             f"{threads} threads, {args.parallel} slots of 4096 tokens, {args.rounds} rounds; "
             f"servers: {', '.join(servers)}",

@@ -123,6 +123,10 @@ def expected_accepted(rate: float, k: int) -> float:
 STEP_FACTOR = 1.5
 
 
+#: Draft lengths tried for the sequences that draft.
+_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
 def plan_drafts(
     wants: Mapping[int, int],
     rates: Mapping[int, float],
@@ -135,56 +139,42 @@ def plan_drafts(
 
     ``rates``: every decoding sequence of the step with its acceptance rate (those without a
     draft too); ``wants``: the tokens each sequence with a draft has drafted; ``room``: draft
-    tokens the batch can take. Drafts grow in rounds, a row block (:class:`StepCosts`) at a
-    time, each sequence's turn (best rate first) taken when it raises the step's expected
-    tokens per second (streams plus expected accepted drafts, over the step's estimated
-    cost). A round stands only as far as every stream in the step still expects at least
-    ``1 / step_factor`` of its rate in a step without drafts: so the step never widens for
-    the few at the cost of the rest."""
+    tokens the batch can take. The plans weighed: the ``m`` sequences of best rate draft up
+    to ``k`` tokens each, for every ``m`` and a ladder of ``k``, the step then filled to a
+    whole row block (:class:`StepCosts`) with more of their drafts. The plan chosen has the
+    most expected tokens per second (streams plus expected accepted drafts, over the step's
+    estimated cost), among those with which every stream in the step still expects at least
+    ``1 / step_factor`` of its rate in a step without drafts (so the step never widens for
+    a few at the cost of the rest); none at all when no plan beats not drafting."""
     n_rows = len(rates)
     plain = costs.estimate(n_rows) if n_rows else None
     if plain is None:
         return {}
     order = sorted(wants, key=lambda s: (-rates.get(s, 0.0), s))
-    ks = dict.fromkeys(order, 0)
-    expected = dict.fromkeys(rates, 0.0)
-
-    def speed(total: int) -> float:
-        cost = costs.estimate(n_rows + total)
-        assert cost is not None
-        return (n_rows + sum(expected.values())) / cost
-
-    def fair(total: int) -> bool:
-        cost = costs.estimate(n_rows + total)
-        assert cost is not None
-        floor = cost / (step_factor * plain)  # each stream's expected tokens must reach it
-        return all(1.0 + e >= floor for e in expected.values())
-
-    total = 0
-    best = speed(0)
-    while True:
-        taken: list[tuple[int, int]] = []  # this round's (slot, tokens added)
-        for slot in order:
-            width = n_rows + total
-            step = (costs.block - width % costs.block) % costs.block or costs.block
-            add = min(step, wants[slot] - ks[slot], room - total)
-            if add <= 0:
+    best: dict[int, int] = {}
+    best_speed = n_rows / plain
+    for m in range(1, len(order) + 1):
+        top = order[:m]
+        for k in _LENGTHS:
+            plan = {s: min(k, wants[s]) for s in top}
+            total = sum(plan.values())
+            if total > room:
+                break
+            pad = -(n_rows + total) % costs.block
+            for s in top:
+                extra = min(pad, wants[s] - plan[s], room - total)
+                plan[s] += extra
+                total += extra
+                pad -= extra
+            cost = costs.estimate(n_rows + total)
+            assert cost is not None
+            gains = [expected_accepted(rates.get(s, 0.0), n) for s, n in plan.items()]
+            floor = cost / (step_factor * plain)  # each stream's expected tokens must reach it
+            if floor > 1.0 and (len(plan) < n_rows or min(gains) + 1.0 < floor):
                 continue
-            ks[slot] += add
-            expected[slot] = expected_accepted(rates.get(slot, 0.0), ks[slot])
-            v = speed(total + add)
-            if v > best:
-                best, total = v, total + add
-                taken.append((slot, add))
-            else:
-                ks[slot] -= add
-                expected[slot] = expected_accepted(rates.get(slot, 0.0), ks[slot])
-        while taken and not fair(total):  # undo the round's latest turns until fair
-            slot, add = taken.pop()
-            ks[slot] -= add
-            total -= add
-            expected[slot] = expected_accepted(rates.get(slot, 0.0), ks[slot])
-            best = speed(total)
-        if not taken or not fair(total):
-            break
-    return {slot: k for slot, k in ks.items() if k}
+            speed = (n_rows + sum(gains)) / cost
+            if speed > best_speed:
+                best, best_speed = plan, speed
+            if all(plan[s] >= wants[s] for s in top):
+                break  # a longer k drafts nothing more
+    return {s: n for s, n in best.items() if n}

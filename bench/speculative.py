@@ -9,9 +9,10 @@ shared round-robin), all at once. All requests are streamed ``/v1/completions``.
 at 1 client is decode tokens/s: completion tokens over the time from the first streamed text
 to the last (the prompt's processing, which speculation does not touch, is left out); at 8,
 all completion tokens over the wall time from the first request to the last text (prompts
-included: the servers schedule prompt processing beside decoding differently). Every server gets the same slots (8), context and threads; every round runs
-every point on every server, who goes first rotating; figures are medians over rounds,
-ratios against llama-server's default in the same run.
+included: the servers schedule prompt processing beside decoding differently). Every server
+gets the same slots (8), context and threads; every round runs every point on every server,
+who goes first rotating; figures are medians over rounds, ratios against llama-server's
+default in the same run.
 
 Servers: llama-server with its defaults and with each ``--spec-type`` n-gram mode; the
 worker in its default fast mode with speculation and without; the worker in deterministic
@@ -108,7 +109,10 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
                     for i, (a, b) in enumerate(zip(texts[without], texts[with_], strict=True)):
                         if a == b:
                             continue
-                        at = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+                        at = next(
+                            (j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                            len(a),
+                        )
                         differs[with_].append(f"{workload} x{n} prompt {i} from char {at}")
                         if strict:
                             failures += 1
@@ -148,9 +152,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8]
-    )
+    parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     parser.add_argument(
         "--workloads",
         type=lambda s: s.split(","),

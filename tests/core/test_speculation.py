@@ -29,10 +29,12 @@ def test_the_longest_suffix_wins_and_nothing_seen_drafts_nothing() -> None:
     assert NgramDrafter([]).draft(4) == []
 
 
-def test_a_draft_never_reads_past_the_sequence_and_periodic_text_drafts_its_period() -> None:
+def test_a_loop_is_drafted_round_its_period() -> None:
     d = NgramDrafter([3, 4, 3, 4, 3, 4], sizes=(2,))
-    assert d.draft(8) == [3, 4]  # "3 4" last ended 2 tokens back: only 2 follow it
+    assert d.draft(5) == [3, 4, 3, 4, 3]  # "3 4" last ended 2 tokens back: its period
     assert len(d) == 6
+    d = NgramDrafter([1, 5, 6, 7, 2, 5, 6, 7, 2, 5, 6], sizes=(2,))
+    assert d.draft(6) == [7, 2, 5, 6, 7, 2]
 
 
 def test_bad_bounds_are_refused() -> None:
@@ -122,3 +124,26 @@ def test_beside_other_streams_drafts_must_pay_for_everyone() -> None:
     both = plan_drafts(dict.fromkeys(range(8), 48), rates, costs, room=64)
     assert len(both) >= 2 and sum(both.values()) <= 64
     assert (8 + sum(both.values())) % 4 == 0
+
+
+def test_a_draft_widens_its_decoders_entry_and_comes_out_of_the_prefill_budget() -> None:
+    slots = [
+        SlotView(slot=0, order=1, prefill_remaining=0, draft=5),
+        SlotView(slot=1, order=2, prefill_remaining=0),
+        SlotView(slot=2, order=3, prefill_remaining=100),
+    ]
+    seen: list[int] = []
+
+    def beside(n: int) -> int:
+        seen.append(n)
+        return 20
+
+    plan = plan_step(slots, 64, beside)
+    assert [(e.slot, e.n_tokens, e.prefill) for e in plan] == [
+        (0, 6, False),
+        (1, 1, False),
+        (2, 20, True),
+    ]
+    assert seen == [7]  # the prefill budget is asked for beside all 7 decoding tokens
+    plan = plan_step(slots, 10, beside)
+    assert plan[-1].n_tokens == 3  # the batch's size bounds prefill after the drafts

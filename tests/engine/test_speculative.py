@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from gemma_worker.core.request import ExecuteRequest
 from gemma_worker.core.conversation import Conversation
+from gemma_worker.core.request import ExecuteRequest
 from gemma_worker.engine.job import GenerationSpec
 from gemma_worker.engine.llama_engine import LlamaEngine
 from gemma_worker.engine.messages import Finished, Text
@@ -173,5 +173,5 @@ async def test_the_kv_cache_a_speculating_run_leaves_holds_only_accepted_tokens(
     follow = REWRITE + first
     got, fin = await spec.text(follow, 64, temperature=0.0)
     assert fin.usage.cached_tokens > 100
-    expected, base = await plain.text(follow, 64, temperature=0.0)
+    expected, _ = await plain.text(follow, 64, temperature=0.0)
     assert got == expected

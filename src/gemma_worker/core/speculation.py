@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 from gemma_worker.core.step_cost import StepCosts
 
-
 #: The n-gram lengths indexed by default.
 NGRAM_SIZES = (2, 3, 4, 6, 8, 12)
 
@@ -59,8 +58,9 @@ class NgramDrafter:
             self._tokens.append(token)
 
     def draft(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest
-        suffix (of the indexed sizes) seen before; ``[]`` when none was."""
+        """``k`` tokens that followed the latest earlier occurrence of the longest suffix (of
+        the indexed sizes) seen before, the text since repeated when that is shorter;
+        ``[]`` when no suffix was seen before."""
         toks, size = self._tokens, len(self._tokens)
         if k <= 0:
             return []
@@ -69,7 +69,13 @@ class NgramDrafter:
                 continue
             end = self._ends[n].get(tuple(toks[size - n :]))
             if end is not None:
-                return toks[end : min(end + k, size)]
+                if end + k <= size:
+                    return toks[end : end + k]
+                # The match ends less than k tokens back: the text since repeats what
+                # followed it, so the draft goes round that period again (a loop, as
+                # n-gram chains would draft it).
+                period = size - end
+                return [toks[end + i % period] for i in range(k)]
         return []
 
 

@@ -130,7 +130,7 @@ class StepCosts:
         if not self._narrow:
             return None
         near = max(self._narrow)  # from the widest narrow step, with the prior exponent
-        return self._narrow[near] * (self.padded(width) / near) ** _PRIOR_EXPONENT
+        return self._narrow[near] * math.pow(self.padded(width) / near, _PRIOR_EXPONENT)
 
     def _fitted(self) -> tuple[float, float] | None:
         if self._fit is None and self._wide:

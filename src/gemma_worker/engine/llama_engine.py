@@ -712,7 +712,7 @@ class LlamaEngine:
 
     def _plan_drafts(self) -> None:
         """Each decoding sequence's draft for the next step: what its context suggests, as
-        long as pays (:func:`~gemma_worker.core.speculation.plan_drafts`)."""
+        much of it as pays (:func:`~gemma_worker.core.speculation.plan_drafts`)."""
         wants: dict[int, list[int]] = {}
         rates: dict[int, float] = {}
         for seq in self._seqs.values():

@@ -119,7 +119,9 @@ class RecordingEngine(LlamaEngine):
 
 
 async def test_long_prompt_is_chunked_and_running_stream_keeps_flowing() -> None:
-    settings = make_settings(parallel=2, prefill_chunk=64, n_ctx=2048)
+    # one token per step for the running stream (no drafts): its 300 tokens then outlast
+    # the long prompt's prefill, and its gaps are those of plain decode steps
+    settings = make_settings(parallel=2, prefill_chunk=64, n_ctx=2048, speculation=False)
     eng = RecordingEngine(settings.engine_config())
     await eng.start()
     try:

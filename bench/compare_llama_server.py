@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -54,6 +54,21 @@ def llama_server_binary() -> str:
         ["bash", str(script), sys.executable], check=True, stdout=subprocess.PIPE, text=True
     )
     return out.stdout.strip().splitlines()[-1]
+
+
+def llama_server(stack: ExitStack, binary: str, parallel: int, extra: Sequence[str] = ()) -> str:
+    """Start llama-server on the embedded model until ``stack`` closes: ``parallel`` slots
+    of 4,096 tokens, all cores, ``extra`` flags; its base URL once it is healthy."""
+    threads = str(os.cpu_count() or 1)
+    port = free_port()
+    argv = [
+        binary, "-m", str(embedded_model_path()), "--port", str(port), "--host", "127.0.0.1",
+        "-np", str(parallel), "-c", str(4096 * parallel),
+        "-t", threads, "-tb", threads, "--no-webui", *extra,
+    ]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    stack.enter_context(server_process(argv, f"{base}/health"))
+    return base
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -168,21 +183,11 @@ def main() -> None:
     args = parser.parse_args()
 
     threads = str(os.cpu_count() or 1)
-    model = str(embedded_model_path())
     variants = [parse_variant(v) for v in args.worker] or [("worker", {})]
     servers: dict[str, str] = {}
     with ExitStack() as stack:
         if not args.no_llama_server:
-            binary = llama_server_binary()
-            port = free_port()
-            argv = [
-                binary, "-m", model, "--port", str(port), "--host", "127.0.0.1",
-                "-np", str(args.parallel), "-c", str(4096 * args.parallel),
-                "-t", threads, "-tb", threads, "--no-webui",
-            ]  # fmt: skip
-            base = f"http://127.0.0.1:{port}"
-            stack.enter_context(server_process(argv, f"{base}/health"))
-            servers["llama-server"] = base
+            servers["llama-server"] = llama_server(stack, llama_server_binary(), args.parallel)
         for name, overrides in variants:
             env = {"GEMMA_PARALLEL": str(args.parallel), "GEMMA_N_CTX": "4096", **overrides}
             servers[name] = stack.enter_context(worker_process(free_port(), env))

@@ -42,9 +42,9 @@ from typing import Any
 
 import httpx
 
-from _common import embedded_model_path, free_port, server_process, worker_process
+from _common import free_port, worker_process
 from _oai_load import Completion, complete
-from compare_llama_server import llama_server_binary
+from compare_llama_server import llama_server, llama_server_binary
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS: dict[str, Any] = json.loads((HERE / "prompts" / "speculative.json").read_text())
@@ -120,7 +120,7 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
                             print(f"    {a!r}\n    {b!r}")
     print_table(names, results)
     for with_, without, strict in PAIRS:
-        if with_ in servers:
+        if with_ in servers and without in servers:
             found = differs[with_]
             print(
                 f"\noutputs of {with_!r} == {without!r}: "
@@ -171,22 +171,12 @@ def main() -> int:
     if args.quick:
         args.rounds, args.clients = 1, [1]
     threads = str(os.cpu_count() or 1)
-    model = str(embedded_model_path())
     binary = llama_server_binary()
     servers: dict[str, str] = {}
     with ExitStack() as stack:
         for kind in ["default", *args.types]:
-            port = free_port()
-            argv = [
-                binary, "-m", model, "--port", str(port), "--host", "127.0.0.1",
-                "-np", str(args.parallel), "-c", str(4096 * args.parallel),
-                "-t", threads, "-tb", threads, "--no-webui",
-            ]  # fmt: skip
-            if kind != "default":
-                argv += ["--spec-type", kind]
-            base = f"http://127.0.0.1:{port}"
-            stack.enter_context(server_process(argv, f"{base}/health"))
-            servers[f"llama-server {kind}"] = base
+            extra = [] if kind == "default" else ["--spec-type", kind]
+            servers[f"llama-server {kind}"] = llama_server(stack, binary, args.parallel, extra)
         env = {"GEMMA_PARALLEL": str(args.parallel), "GEMMA_N_CTX": "4096"}
         off = {"GEMMA_SPECULATION": "false"}
         det = {"GEMMA_DETERMINISTIC": "true"}

@@ -713,6 +713,8 @@ class LlamaEngine:
     def _plan_drafts(self) -> None:
         """Each decoding sequence's draft for the next step: what its context suggests, as
         much of it as pays (:func:`~gemma_worker.core.speculation.plan_drafts`)."""
+        if not self.config.speculation:
+            return
         wants: dict[int, list[int]] = {}
         rates: dict[int, float] = {}
         for seq in self._seqs.values():

@@ -138,8 +138,8 @@ class Settings(BaseSettings):
         ge=1.1,
         le=100.0,
         description="Beside decoding streams, a step carrying prompt tokens may take at most "
-        "this many times a decode-only step: the streams' token gap while a long prompt is "
-        "processed.",
+        "this many times a decode-only step of every request holding a slot (decoding or "
+        "processing its prompt): the streams' token gap while a long prompt is processed.",
     )
     speculation: bool = Field(
         default=True,

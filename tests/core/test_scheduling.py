@@ -12,7 +12,7 @@ from gemma_worker.core.scheduling import (
 
 def test_decoders_each_get_one_token() -> None:
     plan = plan_step(
-        [SlotView(0, 1, 0), SlotView(1, 2, 0)], n_batch=512, prefill_beside=lambda n: 64
+        [SlotView(0, 1, 0), SlotView(1, 2, 0)], n_batch=512, prefill_beside=lambda n, s: 64
     )
     assert plan == [StepEntry(0, 1, False), StepEntry(1, 1, False)]
 
@@ -20,44 +20,46 @@ def test_decoders_each_get_one_token() -> None:
 def test_decoders_go_in_slot_order_whatever_their_admission_order() -> None:
     # llama.cpp runs one forward pass per run of consecutive sequence ids in batch order
     slots = [SlotView(2, 1, 0), SlotView(0, 2, 0), SlotView(1, 3, 0), SlotView(3, 4, 50)]
-    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 64)
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n, s: 64)
     assert [e.slot for e in plan] == [0, 1, 2, 3]
     assert plan[-1] == StepEntry(3, 50, True)
 
 
 def test_paused_decoder_sits_out() -> None:
-    plan = plan_step([SlotView(0, 1, 0, paused=True), SlotView(1, 2, 0)], 512, lambda n: 64)
+    plan = plan_step([SlotView(0, 1, 0, paused=True), SlotView(1, 2, 0)], 512, lambda n, s: 64)
     assert plan == [StepEntry(1, 1, False)]
 
 
 def test_prefill_is_chunked_so_decoders_keep_flowing() -> None:
     slots = [SlotView(0, 1, 0), SlotView(1, 2, 1000)]
-    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 64)
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n, s: 64)
     assert plan == [StepEntry(0, 1, False), StepEntry(1, 64, True)]
 
 
 def test_prefill_oldest_first_within_budget() -> None:
     slots = [SlotView(0, 5, 30), SlotView(1, 3, 50), SlotView(2, 1, 0)]
-    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 64)
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n, s: 64)
     assert plan == [StepEntry(2, 1, False), StepEntry(1, 50, True), StepEntry(0, 14, True)]
 
 
 def test_prompt_alone_gets_the_whole_batch() -> None:
     asked: list[int] = []
-    plan = plan_step([SlotView(0, 1, 2000)], n_batch=512, prefill_beside=asked.append)
+    plan = plan_step(
+        [SlotView(0, 1, 2000)], n_batch=512, prefill_beside=lambda n, s: asked.append(n) or 0
+    )
     assert plan == [StepEntry(0, 512, True)]
     assert asked == []  # the pacer only rules beside decoding streams
 
 
 def test_prompt_beside_streams_gets_the_pacers_budget() -> None:
     slots = [SlotView(0, 1, 0), SlotView(1, 2, 0, paused=True), SlotView(2, 3, 2000)]
-    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n: 10 * n)
+    plan = plan_step(slots, n_batch=512, prefill_beside=lambda n, s: 10 * n)
     assert plan == [StepEntry(0, 1, False), StepEntry(2, 10, True)]
 
 
 def test_batch_size_bounds_everything() -> None:
     slots = [SlotView(i, i, 0) for i in range(4)] + [SlotView(9, 9, 100)]
-    plan = plan_step(slots, n_batch=6, prefill_beside=lambda n: 64)
+    plan = plan_step(slots, n_batch=6, prefill_beside=lambda n, s: 64)
     assert sum(e.n_tokens for e in plan) == 6
     assert plan[-1] == StepEntry(9, 2, True)
 

@@ -132,10 +132,10 @@ def test_a_draft_widens_its_decoders_entry_and_comes_out_of_the_prefill_budget()
         SlotView(slot=1, order=2, prefill_remaining=0),
         SlotView(slot=2, order=3, prefill_remaining=100),
     ]
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
-    def beside(n: int) -> int:
-        seen.append(n)
+    def beside(n: int, streams: int) -> int:
+        seen.append((n, streams))
         return 20
 
     plan = plan_step(slots, 64, beside)
@@ -144,6 +144,7 @@ def test_a_draft_widens_its_decoders_entry_and_comes_out_of_the_prefill_budget()
         (1, 1, False),
         (2, 20, True),
     ]
-    assert seen == [7]  # the prefill budget is asked for beside all 7 decoding tokens
+    # the prefill budget is asked for beside all 7 decoding tokens, 3 sequences in the step
+    assert seen[0] == (7, 3)
     plan = plan_step(slots, 10, beside)
     assert plan[-1].n_tokens == 3  # the batch's size bounds prefill after the drafts

@@ -38,13 +38,14 @@ class StepEntry:
 
 
 def plan_step(
-    slots: Sequence[SlotView], n_batch: int, prefill_beside: Callable[[int], int]
+    slots: Sequence[SlotView], n_batch: int, prefill_beside: Callable[[int, int], int]
 ) -> list[StepEntry]:
     """Choose this step's batch: all unpaused decoders, in slot order (each its next token
     and its draft), then prefill chunks.
 
     A prompt alone gets the whole batch. Beside ``n`` decoding tokens (drafts included),
-    prefill gets at most ``prefill_beside(n)`` tokens, so the streams keep flowing.
+    with ``s`` sequences in the step (decoding or prefilling), prefill gets at most
+    ``prefill_beside(n, s)`` tokens, so the streams keep flowing.
 
     Slot order matters: with a KV buffer per slot, llama.cpp splits a batch into micro-batches
     of *consecutive* sequence ids in the order their tokens appear, and runs the whole model
@@ -58,9 +59,10 @@ def plan_step(
     ]
     n_decode = sum(e.n_tokens for e in plan)
     budget = n_batch - n_decode
+    prefilling = sorted((s for s in slots if s.prefill_remaining > 0), key=lambda s: s.order)
     if plan:
-        budget = min(budget, prefill_beside(n_decode))
-    for s in sorted((s for s in slots if s.prefill_remaining > 0), key=lambda s: s.order):
+        budget = min(budget, prefill_beside(n_decode, len(plan) + len(prefilling)))
+    for s in prefilling:
         if budget <= 0:
             break
         take = min(s.prefill_remaining, budget)

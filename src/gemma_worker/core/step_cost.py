@@ -40,12 +40,18 @@ class CostModel:
         self._seen.append((n_tokens, seconds))
         self._fit()
 
+    def seconds(self, n_tokens: int) -> float | None:
+        """A batch of ``n_tokens``, in seconds (``None``: the cost is not known yet)."""
+        if self.per_token is None:
+            return None
+        return self.fixed + self.per_token * n_tokens
+
     def tokens_within(self, seconds: float) -> int | None:
         """The most tokens a batch may hold to take at most ``seconds`` (``None``: the cost is
         not known yet; 0: not even one token fits)."""
         if self.per_token is None:
             return None
-        return max(0, int((seconds - self.fixed) / self.per_token))
+        return max(0, int((seconds - self.fixed) / self.per_token + 1e-9))
 
     def _fit(self) -> None:
         ns = [float(n) for n, _ in self._seen]

@@ -43,6 +43,8 @@ class NgramDrafter:
         self._tokens: list[int] = []
         #: n -> n-gram -> end (exclusive) of its latest occurrence before the sequence's end.
         self._ends: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+        #: token -> end of its latest occurrence before the sequence's end (for guesses).
+        self._after: dict[int, int] = {}
         self.extend(tokens)
 
     def __len__(self) -> int:
@@ -55,6 +57,8 @@ class NgramDrafter:
             for n, ends in self._ends.items():
                 if end >= n:
                     ends[tuple(self._tokens[end - n : end])] = end
+            if end:
+                self._after[self._tokens[end - 1]] = end
             self._tokens.append(token)
 
     def draft(self, k: int) -> list[int]:
@@ -77,6 +81,19 @@ class NgramDrafter:
                 period = size - end
                 return [toks[end + i % period] for i in range(k)]
         return []
+
+    def guess(self, k: int, after: Sequence[int] = ()) -> list[int]:
+        """``k`` cheap guesses to follow the sequence and then ``after``: what followed the
+        latest earlier occurrence of the last token, else that token again. They fill a
+        step's shape (:func:`plan_drafts`), not a draft's promise."""
+        if k <= 0:
+            return []
+        toks = self._tokens
+        last = after[-1] if after else toks[-1] if toks else 0
+        end = self._after.get(last)
+        if end is None or end >= len(toks):
+            return [last] * k
+        return [toks[min(end + i, len(toks) - 1)] for i in range(k)]
 
 
 #: Prior belief in a draft token, as pseudo-verifications: 9 in 10 stand, weighing about three
@@ -129,8 +146,9 @@ def expected_accepted(rate: float, k: int) -> float:
 STEP_FACTOR = 1.5
 
 
-#: Draft lengths tried for the sequences that draft.
-_LENGTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+#: Tokens per sequence tried for the sequences that draft (its next token and its draft):
+#: whole row blocks, but for the narrowest.
+_TOKENS = (2, 3, 4, 8, 12, 16, 24, 32, 48, 64)
 
 
 def plan_drafts(
@@ -139,48 +157,68 @@ def plan_drafts(
     costs: StepCosts,
     *,
     room: int,
+    caps: Mapping[int, int] | None = None,
     step_factor: float = STEP_FACTOR,
 ) -> dict[int, int]:
     """Draft tokens per slot for the next step.
 
-    ``rates``: every decoding sequence of the step with its acceptance rate (those without a
-    draft too); ``wants``: the tokens each sequence with a draft has drafted; ``room``: draft
-    tokens the batch can take. The plans weighed: the ``m`` sequences of best rate draft up
-    to ``k`` tokens each, for every ``m`` and a ladder of ``k``, the step then filled to a
-    whole row block (:class:`StepCosts`) with more of their drafts. The plan chosen has the
-    most expected tokens per second (streams plus expected accepted drafts, over the step's
-    estimated cost), among those with which every stream in the step still expects at least
-    ``1 / step_factor`` of its rate in a step without drafts (so the step never widens for
-    a few at the cost of the rest); none at all when no plan beats not drafting."""
-    n_rows = len(rates)
-    plain = costs.estimate(n_rows) if n_rows else None
+    ``rates``: every decoding sequence of the step, by slot, with its acceptance rate (those
+    without a draft too); ``wants``: the tokens each sequence with a draft has drafted;
+    ``caps``: the most draft tokens each sequence may verify (default: its ``wants``);
+    ``room``: draft tokens the batch can take. Two kinds of plan are weighed, each for a
+    ladder of lengths ``k``: the ``m`` sequences of best rate draft up to ``k`` tokens each
+    (for every ``m``); or every sequence verifies ``k`` (up to its cap), those whose drafts
+    are shorter filling theirs with guesses (:meth:`NgramDrafter.guess`, counted as worth
+    nothing), so that the step stays one pass through the model (:func:`step_passes`: a
+    step whose sequences bring different numbers of tokens runs in several). A plan's cost
+    is that of its passes (:meth:`StepCosts.estimate_step`, the sequences in slot order). The
+    plan chosen has the most expected tokens per second (streams plus expected accepted
+    drafts, over the step's estimated cost), among those with which every stream in the step
+    still expects at least ``1 / step_factor`` of its rate in a step without drafts (so the
+    step never widens for a few at the cost of the rest); none at all when no plan beats not
+    drafting. The slots a plan gives more than their ``wants`` take guesses for the rest."""
+    slots = sorted(rates)
+    plain = costs.estimate_step([(s, 1) for s in slots]) if slots else None
     if plain is None:
         return {}
+    limit = caps if caps is not None else wants
     order = sorted(wants, key=lambda s: (-rates.get(s, 0.0), s))
+    cost_of: dict[tuple[int, ...], float | None] = {}
     best: dict[int, int] = {}
-    best_speed = n_rows / plain
-    for m in range(1, len(order) + 1):
-        top = order[:m]
-        for k in _LENGTHS:
-            plan = {s: min(k, wants[s]) for s in top}
-            total = sum(plan.values())
-            if total > room:
+    best_speed = len(slots) / plain
+
+    def weigh(plan: dict[int, int]) -> bool:
+        """Keep ``plan``, cut to the room (its last sequences first), if it is the best so
+        far; whether it fit the room uncut."""
+        nonlocal best, best_speed
+        over = sum(plan.values()) - room
+        fits = over <= 0
+        for s in reversed(list(plan)):
+            if over <= 0:
                 break
-            pad = -(n_rows + total) % costs.block
-            for s in top:
-                extra = min(pad, wants[s] - plan[s], room - total)
-                plan[s] += extra
-                total += extra
-                pad -= extra
-            cost = costs.estimate(n_rows + total)
-            assert cost is not None
-            gains = [expected_accepted(rates.get(s, 0.0), n) for s, n in plan.items()]
-            floor = cost / (step_factor * plain)  # each stream's expected tokens must reach it
-            if floor > 1.0 and (len(plan) < n_rows or min(gains) + 1.0 < floor):
-                continue
-            speed = (n_rows + sum(gains)) / cost
+            cut = min(over, plan[s])
+            plan[s] -= cut
+            over -= cut
+        shape = tuple(1 + plan.get(s, 0) for s in slots)
+        if shape not in cost_of:
+            cost_of[shape] = costs.estimate_step(list(zip(slots, shape, strict=True)))
+        cost = cost_of[shape]
+        gains = [expected_accepted(rates[s], min(plan.get(s, 0), wants.get(s, 0))) for s in slots]
+        # each stream's expected tokens must reach the floor
+        floor = 0.0 if cost is None else cost / (step_factor * plain)
+        if cost is not None and (floor <= 1.0 or 1.0 + min(gains) >= floor):
+            speed = (len(slots) + sum(gains)) / cost
             if speed > best_speed:
-                best, best_speed = plan, speed
-            if all(plan[s] >= wants[s] for s in top):
-                break  # a longer k drafts nothing more
+                best, best_speed = dict(plan), speed
+        return fits
+
+    for tokens in _TOKENS:
+        k = tokens - 1
+        for m in range(1, len(order) + 1):
+            if not weigh({s: min(k, wants[s]) for s in order[:m]}):
+                break
+        if len(order) < len(slots) or any(wants[s] < k for s in order):
+            weigh({s: min(k, limit.get(s, 0)) for s in slots})
+        if all(wants[s] <= k for s in order):
+            break  # a longer k drafts nothing more
     return {s: n for s, n in best.items() if n}

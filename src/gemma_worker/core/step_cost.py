@@ -2,19 +2,26 @@
 
 - :class:`CostModel`: a fixed part and a part per token, fitted by least squares; the
   embedding pacer plans batches with it.
+- :func:`step_passes`: the passes through the model llama.cpp runs a batch in. With a KV
+  buffer per slot it splits a batch into micro-batches of *equal* shares of consecutive
+  sequences, so a batch whose sequences bring different numbers of tokens (one drafts, the
+  others do not) runs the whole model several times: measured here, 8 streams with one
+  token each and one of them 8 more cost 126 ms, 8 streams with 2 tokens each 93 ms.
 - :class:`StepCosts`: a generation step's cost by its width (tokens, each with its logits).
   Not a line: CPU matrix kernels run one row at a time under 4 rows (gemv) and in blocks of 4
   rows above, ever more efficient per row, a partial block costing a whole one. Measured
   here (fast kernels, 270M model): 1 row 12 ms, 2 rows 24, 4 rows 34, 5 rows 49, 8 rows 47,
   9 rows 65, 16 rows 81, 17 rows 101, 32 rows 136, 64 rows 233. So: narrow widths one by
   one, wide ones as a power law of the width rounded up to the block, fitted in log-log
-  space. The speculation planner chooses draft lengths with it.
+  space. A step of several passes costs the sum of its passes. The speculation planner
+  chooses draft lengths with it.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 #: Decodes the cost model is fitted over.
 _WINDOW = 32
@@ -72,6 +79,33 @@ class CostModel:
         self.fixed, self.per_token = fixed, slope
 
 
+def step_passes(
+    counts: Sequence[tuple[int, int]], *, equal_split: bool = True, n_ubatch: int = 512
+) -> list[int]:
+    """The widths of the passes llama.cpp runs a batch in. ``counts``: (sequence id, tokens)
+    per sequence in batch order, each sequence's tokens together. ``equal_split`` (a KV
+    buffer per slot): each pass takes the same number of tokens from a run of sequences of
+    consecutive ids, as many as the shortest of them has left (llama.cpp's sequential
+    ``split_equal``); else passes of ``n_ubatch`` tokens in order (``split_simple``)."""
+    if not equal_split:
+        total = sum(n for _, n in counts)
+        return [min(n_ubatch, total - i) for i in range(0, total, n_ubatch)]
+    left = [[seq, n] for seq, n in counts if n > 0]
+    widths: list[int] = []
+    while left:
+        run = [left[0]]
+        for entry in left[1:]:
+            if entry[0] == run[-1][0] + 1:
+                run.append(entry)
+        shortest = min(e[1] for e in run)
+        take = max(1, min(shortest, n_ubatch // len(run)))
+        for entry in run:
+            entry[1] -= take
+        widths.append(take * len(run))
+        left = [e for e in left if e[1] > 0]
+    return widths
+
+
 #: Rows a CPU matrix kernel works on at once (repacked and tiled K-quant gemm); narrower
 #: steps run row by row.
 ROW_BLOCK = 4
@@ -90,8 +124,18 @@ class StepCosts:
     whole block, fitted by least squares on the logarithms of the last wide steps, ``b``
     pulled towards a prior while the widths seen are too alike to tell it."""
 
-    def __init__(self, block: int = ROW_BLOCK, window: int = _STEP_WINDOW) -> None:
+    def __init__(
+        self,
+        block: int = ROW_BLOCK,
+        window: int = _STEP_WINDOW,
+        *,
+        equal_split: bool = True,
+        n_ubatch: int = 512,
+    ) -> None:
+        """``equal_split``, ``n_ubatch``: how llama.cpp splits a step (:func:`step_passes`)."""
         self.block = block
+        self.equal_split = equal_split
+        self.n_ubatch = n_ubatch
         self._narrow: dict[int, float] = {}
         self._wide: deque[tuple[float, float]] = deque(maxlen=window)
         self._fit: tuple[float, float] | None = None  # (log a, b)
@@ -110,6 +154,37 @@ class StepCosts:
             return
         self._wide.append((math.log(self.padded(width)), math.log(seconds)))
         self._fit = None
+
+    def passes(self, counts: Sequence[tuple[int, int]]) -> list[int]:
+        """The widths of the passes a step of (sequence id, tokens) ``counts`` runs in."""
+        return step_passes(counts, equal_split=self.equal_split, n_ubatch=self.n_ubatch)
+
+    def observe_step(self, counts: Sequence[tuple[int, int]], seconds: float) -> None:
+        """A step of (sequence id, tokens) ``counts`` took ``seconds``. A step of several
+        passes is shared among them in proportion to their estimated costs (none is learned
+        from it while a pass's cost cannot be estimated)."""
+        widths = self.passes(counts)
+        if len(widths) == 1:
+            self.observe(widths[0], seconds)
+            return
+        estimates = [self.estimate(w) for w in widths]
+        known = [e for e in estimates if e is not None]
+        if len(known) < len(widths):
+            return
+        total = sum(known)
+        for width, estimate in zip(widths, known, strict=True):
+            self.observe(width, seconds * estimate / total)
+
+    def estimate_step(self, counts: Sequence[tuple[int, int]]) -> float | None:
+        """A step of (sequence id, tokens) ``counts``, in seconds: the sum of its passes
+        (``None``: no step seen yet)."""
+        total = 0.0
+        for width in self.passes(counts):
+            cost = self.estimate(width)
+            if cost is None:
+                return None
+            total += cost
+        return total
 
     @property
     def exponent(self) -> float | None:

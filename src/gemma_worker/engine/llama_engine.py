@@ -148,8 +148,11 @@ class LlamaEngine:
         self._pacer = PrefillPacer(
             gap_factor=config.prefill_gap_factor, max_chunk=config.prefill_chunk
         )
-        #: What a step without prompt tokens costs, by its width: decides where drafts pay.
-        self._step_costs = StepCosts()
+        #: What a step without prompt tokens costs, by its passes' widths: decides where
+        #: drafts pay.
+        self._step_costs = StepCosts(
+            equal_split=not config.kernels.kv_unified, n_ubatch=min(config.n_batch, 512)
+        )
         self._draft_outputs = max(STEP_DRAFTS, config.max_draft) if config.speculation else 0
         self._order = 0
         self._gate_name = f"generate-{id(self):x}"
@@ -717,14 +720,16 @@ class LlamaEngine:
             return
         wants: dict[int, list[int]] = {}
         rates: dict[int, float] = {}
+        caps: dict[int, int] = {}
         for seq in self._seqs.values():
             seq.draft = []
+            seq.n_guessed = 0
             if seq.next_token is None or seq.prefill_remaining or seq.job.channel.full():
                 continue
             rates[seq.slot] = seq.acceptance.rate
             if seq.drafter is None:
                 continue
-            k = min(self.config.max_draft, seq.draft_room())
+            caps[seq.slot] = k = min(self.config.max_draft, seq.draft_room())
             draft = seq.drafter.draft(k) if k > 0 else []
             if draft:
                 wants[seq.slot] = draft
@@ -732,13 +737,20 @@ class LlamaEngine:
             return
         room = min(self.config.n_batch - len(rates), self._draft_outputs)
         granted = plan_drafts(
-            {slot: len(d) for slot, d in wants.items()}, rates, self._step_costs, room=room
+            {slot: len(d) for slot, d in wants.items()},
+            rates,
+            self._step_costs,
+            room=room,
+            caps=caps,
         )
-        for slot, draft in wants.items():
-            n = granted.get(slot, 0)
-            if n:
-                self._seqs[slot].draft = draft[:n]
-            else:
+        for slot, n in granted.items():
+            seq = self._seqs[slot]
+            assert seq.drafter is not None and seq.next_token is not None
+            draft = wants.get(slot, [])[:n]
+            seq.n_guessed = n - len(draft)
+            seq.draft = draft + seq.drafter.guess(seq.n_guessed, [seq.next_token, *draft])
+        for slot in wants:
+            if slot not in granted:
                 self._seqs[slot].acceptance.rest()
 
     def _step(self, plan: list[StepEntry]) -> None:
@@ -751,7 +763,7 @@ class LlamaEngine:
         n_decode = sum(e.n_tokens for e in plan if not e.prefill)
         self._pacer.observe(n_decode, n_prefill, seconds)
         if n_prefill == 0:
-            self._step_costs.observe(n_decode, seconds)
+            self._step_costs.observe_step([(e.slot, e.n_tokens) for e in plan], seconds)
 
     def _run_step(self, plan: list[StepEntry]) -> None:
         model = self._model

@@ -60,6 +60,9 @@ class SequenceState:
         self.acceptance = Acceptance()
         #: The draft verified in the coming step beside :attr:`next_token`.
         self.draft: list[int] = []
+        #: How many of the draft's last tokens are guesses that only fill the step's shape
+        #: (their verification says nothing of the drafter).
+        self.n_guessed = 0
         self.n_drafted = 0
         self.n_accepted = 0
 
@@ -74,7 +77,8 @@ class SequenceState:
         if drafted:
             self.n_drafted += drafted
             self.n_accepted += accepted
-            self.acceptance.observe(drafted, accepted)
+            drafter = drafted - self.n_guessed
+            self.acceptance.observe(drafter, min(accepted, drafter))
 
     @property
     def prefill_remaining(self) -> int:

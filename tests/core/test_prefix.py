@@ -1,4 +1,4 @@
-from gemma_worker.core.prefix import PrefixMatch, match_prefix, token_boundaries
+from gemma_worker.core.prefix import PrefixMatch, common_prefix, match_prefix, token_boundaries
 
 # a toy vocabulary: token id -> bytes
 VOCAB = {
@@ -70,3 +70,14 @@ def test_never_cuts_a_token_of_the_prompt_in_two() -> None:
     assert m == PrefixMatch(1, 2)  # stops before "<", so "<end>" is tokenised whole
     # without the prompt's boundaries the match would have taken the "<"
     assert match_prefix([3, 1], [], text, vocab.__getitem__, any_token).n_tokens == 2
+
+
+def test_common_prefix_of_token_lists() -> None:
+    assert common_prefix([], [1, 2]) == 0
+    assert common_prefix([1, 2, 3], [1, 2, 3]) == 3
+    assert common_prefix([1, 2, 3], [1, 2]) == 2  # one is the other's head
+    assert common_prefix([5, 2, 3], [1, 2, 3]) == 0
+    long = list(range(1000))
+    for cut in (1, 511, 512, 999):
+        other = [*long[:cut], -1, *long[cut + 1 :]]
+        assert common_prefix(long, other) == cut

@@ -240,3 +240,38 @@ async def test_a_gap_between_busy_slots_is_closed_by_moving_a_request() -> None:
         last_in_2 = max(i for i, s in enumerate(slots_seen) if 2 in s)
         assert [0, 1] in slots_seen[last_in_2 + 1 :]  # ...c went on in slot 1
         assert text == alone_text  # the moved KV cache gives the same output
+
+
+def _scoped(
+    eng: LlamaEngine, settings: Settings, text: str, max_tokens: int, scope: str
+) -> GenerationHandle:
+    req = ExecuteRequest(input=text, max_tokens=max_tokens, temperature=0.0)
+    params = settings.request_limits().resolve(req.sampling(), n_ctx=eng.n_ctx, n_vocab=262_144)
+    spec = GenerationSpec(f"t-{scope}", Conversation(text, "plain"), params, scope=scope)
+    return eng.submit(spec)
+
+
+async def test_requests_sent_together_with_one_head_compute_it_once() -> None:
+    """Three requests of one key scope with the same long prompt, sent at once beside
+    another: the head is processed once, the others start from a copy of it (reported as
+    cached), and every answer is what the prompt gives alone. A request of another scope
+    computes its own."""
+    settings = make_settings(parallel=4, n_ctx=1024)
+    head = "Summarise this server log for the on-call engineer.\n" + "".join(
+        f"2026-12-04 10:{m:02d}:00 nginx[{100 + m}]: upstream timed out while reading\n"
+        for m in range(18)
+    )
+    async with running_engine(LlamaEngine(settings.engine_config())) as alone:
+        solo, _ = await collect(_scoped(alone, settings, head, 16, "a"))
+    async with running_engine(RecordingEngine(settings.engine_config())) as eng:
+        handles = [_scoped(eng, settings, head, 16, "a") for _ in range(3)]
+        handles.append(_scoped(eng, settings, head, 16, "b"))
+        done = await asyncio.gather(*(collect(h) for h in handles))
+        n_prompt = done[0][1].usage.prompt_tokens
+        assert n_prompt > 300
+        assert [text for text, _ in done] == [solo] * 4
+        cached = sorted(f.usage.cached_tokens for _, f in done[:3])
+        assert cached == [0, n_prompt - 1, n_prompt - 1]
+        assert done[3][1].usage.cached_tokens == 0  # another key's request shares nothing
+        processed = sum(e.n_tokens for p in eng.plans for e in p if e.prefill)
+        assert processed == 2 * n_prompt + 2  # scope a once (+1 each copy), scope b once

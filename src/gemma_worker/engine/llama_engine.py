@@ -30,7 +30,7 @@ from typing import TypeVar
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.fairness import FairQueue, Shares, at_capacity
 from gemma_worker.core.pacing import PrefillPacer
-from gemma_worker.core.prefix import PrefixMatch, match_prefix
+from gemma_worker.core.prefix import PrefixMatch, common_prefix, match_prefix
 from gemma_worker.core.scheduling import (
     CachedPrefix,
     SlotView,
@@ -76,6 +76,10 @@ _PAUSE_POLL_S = 0.005
 #: While an empty slot is free, another conversation's cache is reused only for a shared prefix
 #: of at least this many tokens (beyond the BOS).
 MIN_SHARED_PREFIX = 32
+#: A request waits for a running one to compute the prompt head they share, and starts from a
+#: copy of it, from this many tokens (the copy of a slot's KV buffers costs about as much as
+#: computing a few dozen prompt tokens).
+MIN_IN_FLIGHT_PREFIX = 64
 
 
 class _Stop:
@@ -528,23 +532,35 @@ class LlamaEngine:
     def _admit(self) -> None:
         kv = self._cache
         admitted = False
-        while len(self._waiting) > 0 and kv.n_free > 0:
-            prepared = self._waiting.peek(self._running())
-            assert prepared is not None
+        #: Requests waiting for a running request to compute the prefix they share.
+        deferred: list[Prepared] = []
+        while len(self._waiting) > len(deferred) and kv.n_free > 0:
+            prepared = self._next_waiting(deferred)
             spec = prepared.job.spec
             caches = kv.cached(spec.scope, prepared.prompt.parse_special)
             matches = {slot: self._match(prepared, cache.tokens) for slot, cache in caches.items()}
             scores = {s: self._useful(prepared, m, caches[s]) for s, m in matches.items()}
             # A session whose latest cache went to disk gets it back when it beats every slot.
             saved = self._saved_match(prepared)
-            if saved and saved > max(scores.values(), default=0):
+            best = max(saved or 0, *scores.values(), 0)
+            leader = self._leader(prepared, best)
+            if leader is not None and leader[0].n_past < leader[1]:
+                deferred.append(prepared)
+                continue
+            if leader is not None or (saved and saved > max(scores.values(), default=0)):
                 scores = {}
             acquired = kv.acquire(scores, spec.session)
             self._waiting.remove(prepared)
             slot = acquired.slot
             tokens, n_cached = prepared.tokens, 0
             reused = acquired.reused
-            if reused is not None:
+            if leader is not None:
+                kv.copy(leader[0].slot, slot)
+                if kv.keep_prefix(slot, leader[1]):
+                    n_cached = leader[1]
+                else:
+                    kv.clear(slot)
+            elif reused is not None:
                 source = caches[reused]
                 if reused != slot:
                     kv.copy(reused, slot)
@@ -559,6 +575,38 @@ class LlamaEngine:
         if admitted:  # everyone still waiting moved up
             for position, waiting in enumerate(self._waiting.ordered(self._running()), 1):
                 waiting.job.channel.put(Queued(position))
+
+    def _next_waiting(self, deferred: list[Prepared]) -> Prepared:
+        """The waiting request that starts next, passing over the ``deferred`` ones."""
+        running = self._running()
+        head = self._waiting.peek(running)
+        if head is not None and all(head is not d for d in deferred):
+            return head
+        return next(p for p in self._waiting.ordered(running) if all(p is not d for d in deferred))
+
+    def _leader(self, prepared: Prepared, beat: int) -> tuple[SequenceState, int] | None:
+        """The running request (same key scope, same kind of prompt) whose prompt shares the
+        longest head with ``prepared``'s, more than ``beat`` tokens and at least
+        :data:`MIN_IN_FLIGHT_PREFIX`, with how many of those tokens ``prepared`` takes from
+        its KV cache (all but its last prompt token at most). Requests sent together with the
+        same long head (a system prompt, a document, tool definitions) compute it once: the
+        others wait while it is processed, then start from a copy. ``None`` when no running
+        request shares enough, or its sliding-window layers have moved past the head."""
+        model = self._model
+        assert model is not None
+        spec, tokens = prepared.job.spec, prepared.tokens
+        found: tuple[SequenceState, int] | None = None
+        for seq in self._seqs.values():
+            job = seq.job
+            if job.spec.scope != spec.scope or job.parse_special != prepared.prompt.parse_special:
+                continue
+            n = min(common_prefix(seq.prompt_tokens, tokens), len(tokens) - 1)
+            if n < max(MIN_IN_FLIGHT_PREFIX, beat + 1) or (found and n <= found[1]):
+                continue
+            if model.n_swa and seq.n_past - n > model.n_swa:
+                continue
+            found = (seq, n)
+        return found
 
     def _defragment(self) -> None:
         """Close a gap between busy slots (the cache manager moves the KV); the request

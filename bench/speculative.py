@@ -9,7 +9,10 @@ shared round-robin), all at once. All requests are streamed ``/v1/completions``.
 at 1 client is decode tokens/s: completion tokens over the time from the first streamed text
 to the last (the prompt's processing, which speculation does not touch, is left out); at 8,
 all completion tokens over the wall time from the first request to the last text (prompts
-included: the servers schedule prompt processing beside decoding differently). Every server
+included: the servers schedule prompt processing beside decoding differently; each round's
+prompts at several clients start with a line naming the round, so no server serves a round
+from an earlier round's caches: llama-server keeps prompt caches in RAM, ``--cache-ram``, the
+worker only in its slots). Every server
 gets the same slots (8), context and threads; every round runs every point on every server,
 who goes first rotating; figures are medians over rounds, ratios against llama-server's
 default in the same run.
@@ -25,6 +28,11 @@ character, are reported.
     .venv/bin/python bench/speculative.py
     .venv/bin/python bench/speculative.py --quick        # 1 round, 1 client: a smoke run
     .venv/bin/python bench/speculative.py --rounds 3 --clients 1,8 --types ngram-mod,ngram-simple
+    .venv/bin/python bench/speculative.py --clients 8 --unique   # no two prompts share a head
+
+At several clients the prompts are shared round-robin, so requests sent together share their
+prompt heads; the worker computes a shared head once (in-flight prefix sharing, docs/API.md),
+llama-server in every slot. ``--unique`` takes that out.
 """
 
 from __future__ import annotations
@@ -56,19 +64,35 @@ PAIRS = [(DET_SPEC, DET_PLAIN, True), (SPEC, PLAIN, False)]
 
 
 async def point(
-    http: httpx.AsyncClient, base: str, workload: str, n_clients: int
+    http: httpx.AsyncClient,
+    base: str,
+    workload: str,
+    n_clients: int,
+    *,
+    round_no: int,
+    unique: bool = False,
 ) -> tuple[float, list[str]]:
-    """Decode tokens/s of ``n_clients`` clients running the workload's prompts; the texts."""
+    """Decode tokens/s of ``n_clients`` clients running the workload's prompts; the texts
+    (by prompt at 1 client, by client at several). Several clients' prompts start with a
+    line naming the round, so no server serves a later round's prompts from a cache of an
+    earlier one (llama-server keeps prompt caches in RAM beyond its slots, `--cache-ram`;
+    the worker only what its slots hold). ``unique``: that line also names the client, so
+    that no two requests share a prompt head."""
     prompts = WORKLOADS["workloads"][workload]
     max_tokens = WORKLOADS["max_tokens"][workload]
     done: list[tuple[int, Completion]] = []
 
     async def client(c: int) -> None:
-        for k in range(len(prompts)) if n_clients == 1 else [c % len(prompts)]:
-            done.append((k, await complete(http, base, prompts[k], max_tokens)))
+        if n_clients == 1:
+            for k, prompt in enumerate(prompts):
+                done.append((k, await complete(http, base, prompt, max_tokens)))
+            return
+        head = f"Round {round_no}" + (f", request {c + 1} of {n_clients}" if unique else "")
+        prompt = f"{head}.\n{prompts[c % len(prompts)]}"
+        done.append((c, await complete(http, base, prompt, max_tokens)))
 
     await asyncio.gather(*(client(c) for c in range(n_clients)))
-    texts = [""] * len(prompts)
+    texts = [""] * (len(prompts) if n_clients == 1 else n_clients)
     for k, comp in done:
         texts[k] = comp.text
     if n_clients == 1:
@@ -100,8 +124,11 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
             for workload, n in points:
                 texts: dict[str, list[str]] = {}
                 for name in order:
-                    value, texts[name] = await point(http, servers[name], workload, n)
-                    results[f"{workload} x{n}", name].append(value)
+                    value, texts[name] = await point(
+                        http, servers[name], workload, n, round_no=r + 1, unique=args.unique
+                    )
+                    label = f"{workload} x{n}" + ("u" if args.unique and n > 1 else "")
+                    results[label, name].append(value)
                     print(f"  round {r + 1} {workload:<10} x{n:<2} {name:<24} {value:8.1f} tok/s")
                 for with_, without, strict in PAIRS:
                     if with_ not in texts or without not in texts:
@@ -113,10 +140,11 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> int:
                             (j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
                             len(a),
                         )
-                        differs[with_].append(f"{workload} x{n} prompt {i} from char {at}")
+                        what = "prompt" if n == 1 else "client"
+                        differs[with_].append(f"{workload} x{n} {what} {i} from char {at}")
                         if strict:
                             failures += 1
-                            print(f"  OUTPUT DIFFERS ({with_}): {workload} prompt {i}:")
+                            print(f"  OUTPUT DIFFERS ({with_}): {workload} x{n} #{i}:")
                             print(f"    {a!r}\n    {b!r}")
     print_table(names, results)
     for with_, without, strict in PAIRS:
@@ -165,6 +193,12 @@ def main() -> int:
         type=lambda s: s.split(","),
         default=[SPEC, PLAIN, DET_SPEC, DET_PLAIN],
         help="worker variants (comma-separated names as printed)",
+    )
+    parser.add_argument(
+        "--unique",
+        action="store_true",
+        help="several clients: each prompt starts with a line of its own (no shared heads; "
+        "points are labelled x8u)",
     )
     parser.add_argument("--quick", action="store_true", help="1 round, 1 client")
     args = parser.parse_args()

@@ -7,9 +7,10 @@ and those whose prompts are still being processed): once those prompts are done,
 costs that anyway, so processing them costs no stream more than their company will, while
 a burst of prompts is not left to trickle in a few tokens a step behind the first of them to
 start. Costs are judged from the steps seen so far, a fixed part and a part per token each
-(:class:`~gemma_worker.core.step_cost.CostModel`): the prompt tokens of a mixed step run as
-a pass of their own through the model (llama.cpp splits a batch of per-slot KV buffers into
-equal shares per sequence), whose fixed cost a per-token average would leave out. The pacer
+(:class:`~gemma_worker.core.step_cost.CostModel`): with a KV buffer per slot, the prompt
+tokens of a mixed step mostly run as a pass of their own through the model (llama.cpp splits
+such a batch into equal shares of consecutive sequences), whose fixed cost a per-token
+average would leave out. Paused streams, not in the step, do not count. The pacer
 only learns from what the engine reports (:meth:`PrefillPacer.observe`); it never reads a
 clock itself.
 """

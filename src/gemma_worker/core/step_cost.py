@@ -119,9 +119,10 @@ _NARROW_ALPHA = 0.2
 
 
 class StepCosts:
-    """Seconds of a step of ``width`` tokens: under ``block`` rows, each width's average of
-    the steps seen; from ``block`` rows, ``a * padded ** b`` with the width padded up to a
-    whole block, fitted by least squares on the logarithms of the last wide steps, ``b``
+    """Seconds of a pass of ``width`` tokens (a step is the sum of its passes,
+    :meth:`estimate_step`): under ``block`` rows, each width's average of the passes
+    seen; from ``block`` rows, ``a * padded ** b`` with the width padded up to a whole
+    block, fitted by least squares on the logarithms of the last wide steps, ``b``
     pulled towards a prior while the widths seen are too alike to tell it."""
 
     def __init__(

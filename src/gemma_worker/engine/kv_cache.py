@@ -80,6 +80,10 @@ class KVCacheManager:
         """Empty ``slot``'s cache."""
         self._model.clear_sequence(slot)
 
+    def window_covers(self, slot: int, n_tokens: int) -> bool:
+        """Whether ``slot``'s cache cut to its first ``n_tokens`` could continue."""
+        return self._model.window_covers(slot, n_tokens)
+
     def keep_prefix(self, slot: int, n_tokens: int) -> bool:
         """Cut ``slot``'s cache to its first ``n_tokens``; whether the model allows it."""
         return self._model.keep_prefix(slot, n_tokens)

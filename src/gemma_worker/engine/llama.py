@@ -400,6 +400,14 @@ class LlamaModel:
         pos_min = int(lc.llama_memory_seq_pos_min(self.memory, seq))
         return 0 <= pos_min <= max(0, n - self.n_swa)
 
+    def window_covers(self, seq: int, n: int) -> bool:
+        """Whether sequence ``seq``'s cache, cut to positions ``0 .. n-1``, could continue from
+        position ``n``: its sliding-window layers still hold the positions ``n`` attends to."""
+        if n == 0 or self.n_swa == 0:
+            return True
+        pos_min = int(lc.llama_memory_seq_pos_min(self.memory, seq))
+        return 0 <= pos_min <= max(0, n - self.n_swa)
+
     def save_sequence(self, seq: int) -> memoryview:
         """The KV cache of sequence ``seq`` (llama.cpp's sequence state), in a buffer of its
         own that is not copied again: states run to tens of MB."""

@@ -603,7 +603,7 @@ class LlamaEngine:
             n = min(common_prefix(seq.prompt_tokens, tokens), len(tokens) - 1)
             if n < max(MIN_IN_FLIGHT_PREFIX, beat + 1) or (found and n <= found[1]):
                 continue
-            if model.n_swa and seq.n_past - n > model.n_swa:
+            if seq.n_past >= n and not self._cache.window_covers(seq.slot, n):
                 continue
             found = (seq, n)
         return found
@@ -784,6 +784,10 @@ class LlamaEngine:
         if not wants:
             return
         room = min(self.config.n_batch - len(rates), self._draft_outputs)
+        if any(seq.prefill_remaining for seq in self._seqs.values()):
+            room -= self._pacer.min_chunk  # drafts never crowd a prompt out of the batch
+        if room <= 0:
+            return
         granted = plan_drafts(
             {slot: len(d) for slot, d in wants.items()},
             rates,

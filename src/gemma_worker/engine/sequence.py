@@ -73,11 +73,12 @@ class SequenceState:
         return max(0, min(left, self.n_ctx - self.n_past - 2))
 
     def speculated(self, drafted: int, accepted: int) -> None:
-        """A step verified ``drafted`` draft tokens and kept ``accepted`` of them."""
-        if drafted:
-            self.n_drafted += drafted
-            self.n_accepted += accepted
-            drafter = drafted - self.n_guessed
+        """A step verified ``drafted`` draft tokens and kept ``accepted`` of them; the drafter's
+        (all but the last :attr:`n_guessed`) count in the timings and the acceptance."""
+        drafter = drafted - self.n_guessed
+        if drafter > 0:
+            self.n_drafted += drafter
+            self.n_accepted += min(accepted, drafter)
             self.acceptance.observe(drafter, min(accepted, drafter))
 
     @property

@@ -134,6 +134,11 @@ class Batch:
         lc.llama_batch_free(self._batch)
 
 
+def ubatch_size(n_batch: int) -> int:
+    """The micro-batch (``n_ubatch``) a context of ``n_batch`` runs its batches in."""
+    return min(n_batch, 512)
+
+
 class LlamaModel:
     """A loaded GGUF model with one context of ``n_seq`` sequences of ``n_ctx_seq`` tokens each,
     whose decodes return logits for at most ``n_outputs`` positions (default: one per
@@ -168,7 +173,7 @@ class LlamaModel:
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = n_ctx_seq * n_seq
         cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, 512)
+        cparams.n_ubatch = ubatch_size(n_batch)
         cparams.n_seq_max = n_seq
         # A step samples one position per sequence, or one per verified draft token: sizing
         # the logits buffer for that instead of n_ubatch outputs saves hundreds of MiB with
@@ -395,10 +400,7 @@ class LlamaModel:
         positions the next token must attend to)."""
         if not lc.llama_memory_seq_rm(self.memory, seq, n, -1):
             return False
-        if n == 0 or self.n_swa == 0:
-            return True
-        pos_min = int(lc.llama_memory_seq_pos_min(self.memory, seq))
-        return 0 <= pos_min <= max(0, n - self.n_swa)
+        return self.window_covers(seq, n)
 
     def window_covers(self, seq: int, n: int) -> bool:
         """Whether sequence ``seq``'s cache, cut to positions ``0 .. n-1``, could continue from

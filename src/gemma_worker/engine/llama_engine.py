@@ -47,7 +47,7 @@ from gemma_worker.engine.grammar import Grammar, GrammarError, compile_grammar
 from gemma_worker.engine.interface import EngineState, EngineStats
 from gemma_worker.engine.job import GenerationHandle, GenerationSpec, Job
 from gemma_worker.engine.kv_cache import KVCacheManager
-from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError
+from gemma_worker.engine.llama import Batch, LlamaModel, ModelInfo, ModelLoadError, ubatch_size
 from gemma_worker.engine.messages import (
     EngineEvent,
     Failed,
@@ -155,7 +155,7 @@ class LlamaEngine:
         #: What a step without prompt tokens costs, by its passes' widths: decides where
         #: drafts pay.
         self._step_costs = StepCosts(
-            equal_split=not config.kernels.kv_unified, n_ubatch=min(config.n_batch, 512)
+            equal_split=not config.kernels.kv_unified, n_ubatch=ubatch_size(config.n_batch)
         )
         self._draft_outputs = max(STEP_DRAFTS, config.max_draft) if config.speculation else 0
         self._order = 0
@@ -542,12 +542,12 @@ class LlamaEngine:
             scores = {s: self._useful(prepared, m, caches[s]) for s, m in matches.items()}
             # A session whose latest cache went to disk gets it back when it beats every slot.
             saved = self._saved_match(prepared)
-            best = max(saved or 0, *scores.values(), 0)
-            leader = self._leader(prepared, best)
+            best_slot = max(scores.values(), default=0)
+            leader = self._leader(prepared, max(saved or 0, best_slot))
             if leader is not None and leader[0].n_past < leader[1]:
                 deferred.append(prepared)
                 continue
-            if leader is not None or (saved and saved > max(scores.values(), default=0)):
+            if leader is not None or (saved and saved > best_slot):
                 scores = {}
             acquired = kv.acquire(scores, spec.session)
             self._waiting.remove(prepared)
@@ -592,8 +592,6 @@ class LlamaEngine:
         same long head (a system prompt, a document, tool definitions) compute it once: the
         others wait while it is processed, then start from a copy. ``None`` when no running
         request shares enough, or its sliding-window layers have moved past the head."""
-        model = self._model
-        assert model is not None
         spec, tokens = prepared.job.spec, prepared.tokens
         found: tuple[SequenceState, int] | None = None
         for seq in self._seqs.values():

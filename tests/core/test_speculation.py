@@ -29,6 +29,15 @@ def test_the_longest_suffix_wins_and_nothing_seen_drafts_nothing() -> None:
     assert NgramDrafter([]).draft(4) == []
 
 
+def test_a_lookup_names_the_length_of_the_match_that_found_the_draft() -> None:
+    d = NgramDrafter([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3], sizes=(2, 3))
+    assert d.lookup(2) == (3, [4, 9])  # "1 2 3" matched
+    d.extend([7, 2, 3])
+    assert d.lookup(1) == (2, [7])  # only "2 3" matches ("7 2 3" was never seen before)
+    assert d.lookup(0) == (0, [])
+    assert NgramDrafter([1, 2, 3, 4]).lookup(4) == (0, [])
+
+
 def test_a_loop_is_drafted_round_its_period() -> None:
     d = NgramDrafter([3, 4, 3, 4, 3, 4], sizes=(2,))
     assert d.draft(5) == [3, 4, 3, 4, 3]  # "3 4" last ended 2 tokens back: its period

@@ -78,3 +78,35 @@ def test_prefill_progress() -> None:
     assert seq.prefill_chunk(2) == [1, 2]
     seq.n_past = 2
     assert seq.prefill_chunk(5) == [3]
+
+
+def test_guesses_that_fill_a_step_count_neither_in_timings_nor_in_acceptance() -> None:
+    seq = make_seq()
+    seq.draft_match = 12  # found by a 12-token match
+    seq.n_guessed = 3  # a draft of 5: 2 from the drafter, then 3 guesses filling the step
+    before = seq.acceptance[12].rate
+    seq.speculated(drafted=5, accepted=5)
+    assert (seq.n_drafted, seq.n_accepted) == (2, 2)
+    assert seq.acceptance[12].rate > before  # the drafter's 2 stood
+    seq.draft_match, seq.n_guessed = 0, 4
+    seq.speculated(drafted=4, accepted=0)  # guesses alone: the drafter was not tried
+    assert (seq.n_drafted, seq.n_accepted) == (2, 2)
+    assert set(seq.acceptance) == {12}
+    seq.draft_match, seq.n_guessed = 12, 2
+    high = seq.acceptance[12].rate
+    seq.speculated(drafted=6, accepted=1)  # the drafter's 4: 1 stood, then a miss
+    assert (seq.n_drafted, seq.n_accepted) == (6, 3)
+    assert seq.acceptance[12].rate < high
+    finished = seq.finished("stop")
+    assert (finished.timings.draft_tokens, finished.timings.accepted_tokens) == (6, 3)
+
+
+def test_acceptance_is_kept_apart_for_each_match_length() -> None:
+    seq = make_seq()
+    for _ in range(5):  # drafts found by 2 tokens keep failing...
+        seq.draft_match = 2
+        seq.speculated(drafted=8, accepted=0)
+        seq.draft_match = 12  # ...those found by 12 keep standing
+        seq.speculated(drafted=8, accepted=8)
+    assert seq.acceptance[2].rate < 0.5
+    assert seq.acceptance[12].rate > 0.9

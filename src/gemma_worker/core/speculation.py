@@ -5,7 +5,9 @@ whether a sampled draft token stands.
   that followed the latest earlier occurrence of its current suffix, longest n-gram first
   (prompt-lookup decoding).
 - :class:`Acceptance` estimates how likely a sequence's next draft token is to stand, from
-  its recent verifications (optimistic at first, and again after a while without drafting).
+  its recent verifications (optimistic at first, and again after a while without drafting);
+  a sequence keeps one for each n-gram length that finds its drafts, since a draft found by
+  a long match is copied text far more often than one found by two tokens.
 - :func:`plan_drafts` chooses each sequence's draft length for a step: the lengths that
   maximise the step's expected tokens per second, judged by what steps of each width cost
   (:class:`~gemma_worker.core.step_cost.StepCosts`), such that no stream in the step expects
@@ -65,22 +67,28 @@ class NgramDrafter:
         """``k`` tokens that followed the latest earlier occurrence of the longest suffix (of
         the indexed sizes) seen before, the text since repeated when that is shorter;
         ``[]`` when no suffix was seen before."""
+        return self.lookup(k)[1]
+
+    def lookup(self, k: int) -> tuple[int, list[int]]:
+        """:meth:`draft`'s tokens with the length of the n-gram that found them (0 with no
+        draft): a draft that continues a long match is most likely text being copied, one
+        found by two tokens a guess (:class:`Acceptance` is kept apart for each length)."""
         toks, size = self._tokens, len(self._tokens)
         if k <= 0:
-            return []
+            return 0, []
         for n in self.sizes:
             if size < n:
                 continue
             end = self._ends[n].get(tuple(toks[size - n :]))
             if end is not None:
                 if end + k <= size:
-                    return toks[end : end + k]
+                    return n, toks[end : end + k]
                 # The match ends less than k tokens back: the text since repeats what
                 # followed it, so the draft goes round that period again (a loop, as
                 # n-gram chains would draft it).
                 period = size - end
-                return [toks[end + i % period] for i in range(k)]
-        return []
+                return n, [toks[end + i % period] for i in range(k)]
+        return 0, []
 
     def guess(self, k: int, after: Sequence[int] = ()) -> list[int]:
         """``k`` cheap guesses to follow the sequence and then ``after``: what followed the

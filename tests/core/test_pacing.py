@@ -44,6 +44,26 @@ def test_a_burst_of_prompts_is_paced_against_the_step_they_will_make() -> None:
     assert burst == 48  # 2 x 66 ms - 25 ms = 107 ms: 10 fixed + 48 tokens at 2 ms
 
 
+def test_streams_that_speculate_make_the_company_step_wider() -> None:
+    """Drafting streams bring several tokens each to a step: the step a burst of prompts
+    will make is as wide as theirs, not one token per stream."""
+    plain = PrefillPacer(gap_factor=2.0, max_chunk=1000)
+    drafting = PrefillPacer(gap_factor=2.0, max_chunk=1000)
+    for pacer, per_stream in ((plain, 1), (drafting, 8)):
+        for _ in range(40):  # 1-stream and 8-stream steps: 20 ms + 3 ms per token
+            pacer.observe(per_stream, 0, 0.020 + 0.003 * per_stream, n_streams=1)
+            pacer.observe(8 * per_stream, 0, 0.020 + 0.024 * per_stream, n_streams=8)
+        for n in (100, 500, 100, 500):
+            pacer.observe(0, n, 0.010 + n * 0.001)
+    assert plain.stream_width == 1.0
+    assert 7.5 < drafting.stream_width <= 8.0
+    # one stream decodes (8 tokens, 44 ms), seven prompts wait: the company's step is
+    # 8 x 8 tokens (212 ms), so 2 x 212 - 44 = 380 ms: 10 fixed + 370 tokens at 1 ms
+    assert drafting.budget(8, 8) == 370
+    # without drafts: 2 x 44 ms (8 x 1 token) - 23 ms = 65 ms: 10 fixed + 55 tokens
+    assert plain.budget(1, 8) == 55
+
+
 def test_mixed_steps_teach_the_prompt_cost_net_of_decoding() -> None:
     pacer = PrefillPacer(gap_factor=3.0, max_chunk=256)
     pacer.observe(4, 0, 0.030)

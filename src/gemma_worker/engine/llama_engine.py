@@ -814,8 +814,9 @@ class LlamaEngine:
         self._run_step(plan)
         seconds = time.perf_counter() - t0
         n_prefill = sum(e.n_tokens for e in plan if e.prefill)
-        n_decode = sum(e.n_tokens for e in plan if not e.prefill)
-        self._pacer.observe(n_decode, n_prefill, seconds)
+        decoding = [e.n_tokens for e in plan if not e.prefill]
+        n_decode = sum(decoding)
+        self._pacer.observe(n_decode, n_prefill, seconds, len(decoding))
         if n_prefill == 0:
             self._step_costs.observe_step([(e.slot, e.n_tokens) for e in plan], seconds)
 

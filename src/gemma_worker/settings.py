@@ -139,7 +139,8 @@ class Settings(BaseSettings):
         le=100.0,
         description="Beside decoding streams, a step carrying prompt tokens may take at most "
         "this many times a decode-only step of every request holding a slot (decoding or "
-        "processing its prompt): the streams' token gap while a long prompt is processed.",
+        "processing its prompt; each with as many tokens as decoding streams lately bring a "
+        "step, drafts included): the streams' token gap while a long prompt is processed.",
     )
     speculation: bool = Field(
         default=True,

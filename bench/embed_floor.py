@@ -37,8 +37,7 @@ import orjson
 import uvicorn
 
 from _common import free_port, server_process, worker_process
-from compare_llama_server import llama_server_binary
-from embeddings import MODEL, SENTENCES
+from embeddings import MODEL, SENTENCES, start_llama_server
 from gemma_worker.engine.compute_gate import ComputeGate
 from gemma_worker.engine.embed_job import EmbeddingSpec
 from gemma_worker.engine.embedding_engine import EmbeddingConfig, EmbeddingEngine
@@ -152,16 +151,8 @@ def main() -> None:
     if args.serve_bare:
         uvicorn.run(bare_app(threads), host="127.0.0.1", port=args.serve_bare, log_level="error")
         return
-    llama_flags = [
-        "--embeddings", "--pooling", "mean", "-b", "2048", "-ub", "2048",
-        "-np", "8", "-c", "4096", "-t", str(threads), "-tb", str(threads),
-    ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp, ExitStack() as stack:
-        port = free_port()
-        llama = f"http://127.0.0.1:{port}"
-        argv = [llama_server_binary(), "-m", str(minilm_path()), *llama_flags]
-        argv += ["--host", "127.0.0.1", "--port", str(port), "--no-webui"]
-        stack.enter_context(server_process(argv, f"{llama}/health"))
+        llama = start_llama_server(stack, str(threads))
         env = {"GEMMA_N_THREADS": str(threads), "GEMMA_DATA_DIR": f"{tmp}/data"}
         worker = stack.enter_context(worker_process(free_port(), env))
         port = free_port()

@@ -294,6 +294,25 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
         )
 
 
+def llama_flags(threads: str) -> list[str]:
+    """llama-server's flags in the embedding benches (the module's docstring says why)."""
+    return [
+        "--embeddings", "--pooling", "mean", "-b", "2048", "-ub", "2048",
+        "-np", "8", "-c", "4096", "-t", threads, "-tb", threads,
+    ]  # fmt: skip
+
+
+def start_llama_server(stack: ExitStack, threads: str) -> str:
+    """llama-server with :func:`llama_flags` on the built-in MiniLM GGUF until ``stack``
+    closes; its base URL once it is healthy."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = [llama_server_binary(), "-m", str(minilm_path()), *llama_flags(threads)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--no-webui"]
+    stack.enter_context(server_process(argv, f"{base}/health"))
+    return base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -313,23 +332,15 @@ def main() -> None:
 
     model = str(minilm_path())
     threads = str(os.cpu_count() or 1)
-    binary = llama_server_binary()
-    port = free_port()
-    llama_flags = [
-        "--embeddings", "--pooling", "mean", "-b", "2048", "-ub", "2048",
-        "-np", "8", "-c", "4096", "-t", threads, "-tb", threads,
-    ]  # fmt: skip
     worker_env = {"GEMMA_N_THREADS": threads}
     batch_tokens = os.environ.get("GEMMA_EMBEDDING_BATCH_TOKENS", "512 (default)")
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, ExitStack() as stack:
-        argv = [binary, "-m", model, *llama_flags, "--host", "127.0.0.1", "--port", str(port)]
-        llama = f"http://127.0.0.1:{port}"
-        stack.enter_context(server_process([*argv, "--no-webui"], f"{llama}/health"))
+        llama = start_llama_server(stack, threads)
         worker = stack.enter_context(
             worker_process(free_port(), {**worker_env, "GEMMA_DATA_DIR": f"{tmp}/data"})
         )
         print(f"model: {model}", flush=True)
-        print(f"llama-server: {' '.join(llama_flags)}", flush=True)
+        print(f"llama-server: {' '.join(llama_flags(threads))}", flush=True)
         print(
             f"worker: gemma-worker --mode daemon, GEMMA_N_THREADS={threads}, "
             f"GEMMA_EMBEDDING_BATCH_TOKENS={batch_tokens} (up to 64 sequences per llama_decode)",

@@ -253,6 +253,45 @@ def test_bad_input_is_a_400_naming_the_field(
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("path", "content", "content_type", "code"),
+    [
+        ("/v1/embeddings", b'{"input": "x"', "application/json", "INVALID_JSON"),
+        ("/v1/embeddings", b'["x"]', "application/json", "INVALID_JSON"),
+        ("/v1/embeddings", b"", "application/json", "INVALID_JSON"),
+        ("/v1/embeddings", b'{"input": "x"}', "text/plain", "INVALID_JSON"),
+        ("/v1/embeddings", b'{"input": "x"}', None, "INVALID_JSON"),
+        ("/v1/embeddings", b'{"input": "x", "dimensions": "many"}', "application/json", None),
+        ("/api/embed", b'{"input": "x", "truncate": []}', "application/json", None),
+        ("/api/embeddings", b"{nope", "application/json", "INVALID_JSON"),
+    ],
+)
+def test_a_body_that_is_not_the_routes_json_is_a_400(
+    embedder: RunningWorker, path: str, content: bytes, content_type: str | None, code: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    r = httpx.post(f"{embedder.http}{path}", content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    assert "Traceback" not in r.text and "/" not in r.text.replace(path, "")
+    if path.startswith("/v1/"):
+        error = r.json()["error"]
+        assert error["code"].upper() == (code or "INVALID_REQUEST"), error
+        if code is None:
+            assert error["param"] == "dimensions"
+    else:
+        assert r.json()["error"]  # Ollama's shape: {"error": "..."}
+
+
+def test_ollama_reads_a_form_typed_body_as_json(embedder: RunningWorker) -> None:
+    # Ollama's documented `curl -d` sends application/x-www-form-urlencoded.
+    r = httpx.post(
+        f"{embedder.http}/api/embed",
+        content=b'{"model": "all-minilm", "input": "hello"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 200 and len(r.json()["embeddings"][0]) == 384
+
+
 def test_ollama_errors_and_generation_refused_on_an_embedding_model(
     embedder: RunningWorker,
 ) -> None:

@@ -68,6 +68,14 @@ def test_keyless_default_is_loopback_only(host: str | None, ok: bool) -> None:
     assert keyless().allows(host) is ok
 
 
+def test_answers_are_remembered_within_a_bound() -> None:
+    hosts = keyless()
+    for i in range(2000):  # a client sending a new Host each time
+        assert hosts.allows(f"h{i}.attacker.test") is False
+        assert hosts.allows("localhost:8000") is True  # the same answer, remembered or not
+    assert len(hosts._seen) <= 256
+
+
 def test_keyless_default_adds_the_bound_address() -> None:
     hosts = keyless("10.0.0.5")
     assert hosts.allows("10.0.0.5:3125")

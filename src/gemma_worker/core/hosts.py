@@ -133,6 +133,10 @@ def origin_host(origin: str) -> str | None:
     return split_authority(authority)
 
 
+#: How many ``Host`` values :class:`AllowedHosts` remembers.
+_SEEN_MAX = 256
+
+
 class AllowedHosts:
     """The host names requests may name in ``Host``."""
 
@@ -143,6 +147,9 @@ class AllowedHosts:
         parsed = [parse_pattern(p) for p in self.patterns]
         self.allow_all = any(p is None for p in parsed)
         self._parsed = [p for p in parsed if p is not None]
+        #: Answers by ``Host`` value: clients send the same one again and again (emptied
+        #: when full, so random values cannot grow it).
+        self._seen: dict[str, bool] = {}
 
     @classmethod
     def for_worker(
@@ -191,8 +198,16 @@ class AllowedHosts:
         malformed one may not, unless every host is allowed)."""
         if self.allow_all:
             return True
-        name = split_authority(host_header) if host_header else None
-        return name is not None and self.allows_name(name)
+        if not host_header:
+            return False
+        known = self._seen.get(host_header)
+        if known is None:
+            name = split_authority(host_header)
+            known = name is not None and self.allows_name(name)
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[host_header] = known
+        return known
 
 
 class OriginPolicy:

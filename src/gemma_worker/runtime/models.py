@@ -58,6 +58,8 @@ class _Entry:
     unload_pending: bool = False
     #: When it unloads (Unix seconds; ``None``: in use, or never).
     expires_at: float | None = None
+    #: The request limits of its spec (made at its first use: the spec never changes).
+    limits: RequestLimits | None = None
     timer: asyncio.TimerHandle | None = None
     need: MemoryNeed | None = None
     error: str | None = None
@@ -88,7 +90,9 @@ class ModelUse:
         self.engine = engine
         #: How long the request waited for its model to load (0: it was loaded).
         self.load_seconds = load_seconds
-        self.limits = manager.limits_for(entry.spec)
+        if entry.limits is None:
+            entry.limits = manager.limits_for(entry.spec)
+        self.limits = entry.limits
         self._released = False
 
     @property

@@ -41,6 +41,10 @@ class WorkerState:
         self.origins = origins
         self.lifecycle = lifecycle
         self.limits: RequestLimits = settings.request_limits()
+        # Whom the machine's name is shown to depends on settings alone: decided once.
+        self._shown_to_all = settings.worker_id is not None
+        self._shown_keyless = not keys.enabled and is_loopback(settings.host)
+        self._shown_name = settings.replica_name
 
     @property
     def default_engine(self) -> Engine | None:
@@ -62,9 +66,6 @@ class WorkerState:
         ``worker_id`` is an opaque name meant to be shown: to everyone. The default one names
         the machine (host name and port): only to callers with a valid key, or to every caller
         of a keyless worker on loopback (they are all on this machine)."""
-        settings = self.settings
-        if settings.worker_id is not None:
-            return settings.worker_id
-        if principal is not None or (not self.keys.enabled and is_loopback(settings.host)):
-            return settings.replica_name
+        if self._shown_to_all or principal is not None or self._shown_keyless:
+            return self._shown_name
         return None

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_worker.api.auth import caller_of
-from gemma_worker.api.deps import State
+from gemma_worker.api.deps import state_of
 from gemma_worker.api.embed_inputs import parse_inputs
 from gemma_worker.api.embed_json import vectors_json
 from gemma_worker.api.errors import error_response
+from gemma_worker.api.json_body import body_schema, read_body
 from gemma_worker.api.ollama.catalog import ollama_name
 from gemma_worker.api.ollama.routes import keep_alive_of
-from gemma_worker.api.ollama.types import Options
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.runtime.embedding import EmbeddingRequest, embed
 from gemma_worker.runtime.state import WorkerState
@@ -26,7 +26,7 @@ class _Embedding(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = ""
     keep_alive: float | str | None = None
-    options: Options | None = Field(default=None, description="Accepted; none applies here.")
+    options: dict[str, Any] | None = Field(default=None, description="Accepted; none applies here.")
     truncate: bool = Field(
         default=True, description="Cut inputs over the model's limit (Ollama's default)."
     )
@@ -59,9 +59,16 @@ async def _load(state: WorkerState, request: Request, name: str, keep: float | N
     return ollama_name(spec)
 
 
-@router.post("/api/embed", summary="Embeddings (Ollama-compatible)")
-async def embed_route(body: EmbedBody, request: Request, state: State) -> Any:
+@router.post(
+    "/api/embed",
+    summary="Embeddings (Ollama-compatible)",
+    openapi_extra=body_schema(EmbedBody),
+    response_model=None,
+)
+async def embed_route(request: Request) -> Response | dict[str, Any]:
     """``embeddings``: one L2-normalised vector per input."""
+    body = await read_body(request, EmbedBody)
+    state = state_of(request)
     try:
         keep = keep_alive_of(body.keep_alive)
         if body.input is None:
@@ -92,9 +99,16 @@ async def embed_route(body: EmbedBody, request: Request, state: State) -> Any:
     )
 
 
-@router.post("/api/embeddings", summary="One embedding (Ollama's older API)")
-async def embeddings_route(body: LegacyEmbedBody, request: Request, state: State) -> Any:
+@router.post(
+    "/api/embeddings",
+    summary="One embedding (Ollama's older API)",
+    openapi_extra=body_schema(LegacyEmbedBody),
+    response_model=None,
+)
+async def embeddings_route(request: Request) -> Response | dict[str, Any]:
     """``embedding``: the vector of ``prompt`` (L2-normalised, unlike Ollama's)."""
+    body = await read_body(request, LegacyEmbedBody)
+    state = state_of(request)
     try:
         keep = keep_alive_of(body.keep_alive)
         if body.prompt is None:

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_worker.api.auth import caller_of
-from gemma_worker.api.deps import State
+from gemma_worker.api.deps import state_of
 from gemma_worker.api.embed_inputs import parse_inputs
 from gemma_worker.api.embed_json import vectors_json
 from gemma_worker.api.errors import error_response
+from gemma_worker.api.json_body import body_schema, read_body
 from gemma_worker.core.errors import WorkerError
 from gemma_worker.runtime.embedding import EmbeddingRequest, Embeddings, embed
 
@@ -61,12 +62,18 @@ def encode(result: Embeddings, encoding_format: str) -> Response:
     return vectors_json(body)
 
 
-@router.post("/v1/embeddings", summary="Embeddings (OpenAI-compatible)")
-async def embeddings(body: EmbeddingBody, request: Request, state: State) -> Any:
+@router.post(
+    "/v1/embeddings",
+    summary="Embeddings (OpenAI-compatible)",
+    openapi_extra=body_schema(EmbeddingBody),
+    response_model=None,
+)
+async def embeddings(request: Request) -> Response:
     """One vector per input, L2-normalised, as OpenAI's are."""
+    body = await read_body(request, EmbeddingBody)
     try:
         result = await embed(
-            state,
+            state_of(request),
             EmbeddingRequest(
                 inputs=parse_inputs(body.input, "input", tokens=True),
                 caller=caller_of(request.scope),

@@ -17,6 +17,7 @@ from gemma_worker.api.auth import AuthMiddleware
 from gemma_worker.api.body_limit import BodyLimitMiddleware
 from gemma_worker.api.errors import install_error_handlers
 from gemma_worker.api.hosts import AllowedHostsMiddleware, TrustedOriginsCORS
+from gemma_worker.api.json_route import mount
 from gemma_worker.api.metrics import HttpMetricsMiddleware
 from gemma_worker.api.metrics_route import router as metrics_router
 from gemma_worker.api.model_routes import router as model_router
@@ -24,9 +25,9 @@ from gemma_worker.api.native.routes import router as native_router
 from gemma_worker.api.native.websocket import websocket_endpoint
 from gemma_worker.api.ollama.catalog import ModelCatalog
 from gemma_worker.api.ollama.content_type import JsonBodyMiddleware
-from gemma_worker.api.ollama.embed import router as ollama_embed_router
+from gemma_worker.api.ollama.embed import routes as ollama_embed_routes
 from gemma_worker.api.ollama.routes import router as ollama_router
-from gemma_worker.api.openai.embeddings import router as openai_embed_router
+from gemma_worker.api.openai.embeddings import route as openai_embed_route
 from gemma_worker.api.openai.routes import router as openai_router
 from gemma_worker.api.responses.records import Running
 from gemma_worker.api.responses.routes import router as responses_router
@@ -244,9 +245,6 @@ def create_app(
     app.add_middleware(AllowedHostsMiddleware, hosts=hosts, count_error=metrics.error)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
-    # Matching goes down the list: embedding requests, a few milliseconds each, come first.
-    app.include_router(openai_embed_router)
-    app.include_router(ollama_embed_router)
     app.include_router(router)
     app.include_router(native_router)
     app.include_router(openai_router)
@@ -258,4 +256,6 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(ui_router(load_assets()))
     app.add_api_websocket_route("/ws", websocket_endpoint)
+    # Embedding requests take a few milliseconds: their routes come first, below FastAPI.
+    mount(app, [openai_embed_route, *ollama_embed_routes])
     return app

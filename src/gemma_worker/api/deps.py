@@ -9,16 +9,11 @@ from fastapi import Depends, Request
 from gemma_worker.runtime.state import WorkerState
 
 
-def state_of(request: Request) -> WorkerState:
-    """The app's :class:`WorkerState` (for routes that take no dependencies)."""
-    state: WorkerState = request.app.state.worker
-    return state
-
-
 async def get_state(request: Request) -> WorkerState:
     """Dependency: the app's :class:`WorkerState`. A coroutine on purpose: FastAPI runs a
     plain function dependency in its thread pool, a thread hop on every request."""
-    return state_of(request)
+    state: WorkerState = request.app.state.worker
+    return state
 
 
 State = Annotated[WorkerState, Depends(get_state)]

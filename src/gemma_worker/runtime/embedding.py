@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,10 +65,16 @@ class Embeddings:
         return sum(self.token_counts)
 
 
-async def embed(state: WorkerState, req: EmbeddingRequest) -> Embeddings:
-    """Check, tokenize, submit and await ``req``; :class:`WorkerError` (``INVALID_REQUEST``,
-    ``CONTEXT_OVERFLOW``, ``RATE_LIMITED``, ``OVERLOADED``, a model's errors) with nothing
-    left claimed."""
+#: The dialect's answer: sends the vectors to the client.
+Deliver = Callable[[Embeddings], Awaitable[None]]
+
+
+async def embed(state: WorkerState, req: EmbeddingRequest, deliver: Deliver) -> None:
+    """Check, tokenize, submit and await ``req``, hand its vectors to ``deliver``, then account
+    for it: the rate limits, the model's keep-alive, the metrics and the log line come after
+    the client has its answer (they are off each request's critical path). Before
+    ``deliver``: :class:`WorkerError` (``INVALID_REQUEST``, ``CONTEXT_OVERFLOW``,
+    ``RATE_LIMITED``, ``OVERLOADED``, a model's errors) with nothing left claimed."""
     t0 = time.perf_counter()
     state.lifecycle.admit()
     _check_inputs(state, req)
@@ -96,6 +103,10 @@ async def embed(state: WorkerState, req: EmbeddingRequest) -> Embeddings:
             state.lifecycle.request_started(handle)
             try:
                 result = await handle.result()
+                counts = tuple(len(t) for t in tokens)
+                vectors = _fit(result.vectors, req.dimensions)
+                total = time.perf_counter() - t0
+                await deliver(Embeddings(vectors, counts, spec.id, use.load_seconds, total))
             finally:
                 state.lifecycle.request_ended(handle)
             admission.charge(result.n_tokens)
@@ -104,11 +115,6 @@ async def embed(state: WorkerState, req: EmbeddingRequest) -> Embeddings:
             admission.release()
     finally:
         use.release(req.keep_alive)
-    vectors = result.vectors
-    if req.dimensions is not None and req.dimensions < vectors.shape[1]:
-        vectors = vectors[:, : req.dimensions].copy()
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    total = time.perf_counter() - t0
     state.metrics.embedded(req.transport, spec.id, len(tokens), result.n_tokens, total)
     log.info(
         "embedded",
@@ -121,7 +127,15 @@ async def embed(state: WorkerState, req: EmbeddingRequest) -> Embeddings:
             "total_ms": round(total * 1e3, 1),
         },
     )
-    return Embeddings(vectors, tuple(len(t) for t in tokens), spec.id, use.load_seconds, total)
+
+
+def _fit(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDArray[np.float32]:
+    """``vectors`` cut to their first ``dimensions`` components and re-normalised."""
+    if dimensions is None or dimensions >= vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dimensions].copy()
+    cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    return cut
 
 
 def _check_inputs(state: WorkerState, req: EmbeddingRequest) -> None:

@@ -5,19 +5,11 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gemma_worker.api.auth import caller_of
-from gemma_worker.api.deps import state_of
 from gemma_worker.api.embed_inputs import parse_inputs
-from gemma_worker.api.embed_json import vectors_json
-from gemma_worker.api.errors import error_response
-from gemma_worker.api.json_body import body_schema, read_body
-from gemma_worker.core.errors import WorkerError
+from gemma_worker.api.json_route import Call, JsonRoute
 from gemma_worker.runtime.embedding import EmbeddingRequest, Embeddings, embed
-
-router = APIRouter(tags=["OpenAI-compatible"])
 
 
 class EmbeddingBody(BaseModel):
@@ -40,9 +32,9 @@ class EmbeddingBody(BaseModel):
     truncate: bool = False
 
 
-def encode(result: Embeddings, encoding_format: str) -> Response:
-    """OpenAI's answer: a list of ``embedding`` objects, then the model and ``usage``
-    (serialised by orjson straight from the float32 rows: thousands of floats a request)."""
+def encode(result: Embeddings, encoding_format: str) -> dict[str, Any]:
+    """OpenAI's answer: a list of ``embedding`` objects, then the model and ``usage`` (the
+    float rows stay numpy arrays, for orjson to write)."""
     vectors = result.vectors
     data: list[dict[str, Any]] = []
     for i in range(vectors.shape[0]):
@@ -53,36 +45,36 @@ def encode(result: Embeddings, encoding_format: str) -> Response:
             else row
         )
         data.append({"object": "embedding", "index": i, "embedding": value})
-    body = {
+    return {
         "object": "list",
         "data": data,
         "model": result.model,
         "usage": {"prompt_tokens": result.n_tokens, "total_tokens": result.n_tokens},
     }
-    return vectors_json(body)
 
 
-@router.post(
-    "/v1/embeddings",
-    summary="Embeddings (OpenAI-compatible)",
-    openapi_extra=body_schema(EmbeddingBody),
-    response_model=None,
-)
-async def embeddings(request: Request) -> Response:
+async def embeddings(call: Call[EmbeddingBody]) -> None:
     """One vector per input, L2-normalised, as OpenAI's are."""
-    body = await read_body(request, EmbeddingBody)
-    try:
-        result = await embed(
-            state_of(request),
-            EmbeddingRequest(
-                inputs=parse_inputs(body.input, "input", tokens=True),
-                caller=caller_of(request.scope),
-                transport="openai",
-                model=body.model,
-                truncate=body.truncate,
-                dimensions=body.dimensions,
-            ),
-        )
-    except WorkerError as exc:
-        return error_response(request, exc)
-    return encode(result, body.encoding_format)
+    body = call.body
+
+    async def deliver(result: Embeddings) -> None:
+        await call.answer(encode(result, body.encoding_format))
+
+    request = EmbeddingRequest(
+        inputs=parse_inputs(body.input, "input", tokens=True),
+        caller=call.caller,
+        transport="openai",
+        model=body.model,
+        truncate=body.truncate,
+        dimensions=body.dimensions,
+    )
+    await embed(call.state, request, deliver)
+
+
+route = JsonRoute(
+    "/v1/embeddings",
+    EmbeddingBody,
+    embeddings,
+    summary="Embeddings (OpenAI-compatible)",
+    tag="OpenAI-compatible",
+)

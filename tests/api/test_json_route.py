@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_worker.api.json_body import is_json_type
+from gemma_worker.api.json_route import is_json_type
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,179 @@
+"""JSON ``POST`` routes as plain ASGI apps, for requests of a few milliseconds (embeddings), where
+FastAPI's per-request machinery (route handling, body and dependency solving, response
+classes) and the bookkeeping before the answer are a measurable share of each request
+(docs/PERFORMANCE.md, "Embeddings").
+
+A :class:`JsonRoute` sits in the app's router like any route: the same middlewares run around
+it (Host check, keys, CORS, body limit, metrics), and what its handler raises before it
+answers (a :class:`WorkerError`, a :class:`RequestValidationError`) is answered by the app's
+own exception handlers, in the path's dialect. Its handler answers with :meth:`Call.answer`
+and may then go on (the pipeline's accounting runs after the client has its answer).
+
+The body rules are FastAPI's, so a client cannot tell the difference: only a JSON content type
+(``application/json`` or ``application/*+json``) is read as JSON (a cross-site form post is
+not: it needs no CORS preflight); an empty or non-JSON body is "not a JSON object"; the JSON is
+parsed by the standard library (a lone surrogate escape reaches the pipeline, which refuses it
+naming its field, where a stricter parser refuses the whole body); every failure is a
+:class:`RequestValidationError` whose locations start with ``"body"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gemma_worker.api.auth import caller_of
+from gemma_worker.runtime.request import Caller
+from gemma_worker.runtime.state import WorkerState
+
+log = logging.getLogger(__name__)
+
+Body = TypeVar("Body", bound=BaseModel)
+
+_NOT_AN_OBJECT = {"type": "model_attributes_type", "loc": ("body",), "msg": "not a JSON object"}
+
+
+def is_json_type(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` names JSON (parameters such as ``charset`` aside)."""
+    if not content_type:
+        return False
+    kind = content_type.split(";", 1)[0].strip().lower()
+    main, _, sub = kind.partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+def parse_body(raw: bytes, content_type: str | None, model: type[Body]) -> Body:
+    """A request's body as ``model``; :class:`RequestValidationError` otherwise."""
+    if not raw or not is_json_type(content_type):
+        raise RequestValidationError([_NOT_AN_OBJECT])
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        pos = exc.pos if isinstance(exc, json.JSONDecodeError) else exc.start
+        error = {"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error"}
+        raise RequestValidationError([error]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+class Call(Generic[Body]):
+    """One request to a :class:`JsonRoute`: its validated body, the app's state, the caller,
+    and the way to answer."""
+
+    __slots__ = ("_send", "answered", "body", "scope", "state")
+
+    def __init__(self, scope: Scope, body: Body, state: WorkerState, send: Send) -> None:
+        self.scope = scope
+        self.body = body
+        self.state = state
+        self._send = send
+        #: Whether the answer has started (errors can no longer be sent).
+        self.answered = False
+
+    @property
+    def caller(self) -> Caller:
+        """Who asks: key id, rate-limit identity, models its key may use."""
+        return caller_of(self.scope)
+
+    async def answer(self, payload: dict[str, Any]) -> None:
+        """Send ``payload`` as the 200 JSON answer (numpy arrays in it are written by orjson
+        straight from their rows: thousands of floats a request)."""
+        data = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        self.answered = True
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+        ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._send({"type": "http.response.body", "body": data})
+
+
+Handler = Callable[[Call[Body]], Awaitable[None]]
+
+
+class JsonRoute(Generic[Body]):
+    """``POST path`` with a ``model`` body, served by ``handler`` (an ASGI app; see the
+    module's docstring). ``summary``, ``tag`` and the handler's docstring document it."""
+
+    def __init__(
+        self, path: str, model: type[Body], handler: Handler[Body], *, summary: str, tag: str
+    ) -> None:
+        self.path = path
+        self.model = model
+        self.handler = handler
+        self.summary = summary
+        self.tag = tag
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: list[bytes] = []
+        more = True
+        while more:  # BodyLimitMiddleware has read it all: one message
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        content_type = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None
+        )
+        body = parse_body(b"".join(chunks), content_type, self.model)
+        call = Call(scope, body, scope["app"].state.worker, send)
+        try:
+            await self.handler(call)
+        except Exception:
+            if not call.answered:
+                raise  # the app's exception handlers answer it
+            log.exception("failed after answering", extra={"path": self.path})
+
+    def route(self) -> Route:
+        """The route to put in the app's router."""
+        return Route(self.path, self, methods=["POST"], name=self.handler.__name__)
+
+    def operation(self) -> dict[str, Any]:
+        """Its OpenAPI operation (a body model without nested models: no shared schemas)."""
+        schema = self.model.model_json_schema()
+        assert "$defs" not in schema, f"{self.model.__name__} has nested models"
+        return {
+            "tags": [self.tag],
+            "summary": self.summary,
+            "description": (self.handler.__doc__ or "").strip(),
+            "operationId": self.handler.__name__,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema}},
+            },
+            "responses": {
+                "200": {
+                    "description": "Successful Response",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+
+
+def mount(app: FastAPI, routes: Sequence[JsonRoute[Any]]) -> None:
+    """Put ``routes`` first in ``app``'s router (matching goes down the list) and in its
+    OpenAPI schema."""
+    app.router.routes[:0] = [r.route() for r in routes]
+    make_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = make_schema()
+            for r in routes:
+                schema["paths"].setdefault(r.path, {})["post"] = r.operation()
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]

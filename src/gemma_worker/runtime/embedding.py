@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.ids import new_id
-from gemma_worker.engine.embed_job import EmbeddingSpec
+from gemma_worker.engine.embed_job import EmbeddingResult, EmbeddingSpec
 from gemma_worker.engine.embedding_engine import EmbeddingEngine
 from gemma_worker.runtime.request import Caller
 from gemma_worker.runtime.state import WorkerState
@@ -107,21 +107,30 @@ async def embed(state: WorkerState, req: EmbeddingRequest, deliver: Deliver) -> 
                 vectors = _fit(result.vectors, req.dimensions)
                 total = time.perf_counter() - t0
                 await deliver(Embeddings(vectors, counts, spec.id, use.load_seconds, total))
+                # Before anything awaits: the client's next request sees these counted.
+                _account(state, req, spec.id, result, total)
+                admission.charge(result.n_tokens)
             finally:
                 state.lifecycle.request_ended(handle)
-            admission.charge(result.n_tokens)
             await admission.end()
         finally:
             admission.release()
     finally:
         use.release(req.keep_alive)
-    state.metrics.embedded(req.transport, spec.id, len(tokens), result.n_tokens, total)
+
+
+def _account(
+    state: WorkerState, req: EmbeddingRequest, model: str, result: EmbeddingResult, total: float
+) -> None:
+    """The metrics and the log line of a request that got its vectors."""
+    n_inputs = len(req.inputs)
+    state.metrics.embedded(req.transport, model, n_inputs, result.n_tokens, total)
     log.info(
         "embedded",
         extra={
             "transport": req.transport,
-            "model": spec.id,
-            "inputs": len(tokens),
+            "model": model,
+            "inputs": n_inputs,
             "tokens": result.n_tokens,
             "queue_ms": round(result.queue_ms, 1),
             "total_ms": round(total * 1e3, 1),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -34,9 +33,7 @@ class AllowedHostsMiddleware:
         self.count_error = count_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in {"http", "websocket"} or self.hosts.allows(
-            Headers(scope=scope).get("host")
-        ):
+        if scope["type"] not in {"http", "websocket"} or self.hosts.allows(_host(scope)):
             await self.app(scope, receive, send)
             return
         self.count_error(_REFUSED.code)
@@ -48,6 +45,15 @@ class AllowedHostsMiddleware:
             await ws.send_denial_response(response_for(scope["path"], _REFUSED))
         else:  # the server answers a close before accept with a bare 403
             await ws.close(1008)
+
+
+def _host(scope: Scope) -> str | None:
+    """The request's first ``Host`` header (ASGI servers lower-case header names)."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in raw:
+        if name == b"host":
+            return value.decode("latin-1")
+    return None
 
 
 class TrustedOriginsCORS(CORSMiddleware):

@@ -21,7 +21,10 @@ import openai
 import pytest
 from websockets.asyncio.client import connect
 
+from gemma_worker.api.app import create_app
 from gemma_worker.engine.minilm import minilm_path
+from gemma_worker.runtime.embedding import EmbeddingRequest, Embeddings, embed
+from gemma_worker.runtime.request import Caller
 from tests.api.wsclient import recv_event, send
 from tests.conftest import RunningWorker, make_settings, start_worker
 from tests.programs import free_port
@@ -264,6 +267,10 @@ def test_bad_input_is_a_400_naming_the_field(
         ("/v1/embeddings", b'{"input": "x", "dimensions": "many"}', "application/json", None),
         ("/api/embed", b'{"input": "x", "truncate": []}', "application/json", None),
         ("/api/embeddings", b"{nope", "application/json", "INVALID_JSON"),
+        ("/v1/embeddings", b"[" * 100_000, "application/json", "INVALID_JSON"),
+        ("/v1/embeddings", b'{"input": "x", "model": "\\ud800"}', "application/json", None),
+        ("/api/embed", b'{"input": "x", "model": "\\ud800"}', "application/json", None),
+        ("/api/embed", b'{"input": "x", "options": {"top_k": "many"}}', "application/json", None),
     ],
 )
 def test_a_body_that_is_not_the_routes_json_is_a_400(
@@ -277,7 +284,7 @@ def test_a_body_that_is_not_the_routes_json_is_a_400(
         error = r.json()["error"]
         assert error["code"].upper() == (code or "INVALID_REQUEST"), error
         if code is None:
-            assert error["param"] == "dimensions"
+            assert error["param"] in {"dimensions", "model"}
     else:
         assert r.json()["error"]  # Ollama's shape: {"error": "..."}
 
@@ -319,6 +326,12 @@ def test_metrics_count_embeddings(embedder: RunningWorker) -> None:
         return 0.0
 
     assert value(after) - value(before) == 5
+    routes = {
+        line.split('route="')[1].split('"')[0]
+        for line in after.splitlines()
+        if line.startswith("gemma_worker_http_requests_total{")
+    }
+    assert "/v1/embeddings" in routes  # labelled by its route, not "unmatched"
 
 
 def test_input_tokens_count_against_the_token_rate_limit() -> None:
@@ -458,3 +471,29 @@ def test_keys_guard_embeddings_like_generation() -> None:
         assert pooled.status_code == 200
     finally:
         w.stop()
+
+
+async def test_a_slow_reader_holds_nothing_while_its_answer_is_sent() -> None:
+    """The pipeline gives the model and the drain's count back before it answers: a client
+    that reads slowly blocks nobody (unloads and drains do not wait for it)."""
+    app = create_app(make_settings())
+    state = app.state.worker
+    await state.lifecycle.load(lambda: state.models.load(None))
+    spec = state.models.registry.resolve_embedding("all-minilm")
+    seen: list[tuple[int, int]] = []
+
+    async def deliver(result: Embeddings) -> None:
+        seen.append((state.models.view(spec).running, len(state.lifecycle.active)))
+        assert result.vectors.shape == (2, 384)
+
+    request = EmbeddingRequest(
+        inputs=("one note", "another note"),
+        caller=Caller(None, "addr-test", None),
+        transport="openai",
+        model="all-minilm",
+    )
+    try:
+        await embed(state, request, deliver)
+    finally:
+        await state.models.close()
+    assert seen == [(0, 0)]

@@ -235,6 +235,8 @@ def test_a_keyless_worker_off_loopback_keeps_its_default_id_to_itself() -> None:
     assert state.worker_id_for(None) is None
     named = create_app(make_settings(host="0.0.0.0", insecure=True, worker_id="w1"))
     assert named.state.worker.worker_id_for(None) == "w1"
+    blank = create_app(make_settings(host="0.0.0.0", insecure=True, worker_id=""))
+    assert blank.state.worker.worker_id_for(None) == ""  # set, empty: never the machine's name
     local = create_app(make_settings()).state.worker
     assert local.worker_id_for(None) == local.settings.replica_name
 

@@ -28,7 +28,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from gemma_worker.api.auth import caller_of
@@ -57,8 +57,8 @@ def parse_body(raw: bytes, content_type: str | None, model: type[Body]) -> Body:
         raise RequestValidationError([_NOT_AN_OBJECT])
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        pos = exc.pos if isinstance(exc, json.JSONDecodeError) else exc.start
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; nesting past the stack
+        pos = exc.pos if isinstance(exc, json.JSONDecodeError) else 0
         error = {"type": "json_invalid", "loc": ("body", pos), "msg": "JSON decode error"}
         raise RequestValidationError([error]) from None
     try:
@@ -139,12 +139,12 @@ class JsonRoute(Generic[Body]):
 
     def route(self) -> Route:
         """The route to put in the app's router."""
-        return Route(self.path, self, methods=["POST"], name=self.handler.__name__)
+        return _LabelledRoute(self.path, self, methods=["POST"], name=self.handler.__name__)
 
-    def operation(self) -> dict[str, Any]:
-        """Its OpenAPI operation (a body model without nested models: no shared schemas)."""
-        schema = self.model.model_json_schema()
-        assert "$defs" not in schema, f"{self.model.__name__} has nested models"
+    def operation(self, components: dict[str, Any]) -> dict[str, Any]:
+        """Its OpenAPI operation; the schemas of nested models go to ``components``."""
+        schema = self.model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
         return {
             "tags": [self.tag],
             "summary": self.summary,
@@ -163,17 +163,30 @@ class JsonRoute(Generic[Body]):
         }
 
 
+class _LabelledRoute(Route):
+    """A route that names itself in the scope (``scope["route"]``), as FastAPI's own routes
+    do: the HTTP metrics label requests by its path template."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
 def mount(app: FastAPI, routes: Sequence[JsonRoute[Any]]) -> None:
     """Put ``routes`` first in ``app``'s router (matching goes down the list) and in its
     OpenAPI schema."""
     app.router.routes[:0] = [r.route() for r in routes]
+    components: dict[str, Any] = {}
+    operations = {r.path: r.operation(components) for r in routes}
     make_schema = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = make_schema()
-            for r in routes:
-                schema["paths"].setdefault(r.path, {})["post"] = r.operation()
-        return app.openapi_schema or {}
+        schema = make_schema()  # FastAPI's, built once and kept
+        for path, operation in operations.items():
+            schema["paths"].setdefault(path, {})["post"] = operation
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -70,11 +70,13 @@ Deliver = Callable[[Embeddings], Awaitable[None]]
 
 
 async def embed(state: WorkerState, req: EmbeddingRequest, deliver: Deliver) -> None:
-    """Check, tokenize, submit and await ``req``, hand its vectors to ``deliver``, then account
-    for it: the rate limits, the model's keep-alive, the metrics and the log line come after
-    the client has its answer (they are off each request's critical path). Before
-    ``deliver``: :class:`WorkerError` (``INVALID_REQUEST``, ``CONTEXT_OVERFLOW``,
-    ``RATE_LIMITED``, ``OVERLOADED``, a model's errors) with nothing left claimed."""
+    """Check, tokenize, submit and await ``req``, then hand its vectors to ``deliver`` (the
+    dialect's answer). What the request held (the model, its rate-limit place, the drain's
+    count) is given back and its tokens charged before the answer is sent, so a client that
+    reads slowly holds nothing; the metrics and the log line come after it, off the request's
+    critical path. Before ``deliver``: :class:`WorkerError` (``INVALID_REQUEST``,
+    ``CONTEXT_OVERFLOW``, ``RATE_LIMITED``, ``OVERLOADED``, a model's errors) with nothing
+    left claimed."""
     t0 = time.perf_counter()
     state.lifecycle.admit()
     _check_inputs(state, req)
@@ -103,20 +105,23 @@ async def embed(state: WorkerState, req: EmbeddingRequest, deliver: Deliver) -> 
             state.lifecycle.request_started(handle)
             try:
                 result = await handle.result()
-                counts = tuple(len(t) for t in tokens)
-                vectors = _fit(result.vectors, req.dimensions)
-                total = time.perf_counter() - t0
-                await deliver(Embeddings(vectors, counts, spec.id, use.load_seconds, total))
-                # Before anything awaits: the client's next request sees these counted.
-                _account(state, req, spec.id, result, total)
-                admission.charge(result.n_tokens)
             finally:
                 state.lifecycle.request_ended(handle)
+            admission.charge(result.n_tokens)
             await admission.end()
         finally:
             admission.release()
     finally:
         use.release(req.keep_alive)
+    counts = tuple(len(t) for t in tokens)
+    total = time.perf_counter() - t0
+    answer = Embeddings(
+        _fit(result.vectors, req.dimensions), counts, spec.id, use.load_seconds, total
+    )
+    try:
+        await deliver(answer)
+    finally:
+        _account(state, req, spec.id, result, total)
 
 
 def _account(
@@ -171,6 +176,10 @@ def _check_inputs(state: WorkerState, req: EmbeddingRequest) -> None:
                 f"{where}: not valid Unicode (a lone surrogate)",
                 param=where,
             )
+    if req.model is not None and not req.model.isascii() and not _is_unicode(req.model):
+        raise WorkerError(
+            ErrorCode.INVALID_REQUEST, "model: not valid Unicode (a lone surrogate)", param="model"
+        )
     n_chars = sum(len(item) for item in req.inputs if isinstance(item, str))
     state.limits.check_chars(n_chars)
 

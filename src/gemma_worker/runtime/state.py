@@ -44,7 +44,9 @@ class WorkerState:
         # Whom the machine's name is shown to depends on settings alone: decided once.
         self._shown_to_all = settings.worker_id is not None
         self._shown_keyless = not keys.enabled and is_loopback(settings.host)
-        self._shown_name = settings.replica_name
+        self._shown_name = (
+            settings.worker_id if settings.worker_id is not None else settings.replica_name
+        )
 
     @property
     def default_engine(self) -> Engine | None:

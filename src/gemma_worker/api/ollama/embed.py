@@ -10,6 +10,7 @@ from gemma_worker.api.embed_inputs import parse_inputs
 from gemma_worker.api.json_route import Call, JsonRoute
 from gemma_worker.api.ollama.catalog import ollama_name
 from gemma_worker.api.ollama.routes import keep_alive_of
+from gemma_worker.api.ollama.types import Options
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.runtime.embedding import EmbeddingRequest, Embeddings, embed
 from gemma_worker.runtime.request import Caller
@@ -22,7 +23,7 @@ class _Embedding(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = ""
     keep_alive: float | str | None = None
-    options: dict[str, Any] | None = Field(default=None, description="Accepted; none applies here.")
+    options: Options | None = Field(default=None, description="Accepted; none applies here.")
     truncate: bool = Field(
         default=True, description="Cut inputs over the model's limit (Ollama's default)."
     )

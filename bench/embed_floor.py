@@ -14,7 +14,7 @@ All three get the same GGUF (the built-in all-MiniLM-L6-v2) and all cores; llama
 as in ``bench/embeddings.py``. Each round sends ``--requests`` sequential requests of one
 sentence to each server on a keep-alive connection (who goes first rotates) and prints the
 median latency; the summary gives each server's requests/s as a ratio to llama-server's,
-median over rounds.
+median over rounds, then each server's latency distribution over every request.
 
     .venv/bin/python bench/embed_floor.py
     .venv/bin/python bench/embed_floor.py --rounds 9 --requests 500
@@ -99,9 +99,9 @@ def bare_app(threads: int) -> Any:
     return app
 
 
-async def latency(http: httpx.AsyncClient, base: str, n: int) -> float:
-    """Median seconds of ``n`` sequential one-sentence requests."""
-    times = []
+async def latency(http: httpx.AsyncClient, base: str, n: int) -> list[float]:
+    """The seconds of ``n`` sequential one-sentence requests."""
+    times: list[float] = []
     for i in range(n):
         body = {"input": [SENTENCES[i % len(SENTENCES)]], "model": MODEL}
         t0 = time.perf_counter()
@@ -110,19 +110,22 @@ async def latency(http: httpx.AsyncClient, base: str, n: int) -> float:
         if r.status_code != 200:
             raise RuntimeError(f"{base}: HTTP {r.status_code}: {r.text[:200]!r}")
         r.json()  # the client parses the answer, as bench/embeddings.py's does
-    return statistics.median(times)
+    return times
 
 
 async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
     names = list(servers)
     medians: dict[str, list[float]] = {n: [] for n in names}
+    every: dict[str, list[float]] = {n: [] for n in names}
     async with httpx.AsyncClient(timeout=60) as http:
         for base in servers.values():
             await latency(http, base, 50)  # warm-up
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                medians[name].append(await latency(http, servers[name], args.requests))
+                times = await latency(http, servers[name], args.requests)
+                medians[name].append(statistics.median(times))
+                every[name].extend(times)
             print(
                 f"  round {r + 1}: "
                 + "  ".join(f"{n} {medians[n][-1] * 1e3:.3f} ms" for n in names),
@@ -136,6 +139,17 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
             f"{name:<14}{statistics.median(medians[name]) * 1e3:8.3f} ms"
             f"{statistics.median(ratios):8.3f}x   in each round: "
             + " ".join(f"{x:.2f}" for x in ratios)
+        )
+    print("\nevery request of every round: mean, percentiles, and the share of the time spent")
+    print("in requests slower than twice the median (the tail a throughput figure pays for)")
+    for name in names:
+        t = sorted(every[name])
+        median = statistics.median(t)
+        slow = sum(x for x in t if x > 2 * median) / sum(t)
+        p90, p99 = (t[min(len(t) - 1, int(q * len(t)))] for q in (0.9, 0.99))
+        print(
+            f"{name:<14}mean {statistics.fmean(t) * 1e3:.3f}  p50 {median * 1e3:.3f}  "
+            f"p90 {p90 * 1e3:.3f}  p99 {p99 * 1e3:.3f} ms  slow share {slow * 100:.1f}%"
         )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gemma_worker.api.asgi_headers import first_header
 from gemma_worker.api.errors import send_error
 from gemma_worker.core.errors import ErrorCode, WorkerError
 
@@ -70,10 +71,8 @@ class BodyLimitMiddleware:
 
 
 def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = first_header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None

@@ -9,6 +9,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from gemma_worker.api.asgi_headers import first_header
 from gemma_worker.api.errors import response_for, send_error
 from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.hosts import AllowedHosts, OriginPolicy
@@ -48,12 +49,9 @@ class AllowedHostsMiddleware:
 
 
 def _host(scope: Scope) -> str | None:
-    """The request's first ``Host`` header (ASGI servers lower-case header names)."""
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
-    for name, value in raw:
-        if name == b"host":
-            return value.decode("latin-1")
-    return None
+    """The request's first ``Host`` header."""
+    value = first_header(scope, b"host")
+    return None if value is None else value.decode("latin-1")
 
 
 class TrustedOriginsCORS(CORSMiddleware):

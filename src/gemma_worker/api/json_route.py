@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from gemma_worker.api.asgi_headers import first_header
 from gemma_worker.api.auth import caller_of
 from gemma_worker.runtime.request import Caller
 from gemma_worker.runtime.state import WorkerState
@@ -125,10 +126,12 @@ class JsonRoute(Generic[Body]):
                 return  # the client left
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        content_type = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"content-type"), None
+        content_type = first_header(scope, b"content-type")
+        body = parse_body(
+            b"".join(chunks),
+            None if content_type is None else content_type.decode("latin-1"),
+            self.model,
         )
-        body = parse_body(b"".join(chunks), content_type, self.model)
         call = Call(scope, body, scope["app"].state.worker, send)
         try:
             await self.handler(call)

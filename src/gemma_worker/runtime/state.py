@@ -41,11 +41,13 @@ class WorkerState:
         self.origins = origins
         self.lifecycle = lifecycle
         self.limits: RequestLimits = settings.request_limits()
-        # Whom the machine's name is shown to depends on settings alone: decided once.
-        self._shown_to_all = settings.worker_id is not None
-        self._shown_keyless = not keys.enabled and is_loopback(settings.host)
-        self._shown_name = (
-            settings.worker_id if settings.worker_id is not None else settings.replica_name
+        # Who sees which name depends on settings alone: decided once.
+        configured = settings.worker_id is not None
+        own = settings.worker_id if configured else settings.replica_name
+        #: What a caller with a valid key sees, and what every other caller sees.
+        self._id_for_keys = own
+        self._id_for_anyone = (
+            own if configured or (not keys.enabled and is_loopback(settings.host)) else None
         )
 
     @property
@@ -68,6 +70,4 @@ class WorkerState:
         ``worker_id`` is an opaque name meant to be shown: to everyone. The default one names
         the machine (host name and port): only to callers with a valid key, or to every caller
         of a keyless worker on loopback (they are all on this machine)."""
-        if self._shown_to_all or principal is not None or self._shown_keyless:
-            return self._shown_name
-        return None
+        return self._id_for_keys if principal is not None else self._id_for_anyone

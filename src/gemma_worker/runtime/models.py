@@ -46,6 +46,8 @@ class ModelStatus(StrEnum):
 @dataclass(eq=False)
 class _Entry:
     spec: ModelSpec
+    #: The request limits of its spec (made with the entry: the spec never changes).
+    limits: RequestLimits
     #: Whether its engine embeds (a generative model's embedding engine is an entry apart).
     embeds: bool = False
     engine: Engine | None = None
@@ -58,8 +60,6 @@ class _Entry:
     unload_pending: bool = False
     #: When it unloads (Unix seconds; ``None``: in use, or never).
     expires_at: float | None = None
-    #: The request limits of its spec (made at its first use: the spec never changes).
-    limits: RequestLimits | None = None
     timer: asyncio.TimerHandle | None = None
     need: MemoryNeed | None = None
     error: str | None = None
@@ -90,8 +90,6 @@ class ModelUse:
         self.engine = engine
         #: How long the request waited for its model to load (0: it was loaded).
         self.load_seconds = load_seconds
-        if entry.limits is None:
-            entry.limits = manager.limits_for(entry.spec)
         self.limits = entry.limits
         self._released = False
 
@@ -301,7 +299,7 @@ class ModelManager:
         if entry is None or entry.spec != spec:
             if entry is not None and (entry.engine is not None or entry.loading is not None):
                 return entry  # its settings changed on disk: the running one serves on
-            entry = self._entries[key] = _Entry(spec, embeds)
+            entry = self._entries[key] = _Entry(spec, self.limits_for(spec), embeds)
         return entry
 
     async def _ensure(self, entry: _Entry) -> Engine:

@@ -135,10 +135,12 @@ def _ollama_embeds(client: ollama.Client) -> None:
     assert answer.prompt_eval_count and answer.prompt_eval_count > 4
     assert answer.total_duration and answer.total_duration > 0
     assert answer.load_duration is not None
+    # The same vector, up to rounding: a lone short input is decoded without flash attention
+    # (llama_embed.decode_plan), a batch with it.
     single = client.embed(model="all-minilm", input="restart nginx")
-    assert np.allclose(single.embeddings[0], answer.embeddings[0], atol=1e-6)
+    assert np.allclose(single.embeddings[0], answer.embeddings[0], atol=1e-4)
     old = client.embeddings(model="all-minilm", prompt="restart nginx")
-    assert np.allclose(old.embedding, answer.embeddings[0], atol=1e-6)
+    assert np.allclose(old.embedding, single.embeddings[0], atol=1e-6)
     # Ollama truncates by default; asked not to, an input over the limit is a 400 naming it.
     long = "word " * 700
     assert len(client.embed(model="all-minilm", input=[long]).embeddings[0]) == 384

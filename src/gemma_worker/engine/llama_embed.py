@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as lc
 import numpy as np
@@ -44,12 +46,53 @@ _FROM_LLAMA = {v: k for k, v in _LLAMA_POOLING.items()}
 #: Most sequences one decode packs (llama.cpp allows up to 256).
 MAX_SEQS = 64
 
+#: ggml's CPU flash attention runs its tiled kernel from this many query rows (a batch's
+#: tokens; ``GGML_FA_TILE_Q`` in ggml-cpu). Under it, it runs a scalar kernel that costs
+#: more than the batch's matmuls: a 56-token input took 12.1 ms, 64 tokens 6.6 ms.
+FA_TILE_ROWS = 64
+#: A batch of this many tokens or more, but under :data:`FA_TILE_ROWS`, is padded up to it.
+#: Below it, padding costs more than it saves (docs/PERFORMANCE.md, ``bench/embed_shapes.py``).
+PAD_FROM = 48
+
+
+@dataclass(frozen=True, slots=True)
+class DecodePlan:
+    """How one batch is decoded on the CPU: with flash attention or without (the small
+    context), and how many tokens of a throwaway sequence fill it up to the tiled kernel."""
+
+    flash: bool
+    filler: int
+
+
+_FLASH = DecodePlan(flash=True, filler=0)
+_PLAIN = DecodePlan(flash=False, filler=0)
+
+
+def decode_plan(n_inputs: int, n_tokens: int) -> DecodePlan:
+    """The fastest way measured to decode ``n_inputs`` inputs of ``n_tokens`` tokens in all:
+
+    - from :data:`FA_TILE_ROWS` tokens, flash attention (its tiled kernel);
+    - from :data:`PAD_FROM`, flash attention, padded up to :data:`FA_TILE_ROWS` with a
+      sequence of its own, which attends only to itself and whose vector is dropped;
+    - below, one input without flash attention (its plain matmuls beat the scalar kernel:
+      ~10% on 24 tokens, ~20% on 40); several inputs with it, whose kernel skips the pairs
+      of tokens of different inputs that plain attention would compute.
+    """
+    if n_tokens >= FA_TILE_ROWS:
+        return _FLASH
+    if n_tokens >= PAD_FROM:
+        return DecodePlan(flash=True, filler=FA_TILE_ROWS - n_tokens)
+    return _PLAIN if n_inputs == 1 else _FLASH
+
 
 class EmbeddingModel:
     """A model with one embedding context: batches of up to ``n_batch`` tokens in up to
     :data:`MAX_SEQS` sequences, each input at most ``max_input`` tokens (the model's
     training context at most). llama.cpp pools a sequence within one micro-batch, so an
-    input is never split and a batch is one micro-batch."""
+    input is never split and a batch is one micro-batch.
+
+    On the CPU, short batches follow :func:`decode_plan`: a second, small context without
+    flash attention serves a lone short input (flash attention is fixed per context)."""
 
     def __init__(
         self,
@@ -83,27 +126,30 @@ class EmbeddingModel:
         #: The most tokens in one decode.
         self.n_batch = max(n_batch, self.max_input)
         threads = n_threads or os.cpu_count() or 1
-        cparams = lc.llama_context_default_params()
-        cparams.embeddings = True
-        cparams.pooling_type = (
+        self._small_ctx = None
+        self._small_memory = None
+        self._pooling_type = (
             lc.LLAMA_POOLING_TYPE_UNSPECIFIED if pooling is None else _LLAMA_POOLING[pooling]
         )
-        cparams.n_ctx = self.n_batch
-        cparams.n_batch = self.n_batch
-        cparams.n_ubatch = self.n_batch
-        cparams.n_seq_max = MAX_SEQS
-        cparams.kv_unified = True  # every sequence of a batch shares the one buffer
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.no_perf = True
         # Pairs of tokens of different inputs are masked out and skipped by flash attention
         # (without it they would be computed, quadratic in the batch); the scan over them
         # remains, so moderate batches pay best (GEMMA_EMBEDDING_BATCH_TOKENS).
-        cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        self.ctx = self._context(self.n_batch, MAX_SEQS, threads, flash=True)
         if not self.ctx:
             lc.llama_model_free(self.model)
             raise ModelLoadError("could not create a llama.cpp context (out of memory?)")
+        #: Whether short batches follow :func:`decode_plan` (on the CPU, with room to pad).
+        self.shaped = (
+            (n_gpu_layers == 0 or not lc.llama_supports_gpu_offload())
+            and self.n_batch >= FA_TILE_ROWS
+            and n_ctx_train >= FA_TILE_ROWS
+        )
+        if self.shaped:
+            self._small_ctx = self._context(PAD_FROM, 1, threads, flash=False)
+            if not self._small_ctx:
+                self.close()
+                raise ModelLoadError("could not create a llama.cpp context (out of memory?)")
+            self._small_memory = lc.llama_get_memory(self._small_ctx)
         kind = int(lc.llama_pooling_type(self.ctx))
         if kind not in _FROM_LLAMA:
             self.close()
@@ -116,6 +162,23 @@ class EmbeddingModel:
         self.n_vocab = int(lc.llama_vocab_n_tokens(self.vocab))
         self.info = self._read_info(n_ctx_train)
         self._batch = Batch(self.n_batch)
+
+    def _context(self, n_tokens: int, n_seqs: int, threads: int, *, flash: bool) -> Any:
+        cparams = lc.llama_context_default_params()
+        cparams.embeddings = True
+        cparams.pooling_type = self._pooling_type
+        cparams.n_ctx = n_tokens
+        cparams.n_batch = n_tokens
+        cparams.n_ubatch = n_tokens
+        cparams.n_seq_max = n_seqs
+        cparams.kv_unified = True  # every sequence of a batch shares the one buffer
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        cparams.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        return lc.llama_init_from_model(self.model, cparams)
 
     def _meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(4096)
@@ -173,22 +236,42 @@ class EmbeddingModel:
             return []
         return [end] if end >= 0 else []
 
-    def embed(self, inputs: list[list[int]]) -> npt.NDArray[np.float32] | None:
+    def embed(
+        self, inputs: list[list[int]], plan: DecodePlan | None = None
+    ) -> npt.NDArray[np.float32] | None:
         """The pooled, L2-normalised vectors of ``inputs`` (one row each) from one decode;
         ``None`` if llama.cpp fails. The caller keeps the batch within ``n_batch`` tokens and
-        :data:`MAX_SEQS` inputs, each within ``max_input``."""
+        :data:`MAX_SEQS` inputs, each within ``max_input``. ``plan``: :func:`decode_plan`'s
+        when the model is :attr:`shaped`, else flash attention as it is; given (benches,
+        tests), a plan without flash attention takes one input under :data:`PAD_FROM`
+        tokens, and a filler stays within ``n_batch``."""
         batch = self._batch
         batch.clear()
         for seq, tokens in enumerate(inputs):
             for pos, token in enumerate(tokens):
                 batch.add(token, pos, seq, True)
-        if self.memory:
-            lc.llama_memory_clear(self.memory, True)
-        if int(lc.llama_decode(self.ctx, batch.raw)) != 0:
+        if plan is None:
+            plan = decode_plan(len(inputs), batch.n_tokens) if self.shaped else _FLASH
+        elif not plan.flash and (len(inputs) != 1 or batch.n_tokens >= PAD_FROM):
+            raise ValueError("a plan without flash attention takes one short input")
+        elif plan.filler and (
+            batch.n_tokens + plan.filler > self.n_batch or len(inputs) >= MAX_SEQS
+        ):
+            raise ValueError("the filler does not fit in the batch")
+        ctx, memory = self.ctx, self.memory
+        if not plan.flash:
+            if not self._small_ctx:
+                raise ValueError("this model has no context without flash attention")
+            ctx, memory = self._small_ctx, self._small_memory
+        for pos in range(plan.filler):
+            batch.add(0, pos, len(inputs), True)
+        if memory:
+            lc.llama_memory_clear(memory, True)
+        if int(lc.llama_decode(ctx, batch.raw)) != 0:
             return None
         out = np.empty((len(inputs), self.n_embd), dtype=np.float32)
         for seq in range(len(inputs)):
-            ptr = lc.llama_get_embeddings_seq(self.ctx, seq)
+            ptr = lc.llama_get_embeddings_seq(ctx, seq)
             if not ptr:
                 return None
             out[seq] = np.ctypeslib.as_array(ptr, shape=(self.n_embd,))
@@ -204,6 +287,9 @@ class EmbeddingModel:
         if self.ctx:
             lc.llama_free(self.ctx)
             self.ctx = None
+        if self._small_ctx:
+            lc.llama_free(self._small_ctx)
+            self._small_ctx = None
         if self.model:
             lc.llama_model_free(self.model)
             self.model = None

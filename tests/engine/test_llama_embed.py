@@ -4,6 +4,7 @@ that every plan gives the vectors the one flash-attention context gives."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +15,11 @@ from gemma_worker.engine.llama_embed import (
     PAD_FROM,
     DecodePlan,
     EmbeddingModel,
+    Pooling,
     decode_plan,
 )
 from gemma_worker.engine.minilm import minilm_path
+from gemma_worker.engine.model_files import resolve_model_path
 
 TEXT = (
     "The disk on the database server filled up overnight because the log rotation job "
@@ -104,3 +107,29 @@ def test_a_given_plan_must_fit(minilm: EmbeddingModel) -> None:
         minilm.embed([words[:10]], DecodePlan(flash=True, filler=minilm.n_batch))
     # The model still embeds after refusing.
     assert minilm.embed([words[:10]]) is not None
+
+
+def test_a_generative_model_keeps_flash_attention() -> None:
+    """Gemma (causal, with a KV cache) pooled: no plans (they measured slower there); its
+    short inputs embed as flash attention does, alone or together."""
+    model = EmbeddingModel(
+        Path(resolve_model_path(None)),
+        pooling=Pooling.MEAN,
+        max_input_tokens=512,
+        n_batch=512,
+        n_threads=2,
+        n_gpu_layers=0,
+        kernels=KernelChoices.deterministic(),
+    )
+    try:
+        assert not model.shaped
+        words = model.tokenize(TEXT * 3)
+        inputs = [words[:10], words[5:57]]
+        together = model.embed(inputs)
+        assert together is not None
+        cosines = (together * _flash_only(model, inputs)).sum(axis=1)
+        assert np.all(cosines > 0.9999), cosines
+        with pytest.raises(ValueError, match="no context without flash attention"):
+            model.embed([words[:10]], DecodePlan(flash=False, filler=0))
+    finally:
+        model.close()

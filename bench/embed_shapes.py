@@ -10,12 +10,13 @@ batch, between:
 - ``plain``: the model's second, small context without flash attention (one input only);
 - ``padded``: flash attention on the batch filled up to 64 tokens with a throwaway sequence.
 
-For each shape (inputs x tokens each) this times each way on the built-in all-MiniLM-L6-v2,
-interleaved call by call, and prints the median decode in ms, the plan
-:func:`decode_plan` picks and its time as a ratio to ``flash``'s (below 1.0 is faster).
+For each shape (inputs x tokens each) this times each way on the built-in all-MiniLM-L6-v2
+(or ``--model``, a GGUF embedding model without a KV cache), interleaved call by call, and
+prints the median decode in ms, the plan :func:`decode_plan` picks and its time as a ratio
+to ``flash``'s (below 1.0 is faster): whether the thresholds hold for that model and CPU.
 
     .venv/bin/python bench/embed_shapes.py
-    .venv/bin/python bench/embed_shapes.py --calls 400
+    .venv/bin/python bench/embed_shapes.py --calls 400 --model ~/models/bge-small-en.gguf
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 from embeddings import SENTENCES
 from gemma_worker.engine.kernels import KernelChoices
@@ -56,10 +58,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=200, help="calls of each way per shape")
+    parser.add_argument("--model", type=Path, help="a GGUF (default: the built-in MiniLM)")
     args = parser.parse_args()
     threads = os.cpu_count() or 1
     model = EmbeddingModel(
-        minilm_path(),
+        args.model or minilm_path(),
         pooling=None,
         max_input_tokens=512,
         n_batch=512,
@@ -67,8 +70,10 @@ def main() -> None:
         n_gpu_layers=0,
         kernels=KernelChoices.fast(),
     )
+    if not model.shaped:
+        raise SystemExit("this model gets no plans (a KV cache, a GPU build or too small)")
     words = [t for s in SENTENCES for t in model.tokenize(s)[1:-1]]
-    print(f"all-MiniLM-L6-v2, {threads} threads; PAD_FROM={PAD_FROM}, FA_TILE_ROWS={FA_TILE_ROWS}")
+    print(f"{model.info.name}, {threads} threads; PAD_FROM={PAD_FROM}, FA_TILE_ROWS={FA_TILE_ROWS}")
     print(f"{'shape':>7} {'flash':>8} {'plain':>8} {'padded':>8}   plan chosen     vs flash")
     for n_inputs, n_each in SHAPES:
         inputs = [words[i * n_each : (i + 1) * n_each] for i in range(n_inputs)]

@@ -135,12 +135,10 @@ def _ollama_embeds(client: ollama.Client) -> None:
     assert answer.prompt_eval_count and answer.prompt_eval_count > 4
     assert answer.total_duration and answer.total_duration > 0
     assert answer.load_duration is not None
-    # The same vector, up to rounding: a lone short input is decoded without flash attention
-    # (llama_embed.decode_plan), a batch with it.
     single = client.embed(model="all-minilm", input="restart nginx")
-    assert np.allclose(single.embeddings[0], answer.embeddings[0], atol=1e-4)
+    assert np.allclose(single.embeddings[0], answer.embeddings[0], atol=1e-6)
     old = client.embeddings(model="all-minilm", prompt="restart nginx")
-    assert np.allclose(old.embedding, single.embeddings[0], atol=1e-6)
+    assert np.allclose(old.embedding, answer.embeddings[0], atol=1e-6)
     # Ollama truncates by default; asked not to, an input over the limit is a 400 naming it.
     long = "word " * 700
     assert len(client.embed(model="all-minilm", input=[long]).embeddings[0]) == 384
@@ -209,6 +207,36 @@ def test_an_input_embeds_the_same_alone_and_batched(embedder: RunningWorker) -> 
     alone = [client.embeddings.create(model="all-minilm", input=n).data[0].embedding for n in NOTES]
     batched = [d.embedding for d in client.embeddings.create(model="all-minilm", input=NOTES).data]
     assert np.min(_cosines(np.array(alone), np.array(batched))) > 0.99999
+
+
+def test_fast_kernels_decode_short_batches_by_shape(embedder: RunningWorker) -> None:
+    """With kernels that need not be batch-invariant, the decode plans are on
+    (``llama_embed.decode_plan``, tests/engine/test_llama_embed.py shows which runs): a lone
+    short input, a lone 48-63-token one and both together get the deterministic worker's
+    vectors, up to rounding."""
+    long_note = " ".join(NOTES[:3])
+    texts = [NOTES[0], long_note]
+    want = [
+        d.embedding
+        for d in _client(embedder).embeddings.create(model="all-minilm", input=texts).data
+    ]
+    fast = start_worker(make_settings(flash_attn=True))
+    try:
+        kernels = httpx.get(f"{fast.http}/").json()["kernels"]
+        assert kernels["batch_invariant"] is False
+        client = _client(fast)
+        n_long = client.embeddings.create(model="all-minilm", input=long_note).usage.prompt_tokens
+        assert 48 <= n_long < 64  # the padded plan
+        alone = [
+            client.embeddings.create(model="all-minilm", input=t).data[0].embedding for t in texts
+        ]
+        together = [
+            d.embedding for d in client.embeddings.create(model="all-minilm", input=texts).data
+        ]
+    finally:
+        fast.stop()
+    for got in (alone, together):
+        assert np.min(_cosines(np.array(got), np.array(want))) > 0.99999
 
 
 def test_a_generative_model_embeds_too(embedder: RunningWorker) -> None:

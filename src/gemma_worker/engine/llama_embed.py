@@ -1,5 +1,6 @@
-"""A GGUF model loaded for embeddings: one llama.cpp context that pools each sequence's hidden
-states into one vector (mean, CLS or last token).
+"""A GGUF model loaded for embeddings: a llama.cpp context that pools each sequence's hidden
+states into one vector (mean, CLS or last token), and for short batches a second one
+(:func:`decode_plan`).
 
 Everything here must run on the embedding engine's thread, as in :mod:`.llama`; tokenizing
 only reads the vocabulary and may run beside it.
@@ -48,10 +49,12 @@ MAX_SEQS = 64
 
 #: ggml's CPU flash attention runs its tiled kernel from this many query rows (a batch's
 #: tokens; ``GGML_FA_TILE_Q`` in ggml-cpu). Under it, it runs a scalar kernel that costs
-#: more than the batch's matmuls: a 56-token input took 12.1 ms, 64 tokens 6.6 ms.
+#: more than the batch's matmuls: all-MiniLM-L6-v2 decoded one input of 56 tokens in 12.6
+#: ms, of 64 tokens in 6.6 ms (one run of a scratch script, 2 threads).
 FA_TILE_ROWS = 64
 #: A batch of this many tokens or more, but under :data:`FA_TILE_ROWS`, is padded up to it.
-#: Below it, padding costs more than it saves (docs/PERFORMANCE.md, ``bench/embed_shapes.py``).
+#: Below it padding costs more than it saves, about (measured on all-MiniLM-L6-v2, where the
+#: crossing was 44-48 tokens: docs/PERFORMANCE.md, ``bench/embed_shapes.py``).
 PAD_FROM = 48
 
 
@@ -74,9 +77,9 @@ def decode_plan(n_inputs: int, n_tokens: int) -> DecodePlan:
     - from :data:`FA_TILE_ROWS` tokens, flash attention (its tiled kernel);
     - from :data:`PAD_FROM`, flash attention, padded up to :data:`FA_TILE_ROWS` with a
       sequence of its own, which attends only to itself and whose vector is dropped;
-    - below, one input without flash attention (its plain matmuls beat the scalar kernel:
-      ~10% on 24 tokens, ~20% on 40); several inputs with it, whose kernel skips the pairs
-      of tokens of different inputs that plain attention would compute.
+    - below, one input without flash attention (its plain matmuls beat the scalar kernel
+      by 5-12% on 8-47 tokens); several inputs with it, whose kernel skips the pairs of
+      tokens of different inputs that plain attention would compute.
     """
     if n_tokens >= FA_TILE_ROWS:
         return _FLASH
@@ -86,14 +89,17 @@ def decode_plan(n_inputs: int, n_tokens: int) -> DecodePlan:
 
 
 class EmbeddingModel:
-    """A model with one embedding context: batches of up to ``n_batch`` tokens in up to
+    """A model with its embedding context: batches of up to ``n_batch`` tokens in up to
     :data:`MAX_SEQS` sequences, each input at most ``max_input`` tokens (the model's
     training context at most). llama.cpp pools a sequence within one micro-batch, so an
     input is never split and a batch is one micro-batch.
 
-    On the CPU, a model without a KV cache decodes short batches as :func:`decode_plan`
-    says: a second, small context without flash attention serves a lone short input (flash
-    attention is fixed per context)."""
+    A model without a KV cache, in a CPU-only build and with kernels that need not be
+    batch-invariant, decodes short batches as :func:`decode_plan` says: a second, small
+    context without flash attention serves a lone short input (flash attention is fixed per
+    context). Its vectors then differ from the flash-attention context's by rounding (cosine
+    > 0.99999), so an input's vector depends on its batch; with batch-invariant kernels
+    every batch runs on the one context, as llama-server does."""
 
     def __init__(
         self,
@@ -138,13 +144,23 @@ class EmbeddingModel:
         if not self.ctx:
             lc.llama_model_free(self.model)
             raise ModelLoadError("could not create a llama.cpp context (out of memory?)")
+        try:
+            self._finish_load(n_ctx_train, threads, kernels)
+        except BaseException:
+            self.close()
+            raise
+
+    def _finish_load(self, n_ctx_train: int, threads: int, kernels: KernelChoices) -> None:
         self.memory = lc.llama_get_memory(self.ctx)
-        #: Whether short batches follow :func:`decode_plan`: on the CPU, with room to pad, for
-        #: a model without a KV cache (BERT-like: a batch attends only within itself). A
-        #: causal model's attention spans its cache; there the plans measured slower (Gemma
-        #: 3 270M: plain 1.01-1.06x, padded 1.05-2.8x the time of flash attention).
+        #: Whether short batches follow :func:`decode_plan`: in a CPU-only build (a GPU
+        #: build offloads large matmuls even with no layers on the GPU), with kernels that
+        #: need not be batch-invariant, with room to pad, for a model without a KV cache
+        #: (BERT-like: a batch attends only within itself). A causal model's attention spans
+        #: its cache; there the plans measured slower (Gemma 3 270M: plain 1.01-1.06x,
+        #: padded 1.05-2.8x the time of flash attention).
         self.shaped = (
-            (n_gpu_layers == 0 or not lc.llama_supports_gpu_offload())
+            not lc.llama_supports_gpu_offload()
+            and not kernels.batch_invariant
             and not self.memory
             and self.n_batch >= FA_TILE_ROWS
             and n_ctx_train >= FA_TILE_ROWS
@@ -152,11 +168,9 @@ class EmbeddingModel:
         if self.shaped:
             self._small_ctx = self._context(PAD_FROM, 1, threads, flash=False)
             if not self._small_ctx:
-                self.close()
                 raise ModelLoadError("could not create a llama.cpp context (out of memory?)")
         kind = int(lc.llama_pooling_type(self.ctx))
         if kind not in _FROM_LLAMA:
-            self.close()
             raise ModelLoadError("the model pools its embeddings in a way the worker cannot use")
         self.pooling = _FROM_LLAMA[kind]
         self.n_embd = int(lc.llama_model_n_embd_out(self.model)) or int(
@@ -255,16 +269,10 @@ class EmbeddingModel:
                 batch.add(token, pos, seq, True)
         if plan is None:
             plan = decode_plan(len(inputs), batch.n_tokens) if self.shaped else _FLASH
-        elif not plan.flash and (len(inputs) != 1 or batch.n_tokens >= PAD_FROM):
-            raise ValueError("a plan without flash attention takes one short input")
-        elif plan.filler and (
-            batch.n_tokens + plan.filler > self.n_batch or len(inputs) >= MAX_SEQS
-        ):
-            raise ValueError("the filler does not fit in the batch")
+        else:
+            self._check(plan, len(inputs), batch.n_tokens)
         ctx = self.ctx
         if not plan.flash:
-            if not self._small_ctx:
-                raise ValueError("this model has no context without flash attention")
             ctx = self._small_ctx  # no KV cache, as the model is shaped
         for pos in range(plan.filler):
             batch.add(0, pos, len(inputs), True)
@@ -282,8 +290,20 @@ class EmbeddingModel:
         out /= np.maximum(norms, 1e-12)
         return out
 
+    def _check(self, plan: DecodePlan, n_inputs: int, n_tokens: int) -> None:
+        """:class:`ValueError` unless this model can decode the batch as ``plan`` says."""
+        if not plan.flash:
+            if not self._small_ctx:
+                raise ValueError("this model has no context without flash attention")
+            if plan.filler or n_inputs != 1 or n_tokens >= PAD_FROM:
+                raise ValueError("a plan without flash attention takes one short input")
+        if plan.filler < 0 or (
+            plan.filler and (n_tokens + plan.filler > self.n_batch or n_inputs >= MAX_SEQS)
+        ):
+            raise ValueError("the filler does not fit in the batch")
+
     def close(self) -> None:
-        """Free the context and the model."""
+        """Free the contexts and the model."""
         if getattr(self, "_batch", None) is not None:
             self._batch.free()
             del self._batch

@@ -89,6 +89,16 @@ def decode_plan(n_inputs: int, n_tokens: int) -> DecodePlan:
     return _PLAIN if n_inputs == 1 else _FLASH
 
 
+def normalize_rows(rows: npt.NDArray[np.float32]) -> None:
+    """Scale each row of ``rows`` to unit L2 length, in place (an all-zero row stays so). A
+    lone row takes one dot product: right after a decode every numpy call runs cold."""
+    if len(rows) == 1:
+        row = rows[0]
+        rows *= 1.0 / max(math.sqrt(float(row @ row)), 1e-12)
+    else:
+        rows /= np.maximum(np.sqrt(np.einsum("ij,ij->i", rows, rows)), 1e-12)[:, None]
+
+
 class EmbeddingModel:
     """A model with its embedding context: batches of up to ``n_batch`` tokens in up to
     :data:`MAX_SEQS` sequences, each input at most ``max_input`` tokens (the model's
@@ -291,11 +301,7 @@ class EmbeddingModel:
             if not ptr:
                 return None
             ctypes.memmove(address + seq * row_bytes, ptr, row_bytes)
-        if len(inputs) == 1:
-            row = out[0]
-            out *= 1.0 / max(math.sqrt(float(row @ row)), 1e-12)
-        else:
-            out /= np.maximum(np.sqrt(np.einsum("ij,ij->i", out, out)), 1e-12)[:, None]
+        normalize_rows(out)
         return out
 
     def _check(self, plan: DecodePlan, n_inputs: int, n_tokens: int) -> None:

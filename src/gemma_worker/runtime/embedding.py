@@ -20,6 +20,7 @@ from gemma_worker.core.errors import ErrorCode, WorkerError
 from gemma_worker.core.ids import new_id
 from gemma_worker.engine.embed_job import EmbeddingResult, EmbeddingSpec
 from gemma_worker.engine.embedding_engine import EmbeddingEngine
+from gemma_worker.engine.llama_embed import normalize_rows
 from gemma_worker.runtime.request import Caller
 from gemma_worker.runtime.state import WorkerState
 
@@ -148,7 +149,7 @@ def _fit(vectors: npt.NDArray[np.float32], dimensions: int | None) -> npt.NDArra
     if dimensions is None or dimensions >= vectors.shape[1]:
         return vectors
     cut = vectors[:, :dimensions].copy()
-    cut /= np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+    normalize_rows(cut)
     return cut
 
 

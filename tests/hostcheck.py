@@ -68,6 +68,8 @@ PROBES = [
         {"messages": [{"role": "user", "content": "Hi"}], **ASK},
     ),
     Probe("openai", "openai", "GET", "/v1/models"),
+    Probe("openai", "openai", "POST", "/v1/embeddings", {"input": "restart nginx"}),
+    Probe("ollama", "ollama", "POST", "/api/embed", {"model": "all-minilm", "input": "nginx"}),
     Probe(
         "ollama",
         "ollama",

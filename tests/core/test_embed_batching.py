@@ -69,3 +69,15 @@ def test_the_cost_model_forgets_old_batches_and_ignores_noise() -> None:
     assert model.fixed == 0.0 and model.per_token == pytest.approx(0.0004)
     model.observe(100, 0.01)  # bigger but cheaper (noise): no negative fixed cost
     assert model.fixed >= 0.0 and model.per_token is not None and model.per_token > 0
+
+
+def test_the_cost_model_refits_after_new_batches() -> None:
+    model = CostModel()
+    for n in (100, 100, 100):
+        model.observe(n, 0.02)
+    assert model.fixed == 0.0 and model.per_token == pytest.approx(0.0002)
+    for n in (20, 400, 1000):
+        model.observe(n, 0.01 + 0.0001 * n)
+    # the new batches' spread shows a fixed cost: the figures are fitted anew
+    assert model.fixed > 0.005
+    assert model.seconds(1000) == pytest.approx(model.fixed + 1000 * model.per_token)

@@ -3,10 +3,11 @@ lets only trusted pages read its answers (``core/hosts.py`` says which, and why)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gemma_worker.api.asgi_headers import first_header
@@ -67,6 +68,26 @@ class TrustedOriginsCORS(CORSMiddleware):
         )
         self.origins = origins
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's, except that a request without ``Origin`` (no browser page: API
+        clients) skips its header parsing and only gets ``Vary: Origin``, as Starlette
+        gives it."""
+        if scope["type"] == "http" and first_header(scope, b"origin") is None:
+            await self.app(scope, receive, functools.partial(_vary_origin, send=send))
+            return
+        await super().__call__(scope, receive, send)
+
     def is_allowed_origin(self, origin: str) -> bool:
         """Whether a page from ``origin`` may read the answer."""
         return self.origins.allows(origin)
+
+
+async def _vary_origin(message: Message, send: Send) -> None:
+    """``message``, a response start with ``Origin`` added to its ``Vary`` (one header)."""
+    if message["type"] == "http.response.start":
+        headers = list(message.get("headers") or ())
+        varies = [value for name, value in headers if name.lower() == b"vary"]
+        headers = [(name, value) for name, value in headers if name.lower() != b"vary"]
+        headers.append((b"vary", b", ".join([*varies, b"Origin"])))
+        message["headers"] = headers
+    await send(message)

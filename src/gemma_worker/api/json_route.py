@@ -3,11 +3,13 @@ FastAPI's per-request machinery (route handling, body and dependency solving, re
 classes) and the bookkeeping before the answer are a measurable share of each request
 (docs/PERFORMANCE.md, "Embeddings").
 
-A :class:`JsonRoute` sits in the app's router like any route: the same middlewares run around
-it (Host check, keys, CORS, body limit, metrics), and what its handler raises before it
-answers (a :class:`WorkerError`, a :class:`RequestValidationError`) is answered by the app's
-own exception handlers, in the path's dialect. Its handler answers with :meth:`Call.answer`
-and may then go on (the pipeline's accounting runs after the client has its answer).
+A :class:`JsonRoute`'s ``POST`` runs on a short stack (:mod:`.json_stack`): the app's own
+middlewares around it (Host check, keys, CORS, body limit, metrics), FastAPI's internal layers
+skipped; what its handler raises before it answers (a :class:`WorkerError`, a
+:class:`RequestValidationError`) is answered by the app's own exception handlers, in the
+path's dialect. It also sits in the app's router, for the other methods (405). Its handler
+answers with :meth:`Call.answer` and may then go on (the pipeline's accounting runs after the
+client has its answer).
 
 The body rules are FastAPI's, so a client cannot tell the difference: only a JSON content type
 (``application/json`` or ``application/*+json``) is read as JSON (a cross-site form post is
@@ -29,10 +31,11 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemma_worker.api.asgi_headers import first_header
 from gemma_worker.api.auth import caller_of
+from gemma_worker.api.json_stack import JsonStack
 from gemma_worker.runtime.request import Caller
 from gemma_worker.runtime.state import WorkerState
 
@@ -178,9 +181,20 @@ class _LabelledRoute(Route):
 
 
 def mount(app: FastAPI, routes: Sequence[JsonRoute[Any]]) -> None:
-    """Put ``routes`` first in ``app``'s router (matching goes down the list) and in its
-    OpenAPI schema."""
-    app.router.routes[:0] = [r.route() for r in routes]
+    """Serve ``routes`` on their short stack (:mod:`.json_stack`), put them first in ``app``'s
+    router (matching goes down the list: other methods get 405 there) and in its OpenAPI
+    schema. Before the app's first request: its middleware stack is built then."""
+    if app.middleware_stack is not None:
+        raise RuntimeError("mount the JSON routes before the app's first request")
+    mounted = [r.route() for r in routes]
+    app.router.routes[:0] = mounted
+    build_full = app.build_middleware_stack
+
+    def build_stack() -> ASGIApp:
+        full = build_full()
+        return JsonStack(full, mounted, app.user_middleware, app.exception_handlers)
+
+    app.build_middleware_stack = build_stack  # type: ignore[method-assign]
     components: dict[str, Any] = {}
     operations = {r.path: r.operation(components) for r in routes}
     make_schema = app.openapi

@@ -37,30 +37,51 @@ class CostModel:
 
     def __init__(self, window: int = _WINDOW) -> None:
         self._seen: deque[tuple[int, float]] = deque(maxlen=window)
-        self.fixed = 0.0
-        self.per_token: float | None = None
+        self._fitted: tuple[float, float | None] = (0.0, None)
+        self._stale = False
 
     def observe(self, n_tokens: int, seconds: float) -> None:
-        """A batch of ``n_tokens`` took ``seconds``."""
+        """A batch of ``n_tokens`` took ``seconds``. Cheap: the fit waits until a figure is
+        asked for (an engine thread observes right after each decode, on the request's
+        critical path; it plans by the figures only beside another engine's stream)."""
         if n_tokens <= 0 or seconds < 0:
             return
         self._seen.append((n_tokens, seconds))
-        self._fit()
+        self._stale = True
+
+    @property
+    def fixed(self) -> float:
+        """The fixed part of a batch's cost, in seconds."""
+        return self._fit()[0]
+
+    @property
+    def per_token(self) -> float | None:
+        """The cost of a token, in seconds (``None``: the cost is not known yet)."""
+        return self._fit()[1]
 
     def seconds(self, n_tokens: int) -> float | None:
         """A batch of ``n_tokens``, in seconds (``None``: the cost is not known yet)."""
-        if self.per_token is None:
+        fixed, per_token = self._fit()
+        if per_token is None:
             return None
-        return self.fixed + self.per_token * n_tokens
+        return fixed + per_token * n_tokens
 
     def tokens_within(self, seconds: float) -> int | None:
         """The most tokens a batch may hold to take at most ``seconds`` (``None``: the cost is
         not known yet; 0: not even one token fits)."""
-        if self.per_token is None:
+        fixed, per_token = self._fit()
+        if per_token is None:
             return None
-        return max(0, int((seconds - self.fixed) / self.per_token + 1e-9))
+        return max(0, int((seconds - fixed) / per_token + 1e-9))
 
-    def _fit(self) -> None:
+    def _fit(self) -> tuple[float, float | None]:
+        """(fixed, per token), fitted anew if a decode was observed since the last fit."""
+        if self._stale:
+            self._stale = False
+            self._fitted = self._least_squares()
+        return self._fitted
+
+    def _least_squares(self) -> tuple[float, float]:
         ns = [float(n) for n, _ in self._seen]
         ts = [t for _, t in self._seen]
         mean_n, mean_t = sum(ns) / len(ns), sum(ts) / len(ts)
@@ -71,12 +92,11 @@ class CostModel:
         if slope <= 0.0:
             # Sizes too alike to tell the two costs apart, or noise: proportional, which is
             # right near the sizes seen (and those are the sizes being planned).
-            self.fixed, self.per_token = 0.0, mean_t / mean_n
-            return
+            return 0.0, mean_t / mean_n
         fixed = mean_t - slope * mean_n
         if fixed < 0.0:
             fixed, slope = 0.0, sum(ts) / sum(ns)
-        self.fixed, self.per_token = fixed, slope
+        return fixed, slope
 
 
 def step_passes(

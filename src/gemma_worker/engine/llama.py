@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,27 @@ class Batch:
         self._logits[i] = logits
         self.n_tokens = i + 1
         return i
+
+    def add_sequence(self, tokens: Sequence[int], seq: int) -> None:
+        """Append ``tokens`` as sequence ``seq`` from position 0, every one with its output
+        (an embedding input). One loop without a call per token: it runs on a request's
+        critical path."""
+        token, pos, n_seq_id, seq_id, logits = (
+            self._token,
+            self._pos,
+            self._n_seq_id,
+            self._seq_id,
+            self._logits,
+        )
+        i = self.n_tokens
+        for p, t in enumerate(tokens):
+            token[i] = t
+            pos[i] = p
+            n_seq_id[i] = 1
+            seq_id[i][0] = seq
+            logits[i] = True
+            i += 1
+        self.n_tokens = i
 
     @property
     def raw(self) -> Any:

@@ -10,7 +10,9 @@ Each point is N concurrent clients (httpx, asyncio, keep-alive connections opene
 clock starts), each sending OpenAI requests (``encoding_format: float``) of B inputs back to
 back for a fixed time; the figure is inputs embedded per second. The inputs are a fixed list of
 short sysadmin-style sentences (10-30 tokens), cycled. Every round runs every point on both
-servers, who goes first alternating; then one request of 256 inputs alone on each (the
+servers, in ``--slices`` slices of its time that alternate between them (ABBA...: the machine's
+speed drifts within minutes, and so both get the same share of it), who goes first alternating
+between rounds; then one request of 256 inputs alone on each (the
 throughput of a single large batch, without per-request overhead). Figures are medians over
 rounds; ratios are worker / llama-server in the same run. Before the rounds, both servers
 embed the sentences and one ~510-token input: the minimum cosine between their vectors is
@@ -156,6 +158,23 @@ class Run:
     latencies: list[float] = field(default_factory=list)
     client_cpu: float = 0.0
     other_load: float = 0.0
+    #: Inputs embedded, and the seconds they took (the window).
+    inputs: int = 0
+    seconds: float = 0.0
+
+
+def merged(slices: list[Run]) -> Run:
+    """The slices of one point on one server as one run: all their inputs over all their
+    time; the busiest slice's other load."""
+    inputs, seconds = sum(r.inputs for r in slices), sum(r.seconds for r in slices)
+    return Run(
+        inputs / seconds,
+        [x for r in slices for x in r.latencies],
+        sum(r.client_cpu * r.seconds for r in slices) / seconds,
+        max(r.other_load for r in slices),
+        inputs,
+        seconds,
+    )
 
 
 async def throughput(base: str, clients: int, size: int, duration: float) -> Run:
@@ -181,7 +200,7 @@ async def throughput(base: str, clients: int, size: int, duration: float) -> Run
 
         await asyncio.gather(*(client(c) for c in range(clients)))
         elapsed, client_cpu, other = meter.stop()
-    return Run(done / elapsed, latencies, client_cpu, other)
+    return Run(done / elapsed, latencies, client_cpu, other, done, elapsed)
 
 
 async def big_batch(base: str) -> Run:
@@ -251,8 +270,18 @@ async def run(args: argparse.Namespace, servers: dict[str, str]) -> None:
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for (clients, size), scenario in zip(points, plan, strict=False):
+            # The point's time is cut into slices that alternate between the servers, so a
+            # drift of the machine's speed within the round (10-25% within minutes on these
+            # VMs) falls on both alike.
+            slices: dict[str, list[Run]] = defaultdict(list)
+            for k in range(args.slices):
+                for name in order if k % 2 == 0 else order[::-1]:
+                    part = await throughput(
+                        servers[name], clients, size, args.duration / args.slices
+                    )
+                    slices[name].append(part)
             for name in order:
-                res = await throughput(servers[name], clients, size, args.duration)
+                res = merged(slices[name])
                 results[scenario, name].append(res)
                 print(
                     f"  round {r + 1} {scenario:<30} {name:<13} {res.inputs_per_s:8.1f} inputs/s"
@@ -319,6 +348,12 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=4,
+        help="each point's time is cut into this many slices, alternating between the servers",
+    )
     parser.add_argument(
         "--points",
         type=lambda v: set(v.split(",")),

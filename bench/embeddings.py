@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per point")
     parser.add_argument(
         "--slices",
-        type=int,
+        type=lambda v: max(1, int(v)),
         default=4,
         help="each point's time is cut into this many slices, alternating between the servers",
     )

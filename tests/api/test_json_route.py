@@ -159,3 +159,44 @@ async def test_routes_are_mounted_before_the_first_request() -> None:
         await client.get("/openapi.json")
     with pytest.raises(RuntimeError, match="before the app's first request"):
         mount(app, [JsonRoute("/late", _Body, lambda call: call.answer({}), summary="", tag="")])
+
+
+class _Refuse:
+    """A middleware that answers 401 itself on ``/v1/embeddings`` (as the key check does), or
+    breaks (a bug in a middleware)."""
+
+    def __init__(self, app: Any, seen_routes: list[Any], broken: bool = False) -> None:
+        self.app = app
+        self.seen_routes = seen_routes
+        self.broken = broken
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.broken:
+            raise RuntimeError("/secret/middleware bug")
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        self.seen_routes.append(scope.get("route"))
+
+
+async def test_a_refused_request_is_not_labelled_with_the_route() -> None:
+    routes: list[Any] = []
+    app = _app(lambda call: call.answer({}))
+    app.add_middleware(_Refuse, seen_routes=routes)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.post("/v1/embeddings", json={"text": "hi"})
+    assert r.status_code == 401
+    assert routes == [None]  # the HTTP metrics call it "unmatched", as for any other path
+
+
+async def test_a_broken_middleware_gets_the_apps_500_in_the_dialect() -> None:
+    app = _app(lambda call: call.answer({}))
+    app.add_middleware(_Refuse, seen_routes=[], broken=True)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.post("/v1/embeddings", json={"text": "hi"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "secret" not in r.text

@@ -192,7 +192,9 @@ def mount(app: FastAPI, routes: Sequence[JsonRoute[Any]]) -> None:
 
     def build_stack() -> ASGIApp:
         full = build_full()
-        return JsonStack(full, mounted, app.user_middleware, app.exception_handlers)
+        return JsonStack(
+            full, mounted, app.user_middleware, app.exception_handlers, debug=app.debug
+        )
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
     components: dict[str, Any] = {}

@@ -1,15 +1,17 @@
 """The JSON routes' own short ASGI stack: ``POST`` to a :class:`~.json_route.JsonRoute` runs
 through the app's middlewares (the same classes, built with the same arguments) straight to
-the route, without FastAPI's and Starlette's own layers (server-error, telemetry, body-limit,
+the route, without most of FastAPI's and Starlette's own layers (telemetry, body-limit,
 exception and exit-stack middlewares, the router). Those cost ~0.1 ms of CPU per request,
 measured in-process with the embedding engine's decodes between requests: 2-3% of a
 one-sentence embedding request (docs/PERFORMANCE.md, "Embeddings").
 
-What those layers did for these routes is done here: the route is put in the scope (the
-HTTP metrics label by its path) and what the route raises before it answers goes to the
+What those layers did for these routes is done here, as they do it: the route is put in
+the scope once the middlewares let the request through (the HTTP metrics label by its path;
+a refused request stays "unmatched"); what the route raises before it answers goes to the
 app's exception handlers, looked up as Starlette does (an ``HTTPException``'s status first,
-then the exception's classes in order). The catch-all ``Exception`` handler answers 500 and
-the exception is raised on to the server, as Starlette's server-error middleware does.
+then the exception's classes in order); anything else, from the route or a middleware, goes
+to Starlette's server-error middleware outside them all, with the app's catch-all handler
+(a 500 in the path's dialect, the exception raised on to the server, which logs it).
 
 Every other request (another method, a ``root_path``, another path) takes the app's full
 stack, where the JSON routes are also mounted.
@@ -21,8 +23,10 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,20 +48,26 @@ class _Endpoint:
                 started = True
             await send(message)
 
+        route = self.routes[scope["path"]]
+        scope["route"] = route
         try:
-            await self.routes[scope["path"]].app(scope, receive, sender)
+            await route.app(scope, receive, sender)
         except Exception as exc:
             handler = self._handler(exc)
-            if handler is None or started:
+            if handler is None:
                 raise
-            response = handler(Request(scope, receive), exc)
-            if inspect.isawaitable(response):
-                response = await response
+            if started:
+                raise RuntimeError(
+                    "Caught handled exception, but response already started."
+                ) from exc
+            request = Request(scope, receive)
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(request, exc)
+            else:
+                response = await run_in_threadpool(handler, request, exc)
             if response is not None:
                 await response(scope, receive, sender)
-            if Exception in self.handlers and handler is self.handlers[Exception]:
-                raise  # answered 500; the server logs it, as after Starlette's handler
-            exc.__traceback__ = None
+            exc.__traceback__ = None  # reused exception instances would pile up tracebacks
 
     def _handler(self, exc: Exception) -> Any:
         if isinstance(exc, HTTPException) and exc.status_code in self.handlers:
@@ -78,23 +88,28 @@ class JsonStack:
         routes: Iterable[Route],
         middleware: Iterable[Middleware],
         handlers: dict[Any, Any],
+        *,
+        debug: bool = False,
     ) -> None:
-        """``middleware``: outermost first, as ``app.user_middleware`` lists them."""
+        """``middleware``: outermost first, as ``app.user_middleware`` lists them;
+        ``handlers``: the app's exception handlers (``500`` or ``Exception``: the catch-all)."""
         self.full = full
+        self.app = full  # FastAPI walks ``.app`` looking for OpenTelemetry's middleware
         self.routes = {route.path: route for route in routes}
-        short: ASGIApp = _Endpoint(self.routes, dict(handlers))
+        catch_all = handlers.get(500) or handlers.get(Exception)
+        specific = {k: v for k, v in handlers.items() if k not in (500, Exception)}
+        short: ASGIApp = _Endpoint(self.routes, specific)
         for cls, args, kwargs in reversed(list(middleware)):
             short = cls(short, *args, **kwargs)
-        self.short = short
+        self.short = ServerErrorMiddleware(short, handler=catch_all, debug=debug)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["method"] == "POST"
             and not scope.get("root_path")
-            and (route := self.routes.get(scope["path"])) is not None
+            and scope["path"] in self.routes
         ):
-            scope["route"] = route
             await self.short(scope, receive, send)
             return
         await self.full(scope, receive, send)

@@ -70,7 +70,7 @@ class CostModel:
         """The most tokens a batch may hold to take at most ``seconds`` (``None``: the cost is
         not known yet; 0: not even one token fits)."""
         fixed, per_token = self._fit()
-        if per_token is None:
+        if per_token is None or per_token <= 0.0:  # every batch seen took no time: unknown
             return None
         return max(0, int((seconds - fixed) / per_token + 1e-9))
 

@@ -5,13 +5,13 @@ exception and exit-stack middlewares, the router). Those cost ~0.1 ms of CPU per
 measured in-process with the embedding engine's decodes between requests: 2-3% of a
 one-sentence embedding request (docs/PERFORMANCE.md, "Embeddings").
 
-What those layers did for these routes is done here, as they do it: the route is put in
-the scope once the middlewares let the request through (the HTTP metrics label by its path;
-a refused request stays "unmatched"); what the route raises before it answers goes to the
-app's exception handlers, looked up as Starlette does (an ``HTTPException``'s status first,
-then the exception's classes in order); anything else, from the route or a middleware, goes
-to Starlette's server-error middleware outside them all, with the app's catch-all handler
-(a 500 in the path's dialect, the exception raised on to the server, which logs it).
+What those layers did for these routes is done here, with Starlette's own pieces placed as
+FastAPI places them: the route is put in the scope once the middlewares let the request
+through (the HTTP metrics label by its path; a refused request stays "unmatched"); what the
+route raises goes to Starlette's exception middleware inside the app's middlewares, with the
+app's exception handlers; anything else, from the route or a middleware, to its server-error
+middleware outside them all, with the app's catch-all handler (a 500 in the path's dialect,
+the exception raised on to the server, which logs it).
 
 Every other request (another method, a ``root_path``, another path) takes the app's full
 stack, where the JSON routes are also mounted.
@@ -19,63 +19,26 @@ stack, where the JSON routes are also mounted.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.requests import Request
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class _Endpoint:
-    """The end of the short stack: the route, its errors to the app's handlers."""
+    """The end of the short stack: the route of the request's path, named in the scope."""
 
-    def __init__(self, routes: dict[str, Route], handlers: dict[Any, Any]) -> None:
+    def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes
-        self.handlers = handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def sender(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         route = self.routes[scope["path"]]
         scope["route"] = route
-        try:
-            await route.app(scope, receive, sender)
-        except Exception as exc:
-            handler = self._handler(exc)
-            if handler is None:
-                raise
-            if started:
-                raise RuntimeError(
-                    "Caught handled exception, but response already started."
-                ) from exc
-            request = Request(scope, receive)
-            if inspect.iscoroutinefunction(handler):
-                response = await handler(request, exc)
-            else:
-                response = await run_in_threadpool(handler, request, exc)
-            if response is not None:
-                await response(scope, receive, sender)
-            exc.__traceback__ = None  # reused exception instances would pile up tracebacks
-
-    def _handler(self, exc: Exception) -> Any:
-        if isinstance(exc, HTTPException) and exc.status_code in self.handlers:
-            return self.handlers[exc.status_code]
-        for cls in type(exc).__mro__:
-            if cls in self.handlers:
-                return self.handlers[cls]
-        return None
+        await route.app(scope, receive, send)
 
 
 class JsonStack:
@@ -98,7 +61,7 @@ class JsonStack:
         self.routes = {route.path: route for route in routes}
         catch_all = handlers.get(500) or handlers.get(Exception)
         specific = {k: v for k, v in handlers.items() if k not in (500, Exception)}
-        short: ASGIApp = _Endpoint(self.routes, specific)
+        short: ASGIApp = ExceptionMiddleware(_Endpoint(self.routes), specific, debug=debug)
         for cls, args, kwargs in reversed(list(middleware)):
             short = cls(short, *args, **kwargs)
         self.short = ServerErrorMiddleware(short, handler=catch_all, debug=debug)
